@@ -1,0 +1,80 @@
+# slowfast-serve: export SlowFast R50 to TorchScript, archive it, serve it with TorchServe.
+.PHONY: help install check-java export mar serve start stop status test test-all bench scale predict kserve clean
+
+PYTHON_SYS ?= python3
+VENV       := .venv
+BIN        := $(VENV)/bin
+PY         := $(BIN)/python
+MODEL      := slowfast_r50
+PT         := build/$(MODEL).pt
+MAR        := model_store/$(MODEL).mar
+CHECKPOINT ?=
+WORKERS    ?= 2
+VIDEO      ?= ../shared/videos/tv__WUzgd7C1pWA.mp4
+TOPK       ?= 5
+PYTEST_ARGS ?=
+export PATH := $(abspath $(BIN)):$(PATH)
+
+help:
+	@echo "make serve      install, export, archive and start TorchServe with $(MODEL) loaded"
+	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
+	@echo "make install | export [CHECKPOINT=...] | mar | start | stop | status"
+	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | clean"
+
+$(BIN)/.installed: requirements.txt
+	@$(MAKE) --no-print-directory check-java
+	$(PYTHON_SYS) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -r requirements.txt
+	touch $@
+
+install: $(BIN)/.installed
+
+check-java:
+	@java -version >/dev/null 2>&1 || { echo "TorchServe needs Java 11+: install it (Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless; macOS: brew install openjdk@17)"; exit 1; }
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	 if [ "$${v:-0}" -lt 11 ]; then echo "Java $$v found; TorchServe needs Java 11+ (e.g. sudo apt-get install -y openjdk-17-jre-headless)"; exit 1; fi
+
+# The .pt is rebuilt when the exporter, the contract or a new CHECKPOINT changes.
+$(PT): $(BIN)/.installed $(wildcard export/*.py export/*.txt) handler/contract.py
+	$(PY) -m export --output $(PT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+export: $(BIN)/.installed
+	$(PY) -m export --output $(PT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+$(MAR): $(PT) $(wildcard handler/*.py) model-config.yaml
+	$(PY) -m export.archive --model-file $(PT) --output $(MAR)
+
+mar: $(MAR)
+
+start: $(MAR)
+	@$(PY) -m client.server start
+
+serve: install mar start
+
+stop:
+	@$(PY) -m client.server stop
+
+status:
+	@$(PY) -m client.server status
+
+test: $(BIN)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: $(BIN)/.installed
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+bench: $(MAR)
+	$(PY) -m bench
+
+scale:
+	@$(PY) -m client.server scale --workers $(WORKERS)
+
+predict:
+	@$(PY) -m client "$(VIDEO)" --topk $(TOPK)
+
+kserve: $(MAR)
+	$(PY) -m deploy.kserve.build
+
+clean:
+	rm -rf build $(MAR) logs key_file.json deploy/kserve/build .pytest_cache

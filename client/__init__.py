@@ -1,0 +1,1 @@
+"""Command-line tools for a running slowfast-serve: predict, start/stop, status and scaling."""

@@ -1,0 +1,232 @@
+"""Run an isolated TorchServe on 127.0.0.1 from a .mar: for tests, benchmarks and local experiments.
+
+Each instance gets its own directory (config, logs, key file, model store), free ports for every
+API and its own worker-socket range, so several can run side by side and none touches the repo's
+own server. The config is the repo's config.properties with only addresses and paths replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import requests
+
+from client.keys import KeyFileError, Keys, read_keys
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "slowfast_r50"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_properties(path: Path) -> Dict[str, str]:
+    properties: Dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            properties[key.strip()] = value.strip()
+    return properties
+
+
+class LocalTorchServe:
+    """A TorchServe process serving ``mar`` from ``workdir``; use as a context manager.
+
+    ``properties`` override config.properties entries (e.g. ``service_envelope``). The model is
+    loaded at start-up under ``model_name`` and ``start`` returns once a worker is READY.
+    """
+
+    def __init__(
+        self,
+        mar: Path,
+        workdir: Path,
+        properties: Optional[Mapping[str, str]] = None,
+        model_name: str = MODEL,
+        ready_timeout: float = 300.0,
+    ) -> None:
+        self.mar = Path(mar).resolve()
+        self.workdir = Path(workdir)
+        self.model_name = model_name
+        self.ready_timeout = ready_timeout
+        self.ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_inf", "grpc_mgmt")}
+        self.worker_port = self._free_worker_port()
+        self.properties = read_properties(REPO / "config.properties")
+        self.properties.update(
+            {
+                "inference_address": f"http://127.0.0.1:{self.ports['inference']}",
+                "management_address": f"http://127.0.0.1:{self.ports['management']}",
+                "metrics_address": f"http://127.0.0.1:{self.ports['metrics']}",
+                "grpc_inference_port": str(self.ports["grpc_inf"]),
+                "grpc_management_port": str(self.ports["grpc_mgmt"]),
+                "model_store": str(self.workdir / "model_store"),
+                "load_models": f"{model_name}={self.mar.name}",
+                "initial_worker_port": str(self.worker_port),
+            }
+        )
+        self.properties.update(properties or {})
+        self.process: Optional[subprocess.Popen] = None
+        self._keys: Optional[Keys] = None
+
+    @staticmethod
+    def _free_worker_port() -> int:
+        # Workers talk to the frontend over /tmp/.ts.sock.<port>: pick a range no one uses.
+        for _ in range(200):
+            port = random.randrange(20000, 60000, 16)
+            if not any(Path(f"/tmp/.ts.sock.{port + i}").exists() for i in range(16)):
+                return port
+        raise RuntimeError("no free worker socket range under /tmp")
+
+    # -- addresses and keys ----------------------------------------------------------------
+
+    @property
+    def inference_url(self) -> str:
+        return self.properties["inference_address"]
+
+    @property
+    def management_url(self) -> str:
+        return self.properties["management_address"]
+
+    @property
+    def metrics_url(self) -> str:
+        return self.properties["metrics_address"]
+
+    @property
+    def predictions_url(self) -> str:
+        return f"{self.inference_url}/predictions/{self.model_name}"
+
+    @property
+    def keys(self) -> Keys:
+        if self._keys is None:
+            self._keys = read_keys(self.workdir)
+        return self._keys
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> "LocalTorchServe":
+        store = self.workdir / "model_store"
+        store.mkdir(parents=True, exist_ok=True)
+        target = store / self.mar.name
+        if not target.exists():
+            try:
+                os.link(self.mar, target)  # no copy of ~130 MB where the filesystem allows
+            except OSError:
+                shutil.copy2(self.mar, target)
+        config = self.workdir / "config.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
+        venv_bin = str(Path(sys.executable).parent)
+        env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+               "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
+               # TorchServe's launcher keeps its PID file in the temp dir: one per instance.
+               "TMPDIR": str(self.workdir / "tmp"), "TEMP": str(self.workdir / "tmp")}
+        (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        torchserve = shutil.which("torchserve", path=env["PATH"]) or "torchserve"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [torchserve, "--start", "--foreground", "--ncs", "--ts-config", str(config), "--model-store", str(store)],
+            cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+            stdout=open(self.log_dir / "console.log", "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True,  # one process group: stop() ends java and its workers together
+        )
+        try:
+            self.wait_ready(workers=1, timeout=self.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, workers: int = 1, timeout: float = 300.0) -> List[Dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        last = "not started"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"TorchServe exited with {self.process.returncode}:\n{self.tail_logs()}")
+            try:
+                ready = [w for w in self.workers() if w.get("status") == "READY"]
+                if len(ready) >= workers:
+                    return ready
+                last = f"{len(ready)}/{workers} workers READY"
+            except (requests.RequestException, KeyFileError, ValueError, IndexError) as exc:
+                self._keys = None
+                last = repr(exc)
+            time.sleep(0.5)
+        raise TimeoutError(f"TorchServe not ready after {timeout:.0f} s ({last}):\n{self.tail_logs()}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait(timeout=30)
+        self.process = None
+
+    def tail_logs(self, lines: int = 40) -> str:
+        chunks = []
+        for name in ("model_log.log", "ts_log.log", "console.log"):
+            path = self.log_dir / name
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                chunks.append(f"--- {name} ---\n" + "\n".join(text))
+        return "\n".join(chunks) or "(no logs)"
+
+    def __enter__(self) -> "LocalTorchServe":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- APIs ------------------------------------------------------------------------------
+
+    def describe(self) -> Dict[str, Any]:
+        reply = requests.get(
+            f"{self.management_url}/models/{self.model_name}", headers=self.keys.management_header(), timeout=10
+        )
+        reply.raise_for_status()
+        return reply.json()[0]
+
+    def workers(self) -> List[Dict[str, Any]]:
+        return list(self.describe().get("workers", []))
+
+    def scale(self, min_worker: int, max_worker: Optional[int] = None, timeout: float = 300.0) -> requests.Response:
+        params = {"min_worker": min_worker, "synchronous": "true"}
+        if max_worker is not None:
+            params["max_worker"] = max_worker
+        return requests.put(
+            f"{self.management_url}/models/{self.model_name}", params=params,
+            headers=self.keys.management_header(), timeout=timeout,
+        )
+
+    def predict(
+        self, video: bytes, headers: Optional[Mapping[str, str]] = None, timeout: float = 300.0
+    ) -> requests.Response:
+        """POST raw video bytes with the inference key; extra ``headers`` (e.g. ``{"topk": "10"}``)."""
+        all_headers = {"Content-Type": "application/octet-stream", **self.keys.inference_header(), **(headers or {})}
+        return requests.post(self.predictions_url, data=video, headers=all_headers, timeout=timeout)
+
+    def metrics(self) -> str:
+        reply = requests.get(f"{self.metrics_url}/metrics", timeout=10)
+        reply.raise_for_status()
+        return reply.text

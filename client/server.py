@@ -1,0 +1,152 @@
+"""``python -m client.server start|stop|status|scale``: run TorchServe from this repo's root.
+
+``start`` runs ``torchserve --start`` with the repo's config.properties, waits until the model's
+workers are READY (or fails with the end of the model log), then prints how to call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+from urllib.parse import urlparse
+
+import requests
+
+from client.keys import KeyFileError, read_keys
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "slowfast_r50"
+
+
+def _property(name: str, default: str) -> str:
+    for line in (REPO / "config.properties").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == name:
+            return value.strip()
+    return default
+
+
+def management_url() -> str:
+    return _property("management_address", "http://127.0.0.1:8081")
+
+
+def inference_url() -> str:
+    return _property("inference_address", "http://127.0.0.1:8080")
+
+
+def _torchserve() -> str:
+    candidate = Path(sys.executable).with_name("torchserve")
+    return str(candidate) if candidate.exists() else "torchserve"
+
+
+def describe(timeout: float = 5.0) -> list:
+    keys = read_keys(REPO)
+    reply = requests.get(f"{management_url()}/models/{MODEL}", headers=keys.management_header(), timeout=timeout)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def wait_ready(deadline_s: float, workers: int = 1) -> list:
+    stop_at = time.monotonic() + deadline_s
+    last_error = "no answer yet"
+    while time.monotonic() < stop_at:
+        try:
+            model = describe()
+            ready = [w for w in model[0].get("workers", []) if w.get("status") == "READY"]
+            if len(ready) >= workers:
+                return model
+            last_error = f"{len(ready)} of {workers} workers ready"
+        except (requests.RequestException, KeyFileError, ValueError, IndexError) as exc:
+            last_error = str(exc)
+        time.sleep(1.0)
+    raise TimeoutError(f"model {MODEL} not ready after {deadline_s:.0f} s ({last_error})")
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start(timeout_s: float) -> int:
+    if not (REPO / "model_store" / f"{MODEL}.mar").exists():
+        print("model_store/slowfast_r50.mar is missing: run `make mar` first", file=sys.stderr)
+        return 1
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # --ncs: no config snapshots, so each start reads config.properties afresh.
+    # The daemon must not inherit our stdout: a pipe reader (`make start | tail`) would never see EOF.
+    subprocess.run(
+        [_torchserve(), "--start", "--ncs", "--ts-config", "config.properties"],
+        cwd=REPO, env=env, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(timeout_s)
+    except TimeoutError as exc:
+        print(f"{exc}\n--- logs/model_log.log ---\n{_tail(REPO / 'logs' / 'model_log.log')}", file=sys.stderr)
+        return 1
+    keys = read_keys(REPO)
+    print(
+        f"\nTorchServe is up with {MODEL}.\n"
+        f"  inference key: {keys.inference}   (key_file.json; new keys on every start)\n\n"
+        f"  curl -H \"Authorization: Bearer {keys.inference}\" -H \"Content-Type: application/octet-stream\" \\\n"
+        f"       --data-binary @../shared/videos/tv__WUzgd7C1pWA.mp4 {inference_url()}/predictions/{MODEL}\n\n"
+        f"  make predict VIDEO=clip.mp4     make scale WORKERS=2     make stop\n"
+    )
+    return 0
+
+
+def stop() -> int:
+    subprocess.run([_torchserve(), "--stop"], cwd=REPO, check=False)
+    return 0
+
+
+def status() -> int:
+    try:
+        print(json.dumps(describe(), indent=2))
+    except (requests.RequestException, KeyFileError) as exc:
+        print(f"TorchServe is not answering on {management_url()}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def scale(workers: int, timeout_s: float) -> int:
+    keys = read_keys(REPO)
+    reply = requests.put(
+        f"{management_url()}/models/{MODEL}",
+        params={"min_worker": workers, "max_worker": max(workers, 1), "synchronous": "true"},
+        headers=keys.management_header(),
+        timeout=timeout_s,
+    )
+    print(reply.text.strip())
+    return 0 if reply.ok else 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m client.server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    start_cmd = sub.add_parser("start")
+    start_cmd.add_argument("--timeout", type=float, default=300)
+    sub.add_parser("stop")
+    sub.add_parser("status")
+    scale_cmd = sub.add_parser("scale")
+    scale_cmd.add_argument("--workers", type=int, required=True)
+    scale_cmd.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        return start(args.timeout)
+    if args.command == "stop":
+        return stop()
+    if args.command == "status":
+        return status()
+    return scale(args.workers, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The preprocessing contract: what a model expects of its input, stored inside the model file.
+
+The exporter decides the values and embeds them in the TorchScript file as an extra file
+(``torch.jit.save(..., _extra_files={CONTRACT_FILE: ...})``); the handler reads them back from
+the same file. Nothing else in the project repeats these numbers, so a model cannot be served
+with another model's transform or label order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Tuple
+
+CONTRACT_FILE = "slowfast_contract.json"
+CONTRACT_VERSION = 1
+
+
+class ContractError(ValueError):
+    """The contract in a model file is missing or inconsistent."""
+
+
+@dataclass(frozen=True)
+class PreprocessContract:
+    """How to turn a video into the model's ``[slow, fast]`` input and read its output.
+
+    Attributes:
+        model_name: name reported in responses.
+        num_frames: frames of the fast pathway per clip (T_fast).
+        alpha: the slow pathway keeps every ``alpha``-th of those frames (T_slow = T_fast / alpha).
+        window_seconds: length of the time window the ``num_frames`` are spread over.
+        short_side: frames are resized so their short side has this many pixels.
+        crop_size: square crop taken from the resized frames (H = W = crop_size).
+        mean, std: per-channel normalization applied to pixel values scaled to [0, 1].
+        labels: class names in the order of the model's output logits.
+    """
+
+    model_name: str
+    num_frames: int
+    alpha: int
+    window_seconds: float
+    short_side: int
+    crop_size: int
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    labels: Tuple[str, ...]
+    version: int = CONTRACT_VERSION
+
+    def __post_init__(self) -> None:
+        problems: List[str] = []
+        if self.num_frames < 1 or self.alpha < 1 or self.num_frames % self.alpha:
+            problems.append(f"num_frames={self.num_frames} must be a positive multiple of alpha={self.alpha}")
+        if not self.window_seconds > 0:
+            problems.append(f"window_seconds={self.window_seconds} must be > 0")
+        if self.crop_size < 1 or self.short_side < self.crop_size:
+            problems.append(f"crop_size={self.crop_size} must be in 1..short_side={self.short_side}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            problems.append("mean and std need 3 channels and std > 0")
+        if len(self.labels) < 1 or len(set(self.labels)) != len(self.labels):
+            problems.append("labels must be non-empty and unique")
+        if self.version != CONTRACT_VERSION:
+            problems.append(f"contract version {self.version} is not {CONTRACT_VERSION}")
+        if problems:
+            raise ContractError("invalid preprocessing contract: " + "; ".join(problems))
+
+    @property
+    def slow_frames(self) -> int:
+        return self.num_frames // self.alpha
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "PreprocessContract":
+        try:
+            raw: Dict[str, Any] = json.loads(text)
+            return cls(
+                model_name=str(raw["model_name"]),
+                num_frames=int(raw["num_frames"]),
+                alpha=int(raw["alpha"]),
+                window_seconds=float(raw["window_seconds"]),
+                short_side=int(raw["short_side"]),
+                crop_size=int(raw["crop_size"]),
+                mean=tuple(float(v) for v in raw["mean"]),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in raw["std"]),  # type: ignore[arg-type]
+                labels=tuple(str(v) for v in raw["labels"]),
+                version=int(raw.get("version", -1)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ContractError):
+                raise
+            raise ContractError(f"unreadable preprocessing contract: {exc!r}") from exc

@@ -1,0 +1,75 @@
+"""Pure tensor functions from sampled uint8 frames to the model's ``[slow, fast]`` input.
+
+They run on whatever device their input is on (the worker's GPU when it has one). Work stays in
+uint8 until the crop, then a single fused scale-and-shift replaces /255, -mean, /std: resizing
+and cropping uint8 first costs a fraction of the float pipeline and matches it within one uint8
+step.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+def rotate_frames(frames: torch.Tensor, rotation_degrees: int) -> torch.Tensor:
+    """Turn (T, H, W, C) frames as a player honouring a display matrix would show them.
+
+    ``rotation_degrees`` is FFmpeg's counter-clockwise display rotation (``frame.rotation``),
+    a multiple of 90.
+    """
+    quarter_turns = (int(round(rotation_degrees / 90.0))) % 4
+    if quarter_turns == 0:
+        return frames
+    return torch.rot90(frames, k=quarter_turns, dims=(1, 2)).contiguous()
+
+
+def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
+    """Resize (T, H, W, C) uint8 frames so min(H, W) == short_side; bilinear, returns uint8.
+
+    Used when frames arrive at another size than decoding was asked for; decoding normally
+    scales in FFmpeg already.
+    """
+    t, h, w, c = frames.shape
+    if min(h, w) == short_side:
+        return frames
+    new_h, new_w = (int(short_side * h / w), short_side) if w < h else (short_side, int(short_side * w / h))
+    x = frames.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def crop_and_normalize(
+    frames: torch.Tensor,
+    offsets: Sequence[Tuple[int, int]],
+    crop_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Square crops of (T, H, W, 3) uint8 frames, normalized, channels first.
+
+    Returns:
+        (len(offsets), 3, T, crop_size, crop_size) tensor of ``dtype``:
+        ``(pixel / 255 - mean) / std`` per channel.
+    """
+    crops = torch.stack([frames[:, y : y + crop_size, x : x + crop_size, :] for y, x in offsets])
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=frames.device, dtype=torch.float32)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=frames.device, dtype=torch.float32)
+    # (V, T, h, w, C) -> (V, C, T, h, w); one multiply-add over the float copy.
+    out = torch.addcmul(shift, crops.to(torch.float32), scale).permute(0, 4, 1, 2, 3)
+    return out.to(dtype).contiguous()
+
+
+def slow_indices(num_frames: int, alpha: int) -> List[int]:
+    """Frames of the fast pathway kept by the slow one: pytorchvideo's PackPathway rule,
+    ``linspace(0, T - 1, T // alpha)`` truncated (0, 4, 8, 13, 17, 22, 26, 31 for T=32, alpha=4)."""
+    return torch.linspace(0, num_frames - 1, num_frames // alpha).long().tolist()
+
+
+def pack_pathways(fast: torch.Tensor, alpha: int) -> List[torch.Tensor]:
+    """(B, 3, T, H, W) fast pathway -> ``[slow (B, 3, T // alpha, H, W), fast]``."""
+    index = torch.tensor(slow_indices(fast.shape[2], alpha), device=fast.device)
+    return [fast.index_select(2, index), fast]

@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 REORDER_DEPTH = 4
 # Before a window, FFmpeg skips non-reference frames; full decoding resumes this far ahead of it.
 SKIP_MARGIN_SECONDS = 0.5
-TIME_EPSILON = 1e-4
+# Timestamps in millisecond containers are rounded: a frame within this fraction of a frame
+# interval after an instant still counts as shown at it. Must stay below 1/31 of a frame so that
+# sampling keeps picking what uniform subsampling picks (see sampling.frame_times).
+TIME_TOLERANCE_FRAMES = 0.02
 STILL_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "apng")
 DEFAULT_FPS = 30.0
 
@@ -109,8 +112,7 @@ class VideoDecoder:
                 io.BytesIO(data),
                 mode="r",
                 metadata_errors="ignore",
-                # Bound the probe itself; the codec refuses frames above the pixel limit before
-                # allocating them (FFmpeg's max_pixels), so a huge declared size cannot exhaust memory.
+                # Bound the probe itself; declared frame sizes are checked before any decoding.
                 options={"probesize": str(8 * 1024 * 1024), "analyzeduration": str(5_000_000)},
             )
         except av.error.FFmpegError as exc:
@@ -144,6 +146,7 @@ class VideoDecoder:
         ctx = stream.codec_context
         self._check_pixels(ctx.width, ctx.height, "declared")
         try:
+            # Frames larger than declared (a size change mid-stream) are refused by FFmpeg itself.
             ctx.options = {"max_pixels": str(self._limits.max_frame_pixels)}
         except (AttributeError, av.error.FFmpegError):
             pass
@@ -169,15 +172,16 @@ class VideoDecoder:
         duration = None
         if stream.duration and stream.duration > 0:
             duration = stream.duration * time_base
-        elif self._container.duration and self._container.duration > 0:
-            container_start = (self._container.start_time or 0) / av.time_base
-            duration = self._container.duration / av.time_base
-            if self._start is not None:
-                duration -= max(self._start - container_start, 0.0)
+        else:
+            # No stream duration (WebM/Matroska, TS): container durations there may be absolute
+            # end times, so measure the end from the last packets instead.
+            end = self._end_time_from_tail(1.0 / fps)
+            if end is not None and self._start is not None:
+                duration = end - self._start
         if duration is None or duration <= 0 or self._start is None:
             scanned_start, scanned_end = self._scan_packet_times()
             self._start = scanned_start if self._start is None else self._start
-            duration = scanned_end - self._start if duration is None or duration <= 0 else duration
+            duration = scanned_end - self._start
         if not duration or duration <= 0 or not math.isfinite(duration):
             duration = 1.0 / fps  # a single frame (or a stream that will tell us more when decoded)
         return VideoInfo(
@@ -189,6 +193,25 @@ class VideoDecoder:
             frame_interval=1.0 / fps,
             rotation=0,
         )
+
+    def _end_time_from_tail(self, frame_interval: float) -> Optional[float]:
+        """End of the last packet, found by seeking to the last keyframe and demuxing (no decoding).
+
+        A packet without a duration is taken to last one frame interval."""
+        far = ((self._start or 0.0) + 1e7) / self._time_base
+        try:
+            self._container.seek(int(far), stream=self._stream, backward=True)
+        except av.error.FFmpegError:
+            return None
+        end = None
+        for packet in self._container.demux(self._stream):
+            self._check_deadline()
+            if packet.pts is not None:
+                length = packet.duration * self._time_base if packet.duration else frame_interval
+                t = packet.pts * self._time_base + length
+                end = t if end is None else max(end, t)
+        self._seek(None)
+        return end
 
     def _scan_packet_times(self) -> Tuple[float, float]:
         """First and last timestamps by demuxing (no decoding): for containers without a duration."""
@@ -277,6 +300,8 @@ class VideoDecoder:
         errors = self.stats.errors - before[1]
         if chosen is None:
             detail = f" ({errors} packets failed to decode)" if errors else ""
+            if not (self.info.width and self.info.height):
+                detail += "; the stream declares no valid frame size"
             raise RequestError(
                 422, "no_frames",
                 f"no decodable frame in the window {window[0]:.2f}-{window[1]:.2f} s{detail}",
@@ -289,13 +314,14 @@ class VideoDecoder:
         index = 0
         previous: Optional[Tuple[float, av.VideoFrame]] = None
         first_time: Optional[float] = None
+        tolerance = max(1e-4, TIME_TOLERANCE_FRAMES * self.info.frame_interval)
         for t, frame in self._frames_from(skip_until=targets[0] - SKIP_MARGIN_SECONDS):
             if first_time is None:
                 first_time = t
-                if t > targets[0] + TIME_EPSILON and retry_from_start and t > (self._start or 0.0) + TIME_EPSILON:
+                if t > targets[0] + tolerance and retry_from_start and t > (self._start or 0.0) + tolerance:
                     # The seek landed after the window start (inexact index): decode from the start.
                     return self._assign(targets, retry_from_start=False)
-            while index < len(targets) and t > targets[index] + TIME_EPSILON:
+            while index < len(targets) and t > targets[index] + tolerance:
                 chosen[index] = (previous or (t, frame))[1]
                 index += 1
             previous = (t, frame)

@@ -1,0 +1,65 @@
+"""Shared fixtures: the shared clip corpus, built artifacts, and one real TorchServe per session."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+VIDEOS = SHARED / "videos"
+sys.path.insert(0, str(REPO))
+
+from client.local import LocalTorchServe  # noqa: E402
+
+PT = REPO / "build" / "slowfast_r50.pt"
+MAR = REPO / "model_store" / "slowfast_r50.mar"
+
+
+def read_manifest() -> Dict[str, Dict[str, str]]:
+    """../shared/videos/MANIFEST.tsv as {file name: row}."""
+    lines = (VIDEOS / "MANIFEST.tsv").read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    return {row.split("\t")[0]: dict(zip(header, row.split("\t"))) for row in lines[1:] if row.strip()}
+
+
+@pytest.fixture(scope="session")
+def shared_videos() -> Path:
+    if not (VIDEOS / "MANIFEST.tsv").is_file():
+        pytest.skip(f"shared clip corpus not found at {VIDEOS} (expected ../shared/videos beside the repo)")
+    return VIDEOS
+
+
+@pytest.fixture(scope="session")
+def manifest(shared_videos: Path) -> Dict[str, Dict[str, str]]:
+    return read_manifest()
+
+
+@pytest.fixture(scope="session")
+def built() -> Dict[str, Path]:
+    """The exported .pt and the .mar, built (or reused when up to date) by the Makefile's own rules."""
+    subprocess.run(["make", "--no-print-directory", "mar"], cwd=REPO, check=True)
+    return {"pt": PT, "mar": MAR}
+
+
+@pytest.fixture(scope="session")
+def server(built: Dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTorchServe]:
+    """One real TorchServe on 127.0.0.1 (free ports) serving the built .mar for the whole session."""
+    instance = LocalTorchServe(built["mar"], tmp_path_factory.mktemp("torchserve"))
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="session")
+def contract(built: Dict[str, Path]):
+    from export.save import load_with_contract
+
+    _, loaded = load_with_contract(built["pt"])
+    return loaded

@@ -1,0 +1,71 @@
+"""Synthesize test videos with PyAV: moving patterns whose content we know, in any codec/container."""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+from typing import Optional, Sequence
+
+import av
+import numpy as np
+
+
+def pattern_frame(index: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8: a gradient with a bright square moving right by 4 px per frame (asymmetric,
+    so rotations and flips are visible)."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros((height, width, 3), dtype=np.uint8)
+    base[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+    base[..., 1] = np.linspace(0, 200, height, dtype=np.uint8)[:, None]
+    base[..., 2] = int(rng.integers(0, 255))
+    size = max(4, min(height, width) // 6)
+    x = (index * 4) % max(1, width - size)
+    y = height // 5
+    base[y : y + size, x : x + size] = 255
+    return base
+
+
+def make_video(
+    *,
+    frames: int = 30,
+    width: int = 320,
+    height: int = 240,
+    fps: int = 30,
+    codec: str = "libx264",
+    container: str = "mp4",
+    pix_fmt: str = "yuv420p",
+    gop: Optional[int] = None,
+    pts: Optional[Sequence[int]] = None,
+    time_base: Optional[Fraction] = None,
+    options: Optional[dict] = None,
+    seed: int = 0,
+    frame_source=None,
+) -> bytes:
+    """Encode ``frames`` pattern frames and return the file's bytes.
+
+    ``pts`` (in ``time_base`` units) gives explicit timestamps, e.g. for variable frame rate.
+    ``frame_source(i) -> (H, W, 3) uint8`` replaces the default pattern.
+    """
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container) as output:
+        stream = output.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if time_base is not None:
+            # Both: the encoder rounds timestamps to its own time base otherwise.
+            stream.time_base = time_base
+            stream.codec_context.time_base = time_base
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        if options:
+            stream.options = dict(options)
+        for i in range(frames):
+            image = frame_source(i) if frame_source else pattern_frame(i, height, width, seed)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if pts is not None:
+                frame.pts = int(pts[i])
+                frame.time_base = time_base or Fraction(1, fps)
+            for packet in stream.encode(frame):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    return buffer.getvalue()

@@ -1,0 +1,130 @@
+"""``python -m client VIDEO``: token lookup, table output, and non-zero exits with the server's message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+import client.predict as cp
+from client.local import REPO, LocalTorchServe
+
+KEYS = {"management": {"key": "mgmt-key"}, "inference": {"key": "inf-key"}, "API": {"key": "api-key"}}
+
+
+def run_client(*args: str, env_token: str = "") -> subprocess.CompletedProcess:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != cp.TOKEN_ENV}
+    if env_token:
+        env[cp.TOKEN_ENV] = env_token
+    return subprocess.run([sys.executable, "-m", "client", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+# -- unit ----------------------------------------------------------------------------------------
+
+
+def test_predictions_url() -> None:
+    assert cp.predictions_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080/predictions/slowfast_r50"
+    assert cp.predictions_url("127.0.0.1:9000/", "m") == "http://127.0.0.1:9000/predictions/m"
+    assert cp.predictions_url("https://h/predictions/x") == "https://h/predictions/x"
+    with pytest.raises(cp.ClientError):
+        cp.predictions_url("ftp://host/x")
+
+
+@pytest.mark.parametrize("url,local", [("http://127.0.0.1:8080", True), ("http://localhost:1", True),
+                                       ("http://[::1]:8080", True), ("http://10.0.0.5:8080", False),
+                                       ("https://serve.example.com", False)])
+def test_is_local(url: str, local: bool) -> None:
+    assert cp.is_local(url) is local
+
+
+def test_token_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "key_file.json").write_text(json.dumps(KEYS))
+    monkeypatch.setattr(cp, "REPO", tmp_path)
+    monkeypatch.delenv(cp.TOKEN_ENV, raising=False)
+    local, remote = "http://127.0.0.1:8080/predictions/m", "http://10.1.2.3:8080/predictions/m"
+    assert cp.resolve_token(local, None, None) == "inf-key"  # the repo's key file, inference key
+    assert cp.resolve_token(remote, None, None) is None  # never sent to another machine
+    assert cp.resolve_token(remote, "explicit", None) == "explicit"
+    monkeypatch.setenv(cp.TOKEN_ENV, "from-env")
+    assert cp.resolve_token(local, None, None) == "from-env"
+    assert cp.resolve_token(local, "explicit", None) == "explicit"
+    monkeypatch.delenv(cp.TOKEN_ENV)
+    with pytest.raises(cp.ClientError, match="cannot read the inference key"):
+        cp.resolve_token(local, None, tmp_path / "missing.json")
+    (tmp_path / "key_file.json").unlink()
+    assert cp.resolve_token(local, None, None) is None
+
+
+def test_format_table() -> None:
+    body = {"predictions": [{"label": "riding mule", "index": 272, "probability": 0.0028032558},
+                            {"label": "texting", "index": 355, "probability": 0.0026869}],
+            "views": 1, "video": {"duration_s": 1.2, "width": 320, "height": 240, "codec": "h264"},
+            "warnings": ["short"]}
+    lines = cp.format_table(body, "clip.mp4").splitlines()
+    assert lines[0].startswith("clip.mp4") and "1.20 s" in lines[0] and "320x240" in lines[0]
+    assert lines[1].split() == ["rank", "label", "index", "probability"]
+    assert lines[3].split() == ["1", "riding", "mule", "272", "0.002803"]
+    assert lines[-1] == "warning: short"
+
+
+def test_missing_file_and_unreachable_server_exit_nonzero(tmp_path: Path) -> None:
+    done = run_client(str(tmp_path / "nope.mp4"), "--url", "http://127.0.0.1:9", "--token", "t")
+    assert done.returncode == 1 and "cannot read" in done.stderr
+    clip = tmp_path / "x.mp4"
+    clip.write_bytes(b"\x00" * 16)
+    done = run_client(str(clip), "--url", "http://127.0.0.1:9", "--token", "t", "--timeout", "5")
+    assert done.returncode == 1 and "cannot reach http://127.0.0.1:9/predictions/slowfast_r50" in done.stderr
+
+
+# -- against the session's TorchServe ------------------------------------------------------------
+
+
+def _args(server: LocalTorchServe) -> List[str]:
+    return ["--url", server.inference_url, "--key-file", str(server.workdir / "key_file.json")]
+
+
+@pytest.mark.integration
+def test_prints_the_servers_answer_as_a_table(server: LocalTorchServe, shared_videos: Path) -> None:
+    clip = shared_videos / "ii__realshort.mp4"
+    expected = server.predict(clip.read_bytes(), {"topk": "3"}).json()["predictions"]
+    done = run_client(str(clip), *_args(server), "--topk", "3")
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()[3:6]
+    assert len(done.stdout.splitlines()) == 6
+    for row, p in zip(rows, expected):
+        assert row.split()[-2:] == [str(p["index"]), f"{p['probability']:.6f}"]
+        assert p["label"] in row
+
+
+@pytest.mark.integration
+def test_clips_option_and_json_output(server: LocalTorchServe, shared_videos: Path) -> None:
+    done = run_client(str(shared_videos / "tv__RATRACE_wave_f_nm_np1_fr_goo_37.avi"), *_args(server),
+                      "--clips", "2", "--topk", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert len(body["windows"]) == 2 and body["views"] == 2 and len(body["predictions"]) == 2
+
+
+@pytest.mark.integration
+def test_wrong_token_exits_with_the_servers_message(server: LocalTorchServe, shared_videos: Path) -> None:
+    done = run_client(str(shared_videos / "ii__realshort.mp4"), "--url", server.inference_url, "--token", "wrong")
+    assert done.returncode == 1
+    assert "HTTP 400" in done.stderr and "InvalidKeyException" in done.stderr and "Token Authorization failed" in done.stderr
+    assert done.stdout == ""
+    # the token from the environment is used too (and refused the same way when wrong)
+    done = run_client(str(shared_videos / "ii__realshort.mp4"), "--url", server.inference_url, env_token="also-wrong")
+    assert done.returncode == 1 and "InvalidKeyException" in done.stderr
+
+
+@pytest.mark.integration
+def test_bad_video_exits_with_the_handlers_message(server: LocalTorchServe, shared_videos: Path) -> None:
+    done = run_client(str(shared_videos / "tc__nasa_13013.mp4.audio.mp3"), *_args(server))
+    assert done.returncode == 1
+    assert "HTTP 422" in done.stderr and "no_video_stream" in done.stderr and "no video stream" in done.stderr

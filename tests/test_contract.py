@@ -1,0 +1,53 @@
+"""The preprocessing contract: one source of truth, validated, carried by the model file."""
+
+import json
+
+import pytest
+
+from export.reference import LABELS_FILE, read_labels, slowfast_r50_contract
+from handler.contract import ContractError, PreprocessContract
+
+
+def test_reference_contract_matches_the_hub_tutorial():
+    contract = slowfast_r50_contract()
+    assert (contract.num_frames, contract.alpha, contract.slow_frames) == (32, 4, 8)
+    assert contract.window_seconds == pytest.approx(64 / 30)
+    assert (contract.short_side, contract.crop_size) == (256, 256)
+    assert contract.mean == (0.45, 0.45, 0.45) and contract.std == (0.225, 0.225, 0.225)
+    assert contract.num_classes == 400 and contract.labels[0] == "abseiling"
+
+
+def test_repo_labels_equal_the_shared_label_file(shared_videos):
+    shared = (shared_videos.parent / "kinetics400_labels.txt").read_text().split("\n")
+    assert list(read_labels(LABELS_FILE)) == [line.strip() for line in shared if line.strip()]
+
+
+def test_json_round_trip_is_exact():
+    contract = slowfast_r50_contract()
+    assert PreprocessContract.from_json(contract.to_json()) == contract
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_frames": 30}, "multiple of alpha"),
+        ({"crop_size": 300}, "crop_size"),
+        ({"std": [0.2, 0.0, 0.2]}, "std"),
+        ({"labels": ["a", "a"]}, "unique"),
+        ({"version": 99}, "version"),
+    ],
+)
+def test_inconsistent_contracts_are_refused(change, message):
+    raw = json.loads(slowfast_r50_contract().to_json())
+    raw.update(change)
+    with pytest.raises(ContractError, match=message):
+        PreprocessContract.from_json(json.dumps(raw))
+
+
+def test_missing_fields_are_refused():
+    with pytest.raises(ContractError, match="unreadable"):
+        PreprocessContract.from_json('{"model_name": "x"}')
+
+
+def test_built_model_carries_the_reference_contract(contract):
+    assert contract == slowfast_r50_contract()

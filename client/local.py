@@ -64,13 +64,9 @@ class LocalTorchServe:
         self.ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_inf", "grpc_mgmt")}
         self.worker_port = self._free_worker_port()
         self.properties = read_properties(REPO / "config.properties")
+        self.properties.update(self._port_properties())
         self.properties.update(
             {
-                "inference_address": f"http://127.0.0.1:{self.ports['inference']}",
-                "management_address": f"http://127.0.0.1:{self.ports['management']}",
-                "metrics_address": f"http://127.0.0.1:{self.ports['metrics']}",
-                "grpc_inference_port": str(self.ports["grpc_inf"]),
-                "grpc_management_port": str(self.ports["grpc_mgmt"]),
                 "model_store": str(self.workdir / "model_store"),
                 "load_models": f"{model_name}={self.mar.name}",
                 "initial_worker_port": str(self.worker_port),
@@ -119,7 +115,29 @@ class LocalTorchServe:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> "LocalTorchServe":
+    def start(self, attempts: int = 2) -> "LocalTorchServe":
+        """Start and wait until a worker is READY; retried once on a lost port race."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except RuntimeError as exc:
+                # free_port() releases the port before TorchServe binds it: another process may win.
+                if "Address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self.ports = {name: free_port() for name in self.ports}
+                self.properties.update(self._port_properties())
+        raise AssertionError("unreachable")
+
+    def _port_properties(self) -> Dict[str, str]:
+        return {
+            "inference_address": f"http://127.0.0.1:{self.ports['inference']}",
+            "management_address": f"http://127.0.0.1:{self.ports['management']}",
+            "metrics_address": f"http://127.0.0.1:{self.ports['metrics']}",
+            "grpc_inference_port": str(self.ports["grpc_inf"]),
+            "grpc_management_port": str(self.ports["grpc_mgmt"]),
+        }
+
+    def _start_once(self) -> "LocalTorchServe":
         store = self.workdir / "model_store"
         store.mkdir(parents=True, exist_ok=True)
         target = store / self.mar.name

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from handler.errors import RequestError
-from handler.sampling import scaled_size
+from handler.sampling import frame_times, instants_between, scaled_size
 from handler.transforms import rotate_frames
 
 log = logging.getLogger(__name__)
@@ -283,17 +283,44 @@ class VideoDecoder:
             t_out, _, f_out = heapq.heappop(heap)
             yield t_out, f_out
 
-    def sample(self, window: Tuple[float, float], times: Sequence[float]) -> SampledWindow:
-        """The frames shown at each of ``times`` (seconds from the video start), upright.
+    def _timestamps_in(self, start: float, end: float) -> Optional[List[float]]:
+        """Timestamps (absolute s) of the frames in [start, end), from packets alone (no decoding).
 
-        Returns (T, H, W, 3) uint8 frames scaled so the short side is the working size. A time
-        between two frames gets the earlier one (what a player shows); times before the first
-        decodable frame get that frame; times after the last get the last.
+        None when the container gives packets without timestamps.
         """
-        if not times:
-            raise ValueError("no sample times")
+        self._seek(start)
+        found: List[float] = []
+        tolerance = max(1e-4, TIME_TOLERANCE_FRAMES * self.info.frame_interval)
+        for packet in self._container.demux(self._stream):
+            self._check_deadline()
+            if packet.size == 0:
+                continue
+            if packet.pts is None:
+                return None
+            t = packet.pts * self._time_base
+            if start - tolerance <= t < end - tolerance:
+                found.append(t)
+            # Packets come in decode order: past the end plus a reorder margin, nothing is left.
+            if packet.dts is not None and packet.dts * self._time_base > end + SKIP_MARGIN_SECONDS:
+                break
+        return found
+
+    def sample(self, window: Tuple[float, float], num_frames: int) -> SampledWindow:
+        """``num_frames`` frames evenly spread over ``window`` (seconds from the video start), upright.
+
+        Returns (T, H, W, 3) uint8 frames scaled so the short side is the working size. Each
+        sampled instant gets the frame on screen then (the last one at or before it); instants
+        are spread from the first to the last frame in the window (``instants_between``). A
+        window with fewer frames than ``num_frames`` repeats frames, as uniform subsampling does.
+        """
+        if num_frames < 1:
+            raise ValueError("num_frames must be >= 1")
         origin = self._start or 0.0
-        targets = [origin + t for t in times]
+        stamps = self._timestamps_in(origin + window[0], origin + window[1])
+        if stamps:
+            targets = instants_between(stamps, num_frames)
+        else:
+            targets = [origin + t for t in frame_times(window, num_frames, self.info.frame_interval)]
         before = (self.stats.frames_decoded, self.stats.errors)
         chosen = self._assign(targets, retry_from_start=True)
         frames_decoded = self.stats.frames_decoded - before[0]

@@ -24,6 +24,8 @@ from handler.options import REQUEST_OPTION_NAMES
 PLAIN = "plain"
 KSERVE_V1 = "kserve_v1"
 KSERVE_V2 = "kserve_v2"
+# One OIP tensor that TorchServe's stock kservev2 envelope already unwrapped (it builds the response).
+KSERVE_V2_TENSOR = "kserve_v2_tensor"
 
 VIDEO_FIELDS = ("data", "body", "video", "file")
 CURL_HINT = (
@@ -123,8 +125,12 @@ def _from_json(body: Mapping[str, Any]) -> ParsedRequest:
     if "inputs" in body:
         return _kserve_v2(body)
     if "datatype" in body and "data" in body:
-        # One tensor already unwrapped by TorchServe's kservev2 envelope.
-        return ParsedRequest(KSERVE_V2, [_b64(body["data"], "input data")], input_name=str(body.get("name", "input-0")))
+        # One tensor already unwrapped by TorchServe's kservev2 envelope: {name, shape, datatype, data}.
+        if str(body.get("datatype", "")).upper() != "BYTES":
+            raise RequestError(400, "bad_json", f"input datatype must be BYTES, got {body.get('datatype')!r}")
+        return ParsedRequest(
+            KSERVE_V2_TENSOR, [_b64(body["data"], "input data")], input_name=str(body.get("name", "input-0"))
+        )
     if "data" in body or "b64" in body:
         # One instance already unwrapped by TorchServe's kserve (v1) envelope.
         return ParsedRequest(PLAIN, [_b64(body.get("data", body), "data")])
@@ -161,7 +167,9 @@ def parse_row(row: Any, headers: Optional[Mapping[str, Any]] = None) -> ParsedRe
             raise RequestError(400, "bad_request", f"unsupported request shape {type(row).__name__}")
 
     value = next((row[name] for name in VIDEO_FIELDS if row.get(name) is not None), None)
-    if value is None and any(k in row for k in ("instances", "inputs", "datatype")):
+    if "datatype" in row:
+        value = row  # an OIP tensor from the kservev2 envelope: its "data" is not a plain video field
+    elif value is None and any(k in row for k in ("instances", "inputs")):
         value = row  # an envelope handed us the decoded object itself
     header_options = options_from_headers(lowered)
     field_options = {k: row[k] for k in REQUEST_OPTION_NAMES if row.get(k) is not None}

@@ -28,11 +28,26 @@ def choose_device(gpu_id: Optional[int], cuda_available: Optional[bool] = None) 
     return torch.device("cpu")
 
 
+def usable_cores() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 quota (Kubernetes CPU limits).
+
+    ``os.cpu_count()`` reports the node's cores, which oversubscribes a pod with a CPU limit.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
 def cpu_thread_count(options: ServeOptions, workers: int, cores: Optional[int] = None) -> int:
     """Intra-op threads for a CPU worker: explicit, or the cores shared by the configured workers."""
     if options.cpu_threads:
         return options.cpu_threads
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     return max(1, cores // max(1, workers))
 
 

@@ -5,7 +5,7 @@ All times are seconds from the first frame of the video stream.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 Window = Tuple[float, float]
 
@@ -27,7 +27,9 @@ def clip_windows(duration: float, window_seconds: float, clips: int) -> List[Win
 
 
 def frame_times(window: Window, num_frames: int, frame_interval: float) -> List[float]:
-    """The ``num_frames`` instants to sample in ``window``, evenly spaced by timestamp.
+    """The ``num_frames`` instants to sample in ``window`` when frame timestamps are unknown.
+
+    Used where a container gives packets without timestamps; ``instants_between`` is preferred.
 
     The first instant is the window start and the last is the start of the window's last
     frame (``end - frame_interval``), so on constant-rate video the frame shown at each
@@ -40,6 +42,24 @@ def frame_times(window: Window, num_frames: int, frame_interval: float) -> List[
     if num_frames == 1:
         return [start + span / 2]
     return [start + span * k / (num_frames - 1) for k in range(num_frames)]
+
+
+def instants_between(frame_times_in_window: Sequence[float], num_frames: int) -> List[float]:
+    """``num_frames`` instants evenly spaced from the first to the last frame of a window.
+
+    ``frame_times_in_window`` are the timestamps of the frames whose time lies in the window
+    ([start, end), as pytorchvideo's ``EncodedVideo.get_clip`` takes them), in any order. Taking
+    at each instant the last frame at or before it gives, at a constant frame rate, exactly the
+    frames of ``UniformTemporalSubsample`` (indices ``linspace(0, n - 1, num_frames)``
+    truncated); at a variable rate the samples stay evenly spaced in time rather than in index.
+    """
+    ordered = sorted(frame_times_in_window)
+    if not ordered:
+        raise ValueError("no frames in the window")
+    first, last = ordered[0], ordered[-1]
+    if num_frames == 1:
+        return [first + (last - first) / 2]
+    return [first + (last - first) * k / (num_frames - 1) for k in range(num_frames)]
 
 
 def crop_offsets(height: int, width: int, crop_size: int, crops: int) -> List[Tuple[int, int]]:

@@ -7,6 +7,7 @@ of a batch gets its own answer and HTTP status; a bad one never fails the others
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -20,9 +21,9 @@ from handler.decoding import DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.metrics import HandlerMetrics
 from handler.options import RequestOptions, ServeOptions, resolve_request_options
-from handler.payload import KSERVE_V1, KSERVE_V2, ParsedRequest, parse_row
+from handler.payload import KSERVE_V1, KSERVE_V2, KSERVE_V2_TENSOR, ParsedRequest, parse_row
 from handler.runtime import ModelRuntime, choose_device, cpu_thread_count
-from handler.sampling import clip_windows, frame_times
+from handler.sampling import clip_windows
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,7 @@ class SlowFastHandler(BaseHandler):
         with VideoDecoder(video, self.limits, self.contract.short_side) as decoder:
             info = decoder.info
             windows = clip_windows(info.duration, self.contract.window_seconds, options.clips)
-            sampled = [
-                decoder.sample(w, frame_times(w, self.contract.num_frames, info.frame_interval)) for w in windows
-            ]
+            sampled = [decoder.sample(w, self.contract.num_frames) for w in windows]
             info = decoder.info
         decode_ms = (time.perf_counter() - started) * 1000
         frames_decoded = sum(s.frames_decoded for s in sampled)
@@ -127,6 +126,9 @@ class SlowFastHandler(BaseHandler):
         return result
 
     def _response(self, parsed: ParsedRequest, results: List[Dict[str, Any]]) -> Any:
+        if parsed.protocol == KSERVE_V2_TENSOR:
+            # TorchServe's kservev2 envelope wraps this in one BYTES output; OIP BYTES elements are strings.
+            return json.dumps(results[0])
         if parsed.protocol == KSERVE_V1:
             return {"predictions": results}
         if parsed.protocol == KSERVE_V2:
@@ -184,7 +186,10 @@ class SlowFastHandler(BaseHandler):
         return responses
 
     def _reject(self, context: Any, idx: int, error: RequestError) -> Dict[str, Any]:
-        context.set_response_status(error.status, error.phrase, idx)
+        # Under the stock kserve envelope the rows are one request's instances, not requests:
+        # statuses exist per request only.
+        requests_in_batch = len(getattr(context, "request_ids", None) or {}) or 1
+        context.set_response_status(error.status, error.phrase, idx if idx < requests_in_batch else 0)
         self.metrics.rejected(error.reason, error.status)
         log.info("request %d rejected: %d %s: %s", idx, error.status, error.reason, error.message)
         return error.to_body()

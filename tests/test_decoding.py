@@ -14,7 +14,7 @@ import torch
 from handler.decoding import DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.payload import parse_row
-from handler.sampling import clip_windows, frame_times
+from handler.sampling import clip_windows, instants_between
 from tests.edge_cases import CASES, EXPECTED, build, truncations
 from tests.synth import make_video
 
@@ -27,7 +27,7 @@ def sample_default(data: bytes, limits: DecodeLimits = LIMITS, clips: int = 1):
     video = parse_row({"body": data}, {}).videos[0]
     with VideoDecoder(video, limits, 256) as decoder:
         windows = clip_windows(decoder.info.duration, WINDOW, clips)
-        sampled = [decoder.sample(w, frame_times(w, 32, decoder.info.frame_interval)) for w in windows]
+        sampled = [decoder.sample(w, 32) for w in windows]
         return decoder.info, sampled
 
 
@@ -87,11 +87,11 @@ def test_corrupt_real_clip_is_answered_from_what_decodes(shared_videos):
     assert window.decode_errors >= 1 and window.frames.shape == (32, 256, 455, 3)
 
 
-def _gray_video(pts_ms, time_base=Fraction(1, 1000)) -> bytes:
+def _gray_video(pts_ms, time_base=Fraction(1, 1000), container="matroska") -> bytes:
     """Flat gray frames whose level encodes their index (index * 4), lossless, explicit timestamps."""
     def source(i):
         return np.full((120, 160, 3), i * 4, dtype=np.uint8)
-    return make_video(frames=len(pts_ms), width=160, height=120, container="matroska", codec="libx264",
+    return make_video(frames=len(pts_ms), width=160, height=120, container=container, codec="libx264",
                       pts=pts_ms, time_base=time_base, options={"preset": "ultrafast", "qp": "0"},
                       frame_source=source)
 
@@ -108,8 +108,8 @@ def test_variable_frame_rate_is_sampled_by_timestamp():
     data = _gray_video(pts)
     with VideoDecoder(data, LIMITS, 256) as decoder:
         window = (0.0, pts[-1] / 1000 + 0.010)
-        times = frame_times(window, 32, decoder.info.frame_interval)
-        sampled = decoder.sample(window, times)
+        sampled = decoder.sample(window, 32)
+    times = instants_between([p / 1000 for p in pts], 32)
     # The frame shown at each instant: the last one whose timestamp is <= the instant.
     expected = [bisect.bisect_right([p / 1000 for p in pts], t + 1e-4) - 1 for t in times]
     assert _indices(sampled.frames) == expected
@@ -130,8 +130,8 @@ def test_first_timestamp_far_from_zero():
 
 @pytest.mark.parametrize("frames, fps", [(1, 30), (3, 30), (6, 60)])
 def test_very_short_videos_repeat_frames_uniformly(frames, fps):
-    # Timestamps exact in a 1/6000 s time base (no rounding): 200 ticks per frame at 30 fps.
-    data = _gray_video([i * 6000 // fps for i in range(frames)], time_base=Fraction(1, 6000))
+    # Timestamps exact in a 1/6000 s time base (MP4 keeps it; Matroska would round to ms).
+    data = _gray_video([i * 6000 // fps for i in range(frames)], time_base=Fraction(1, 6000), container="mp4")
     _, (window,) = sample_default(data)
     assert _indices(window.frames) == torch.linspace(0, frames - 1, 32).long().tolist()
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from handler.sampling import clip_windows, crop_offsets, frame_times, scaled_size
+from handler.sampling import clip_windows, crop_offsets, frame_times, instants_between, scaled_size
 
 
 def test_one_clip_is_the_middle_window():
@@ -63,3 +63,18 @@ def test_scaled_size_matches_pytorchvideo_short_side_scale():
     assert scaled_size(720, 1280, 256) == (256, 455)
     assert scaled_size(568, 320, 256) == (454, 256)
     assert scaled_size(256, 340, 256) == (256, 340)
+
+
+@pytest.mark.parametrize("frames_in_window", [64, 63, 48, 3, 1])
+def test_instants_between_frames_pick_uniform_subsampling_indices(frames_in_window):
+    # Frames at 29.97 fps starting mid-stream: the frame on screen at each instant is the one
+    # UniformTemporalSubsample keeps among the window's frames.
+    stamps = [100.0 + i * 1001 / 30000 for i in range(frames_in_window)]
+    picked = [max(i for i, s in enumerate(stamps) if s <= t + 1e-9) for t in instants_between(stamps, 32)]
+    assert picked == torch.linspace(0, frames_in_window - 1, 32).long().tolist()
+
+
+def test_instants_between_is_order_independent_and_time_uniform():
+    assert instants_between([3.0, 1.0, 2.0], 5) == pytest.approx([1.0, 1.5, 2.0, 2.5, 3.0])
+    with pytest.raises(ValueError):
+        instants_between([], 4)

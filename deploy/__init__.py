@@ -1,0 +1,1 @@
+"""Deployment layouts built from the same .mar as local serving."""

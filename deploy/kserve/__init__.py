@@ -1,0 +1,1 @@
+"""KServe (kserve-torchserve runtime) layout: ``python -m deploy.kserve.build``."""

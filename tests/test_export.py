@@ -1,0 +1,101 @@
+"""Export: scripted == eager, the caller's input is untouched, checkpoints load strictly and round-trip."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from export.__main__ import main as export_main
+from export.build import build_slowfast_r50
+from export.checkpoint import CheckpointError, load_strict, read_state_dict
+from export.reference import slowfast_r50_contract
+from export.save import load_with_contract
+from export.scriptable import script_slowfast
+from export.verify import make_inputs
+
+CONTRACT = slowfast_r50_contract()
+
+
+@pytest.fixture(scope="module")
+def eager():
+    return build_slowfast_r50(seed=0)
+
+
+def test_hub_architecture_and_parameter_count(eager):
+    assert sum(p.numel() for p in eager.parameters()) == 34_566_488
+    fusion = eager.blocks[0].multipathway_fusion.conv_fast_to_slow
+    assert tuple(fusion.kernel_size) == (7, 1, 1)  # the hub's slowfast_r50 fusion kernel
+
+
+def test_built_file_matches_eager_and_leaves_inputs_untouched(built, eager):
+    scripted, contract = load_with_contract(built["pt"])
+    assert isinstance(scripted, torch.jit.ScriptModule) and not isinstance(scripted, torch.jit.TopLevelTracedModule)
+    assert contract == CONTRACT
+    inputs = make_inputs(CONTRACT, batch=2, crop=224, seed=7)
+    given = list(inputs)
+    with torch.inference_mode():
+        ours = scripted(given)
+        reference = eager([t.clone() for t in inputs])
+    assert ours.shape == (2, 400)
+    assert float((ours - reference).abs().max()) <= 1e-4
+    assert given[0] is inputs[0] and given[0].shape == (2, 3, 8, 224, 224)  # caller's list intact
+
+
+def test_scripting_keeps_every_state_dict_key_and_value(eager):
+    scripted = script_slowfast(eager)
+    ours, theirs = scripted.state_dict(), eager.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_model_zoo_checkpoint_round_trip(tmp_path, eager):
+    # A model-zoo style file with weights that differ from the seeded default.
+    trained = build_slowfast_r50(seed=123)
+    with torch.no_grad():
+        for buffer_name, buffer in trained.named_buffers():
+            if buffer_name.endswith("running_mean"):
+                buffer.normal_(0, 0.1)
+    checkpoint = tmp_path / "SLOWFAST_8x8_R50.pyth"
+    torch.save({"model_state": trained.state_dict(), "epoch": 196}, checkpoint)
+    output = tmp_path / "model.pt"
+    assert export_main(["--output", str(output), "--checkpoint", str(checkpoint)]) == 0
+    scripted, _ = load_with_contract(output)
+    inputs = make_inputs(CONTRACT, batch=1, crop=224, seed=3)
+    with torch.inference_mode():
+        ours = scripted(list(inputs))
+        carried = trained([t.clone() for t in inputs])
+        seeded = eager([t.clone() for t in inputs])
+    assert float((ours - carried).abs().max()) <= 1e-4
+    assert float((ours - seeded).abs().max()) > 1e-3  # the checkpoint's weights, not the defaults
+
+
+def test_bare_state_dict_is_accepted(tmp_path, eager):
+    path = tmp_path / "bare.pt"
+    torch.save(eager.state_dict(), path)
+    state = read_state_dict(str(path))
+    assert set(state) == set(eager.state_dict())
+
+
+def test_mismatched_checkpoint_names_the_keys(tmp_path, eager):
+    state = copy.copy(eager.state_dict())
+    del state["blocks.6.proj.weight"]
+    state["blocks.6.extra.weight"] = torch.zeros(1)
+    state["blocks.6.proj.bias"] = torch.zeros(700)
+    model = build_slowfast_r50(seed=0)
+    with pytest.raises(CheckpointError) as caught:
+        load_strict(model, state, "bad.pyth")
+    message = str(caught.value)
+    assert "blocks.6.proj.weight" in message and "blocks.6.extra.weight" in message
+    assert "blocks.6.proj.bias: checkpoint (700,) vs model (400,)" in message
+
+
+def test_unreadable_checkpoints_fail_clearly(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        read_state_dict(str(tmp_path / "missing.pyth"))
+    junk = tmp_path / "junk.pyth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="could not read"):
+        read_state_dict(str(junk))
+    assert export_main(["--output", str(tmp_path / "x.pt"), "--checkpoint", str(junk)]) == 1

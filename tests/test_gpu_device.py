@@ -1,0 +1,164 @@
+"""Device choice for GPU workers, checked on a CPU-only machine with a fake TorchServe context.
+
+TorchServe hands each worker ``system_properties["gpu_id"]`` (an int, or None on CPU-only hosts);
+the handler must place the model and its preprocessing on ``cuda:{gpu_id}``. No GPU exists here,
+so CUDA availability is faked and the model load is replaced by a recorder: what is tested is
+which device the handler asks for, not CUDA itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional
+
+import pytest
+import torch
+
+from handler import runtime as runtime_module
+from handler import slowfast_handler as handler_module
+from handler.runtime import choose_device
+
+
+@pytest.mark.parametrize(
+    "gpu_id, cuda_available, expected",
+    [
+        (0, True, "cuda:0"),
+        (3, True, "cuda:3"),
+        ("1", True, "cuda:1"),   # TorchServe sends an int; a string from a config must not break it
+        (None, True, "cpu"),     # a CPU worker on a GPU host (number_of_gpu=0, deviceType cpu)
+        (0, False, "cpu"),       # gpu_id set but CUDA unusable (driver missing): fall back, don't crash
+        (None, False, "cpu"),
+    ],
+)
+def test_choose_device(gpu_id: Any, cuda_available: bool, expected: str) -> None:
+    assert choose_device(gpu_id, cuda_available) == torch.device(expected)
+
+
+def test_choose_device_asks_torch_when_not_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device(2) == torch.device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device(2) == torch.device("cpu")
+
+
+def fake_context(model_dir: Path, gpu_id: Optional[int], min_workers: int = 2) -> SimpleNamespace:
+    """The parts of ``ts.context.Context`` that ``initialize`` reads (no metrics cache: metrics no-op)."""
+    return SimpleNamespace(
+        system_properties={"model_dir": str(model_dir), "gpu_id": gpu_id, "batch_size": 4},
+        manifest={"model": {"modelName": "slowfast_r50", "serializedFile": "slowfast_r50.pt"}},
+        model_yaml_config={"minWorkers": min_workers, "handler": {"warmup": False, "cpu_threads": 0}},
+    )
+
+
+class _RecordedLoad:
+    """Stands in for ``ModelRuntime.load``: records the device and returns a runtime-shaped object."""
+
+    def __init__(self, contract: Any) -> None:
+        self.calls: List[Dict[str, Any]] = []
+        self.contract = contract
+
+    def __call__(self, path: Path, device: torch.device, options: Any) -> SimpleNamespace:
+        self.calls.append({"path": Path(path), "device": device, "options": options})
+        is_cuda = device.type == "cuda"
+        return SimpleNamespace(
+            contract=self.contract, device=device,
+            micro_batch=options.micro_batch_cuda if is_cuda else options.micro_batch_cpu,
+        )
+
+
+@pytest.fixture
+def fake_contract() -> SimpleNamespace:
+    return SimpleNamespace(model_name="slowfast_r50", short_side=256)
+
+
+@pytest.mark.parametrize("gpu_id", [0, 1, 3])
+def test_initialize_places_model_on_assigned_gpu(
+    gpu_id: int, tmp_path: Path, fake_contract: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    load = _RecordedLoad(fake_contract)
+    monkeypatch.setattr(handler_module.ModelRuntime, "load", load)
+    threads: List[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+
+    handler = handler_module.SlowFastHandler()
+    handler.initialize(fake_context(tmp_path, gpu_id))
+
+    expected = torch.device(f"cuda:{gpu_id}")
+    assert handler.device == expected
+    assert [call["device"] for call in load.calls] == [expected]
+    assert load.calls[0]["path"] == tmp_path / "slowfast_r50.pt"
+    # GPU workers batch views by micro_batch_cuda and leave the CPU thread pool alone.
+    assert handler.runtime.micro_batch == handler.options.micro_batch_cuda
+    assert threads == []
+
+
+def test_initialize_cpu_worker_when_no_gpu_assigned(
+    tmp_path: Path, fake_contract: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host, but this worker got none
+    load = _RecordedLoad(fake_contract)
+    monkeypatch.setattr(handler_module.ModelRuntime, "load", load)
+    threads: List[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(runtime_module, "usable_cores", lambda: 8)
+
+    handler = handler_module.SlowFastHandler()
+    handler.initialize(fake_context(tmp_path, None, min_workers=2))
+
+    assert handler.device == torch.device("cpu")
+    assert [call["device"] for call in load.calls] == [torch.device("cpu")]
+    assert handler.runtime.micro_batch == handler.options.micro_batch_cpu
+    assert threads == [4]  # 8 cores shared by minWorkers=2
+
+
+def test_initialize_gpu_id_without_cuda_falls_back_to_cpu(
+    tmp_path: Path, fake_contract: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    load = _RecordedLoad(fake_contract)
+    monkeypatch.setattr(handler_module.ModelRuntime, "load", load)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+
+    handler = handler_module.SlowFastHandler()
+    handler.initialize(fake_context(tmp_path, 0))
+
+    assert handler.device == torch.device("cpu")
+
+
+def test_preprocessing_follows_the_model_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames go to the worker's device (pinned, non-blocking) on GPU and stay put on CPU."""
+    handler = handler_module.SlowFastHandler()
+    frames = torch.zeros(2, 4, 4, 3, dtype=torch.uint8)
+
+    handler.device = torch.device("cpu")
+    assert handler._to_device(frames) is frames
+
+    moves: List[Dict[str, Any]] = []
+
+    class _Pinned:
+        def to(self, device: torch.device, non_blocking: bool = False) -> str:
+            moves.append({"device": device, "non_blocking": non_blocking})
+            return "moved"
+
+    class _Frames:
+        def pin_memory(self) -> _Pinned:
+            return _Pinned()
+
+    handler.device = torch.device("cuda:2")
+    assert handler._to_device(_Frames()) == "moved"
+    assert moves == [{"device": torch.device("cuda:2"), "non_blocking": True}]
+
+
+@pytest.mark.slow
+def test_initialize_real_model_on_cpu(built: Dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real initialize path with the real TorchScript file: a CPU worker (gpu_id None) loads on CPU."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "slowfast_r50.pt").symlink_to(built["pt"])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this test process's threads
+    handler = handler_module.SlowFastHandler()
+    handler.initialize(fake_context(model_dir, None, min_workers=1))
+    assert handler.device == torch.device("cpu")
+    assert next(iter(handler.runtime.module.parameters()), torch.zeros(1)).device.type == "cpu"

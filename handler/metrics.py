@@ -25,6 +25,8 @@ class HandlerMetrics:
     """
 
     def __init__(self, context: Any) -> None:
+        self._model = "slowfast_r50"
+        self._decode = self._frames = self._views = self._seconds = self._requests = self._rejected = None
         cache = getattr(context, "metrics", None)
         self._ok = cache is not None and MetricTypes is not None and hasattr(cache, "add_metric_to_cache")
         if not self._ok:
@@ -40,13 +42,12 @@ class HandlerMetrics:
         except Exception:  # metrics must never take the model down
             log.exception("could not register handler metrics; continuing without them")
             self._ok = False
-        self._model = "slowfast_r50"
 
     def set_model_name(self, name: str) -> None:
         self._model = name
 
     def _emit(self, metric: Any, value: float, *dims: str) -> None:
-        if not self._ok:
+        if not self._ok or metric is None:
             return
         try:
             metric.add_or_update(value, [self._model, *dims])

@@ -1,0 +1,138 @@
+"""The handler in-process, driven through a fake TorchServe context (no Java server).
+
+Checks the batch contract: one answer per request in order, each bad request gets its own 4xx
+status while the others in the same batch are answered normally, and all views of a batch go
+through the model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+import torch
+
+from handler.slowfast_handler import SlowFastHandler
+from tests.edge_cases import build
+
+
+class FakeContext:
+    """What the handler uses of ``ts.context.Context``: properties, manifest, config, statuses, headers."""
+
+    def __init__(self, model_dir: Path, batch_size: int, config: Optional[Dict[str, Any]] = None) -> None:
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": batch_size}
+        self.manifest = {"model": {"modelName": "slowfast_r50", "serializedFile": "slowfast_r50.pt"}}
+        self.model_yaml_config = config or {"minWorkers": 1, "handler": {"warmup": False}}
+        self.metrics = None
+        self.statuses: Dict[int, Tuple[int, str]] = {}
+        self.headers: Dict[int, Dict[str, str]] = {}
+        self.request_ids = {i: f"req-{i}" for i in range(batch_size)}
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.statuses[idx] = (code, phrase)
+
+    def get_all_request_header(self, idx: int) -> Dict[str, str]:
+        return self.headers.get(idx, {})
+
+
+@pytest.fixture(scope="module")
+def model_dir(built, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("model_dir")
+    try:
+        os.link(built["pt"], directory / "slowfast_r50.pt")
+    except OSError:
+        shutil.copy2(built["pt"], directory / "slowfast_r50.pt")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def handler(model_dir) -> SlowFastHandler:
+    instance = SlowFastHandler()
+    instance.initialize(FakeContext(model_dir, 1))
+    return instance
+
+
+def handle(handler: SlowFastHandler, model_dir: Path, rows: List[Dict[str, Any]], headers=None):
+    context = FakeContext(model_dir, len(rows))
+    context.headers = headers or {}
+    return handler.handle(rows, context), context
+
+
+def test_bad_requests_get_their_own_status_and_the_rest_are_answered(handler, model_dir, shared_videos):
+    good = (shared_videos / "ii__realshort.mp4").read_bytes()
+    rows = [{"body": good}, {"body": b"garbage" * 100}, {"body": build("png_still")}, {"body": good}]
+    responses, context = handle(handler, model_dir, rows)
+    assert len(responses) == 4
+    assert set(context.statuses) == {1, 2}
+    assert context.statuses[1][0] == 422 and responses[1]["reason"] == "not_a_video"
+    assert context.statuses[2][0] == 415 and responses[2]["reason"] == "still_image"
+    for index in (0, 3):
+        predictions = responses[index]["predictions"]
+        assert len(predictions) == 5 and responses[index]["model"] == "slowfast_r50"
+    # The same video in one batch gives the same answer.
+    assert responses[0]["predictions"] == responses[3]["predictions"]
+
+
+def test_batched_answers_equal_single_answers(handler, model_dir, shared_videos):
+    names = ["tv__WUzgd7C1pWA.mp4", "ii__realshort.mp4", "mp__big_buck_bunny_432_433.webm"]
+    videos = [(shared_videos / n).read_bytes() for n in names]
+    together, _ = handle(handler, model_dir, [{"body": v} for v in videos])
+    for video, batched in zip(videos, together):
+        (alone,), _ = handle(handler, model_dir, [{"body": video}])
+        assert [p["index"] for p in alone["predictions"]] == [p["index"] for p in batched["predictions"]]
+        for a, b in zip(alone["predictions"], batched["predictions"]):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-6)
+
+
+def test_options_topk_clips_crops_and_response_shape(handler, model_dir, shared_videos, contract):
+    video = (shared_videos / "tv__v_SoccerJuggling_g23_c01.avi").read_bytes()
+    (result,), context = handle(handler, model_dir, [{"data": video, "topk": "400", "clips": "2"}], {0: {"X-Crops": "3"}})
+    assert not context.statuses
+    probabilities = [p["probability"] for p in result["predictions"]]
+    assert len(probabilities) == 400 and probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
+    assert {p["label"] for p in result["predictions"]} == set(contract.labels)
+    assert result["views"] == 6 and len(result["windows"]) == 2
+    (start_a, end_a), (start_b, end_b) = result["windows"]
+    assert end_a - start_a == pytest.approx(64 / 30, abs=1e-3) and start_b > end_a - 1e-3
+    assert set(result["timings_ms"]) >= {"decode", "preprocess", "inference"}
+
+
+def test_invalid_option_is_a_400_for_that_request_only(handler, model_dir, shared_videos):
+    video = (shared_videos / "ii__realshort.mp4").read_bytes()
+    responses, context = handle(handler, model_dir, [{"data": video, "topk": "0"}, {"body": video}])
+    assert context.statuses == {0: (400, "Bad Request")}
+    assert "topk" in responses[0]["message"] and "predictions" in responses[1]
+
+
+def test_failure_in_the_forward_fails_only_that_batch_with_503(handler, model_dir, shared_videos, monkeypatch):
+    def broken(_pathways):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(handler.runtime, "probabilities", broken)
+    video = (shared_videos / "ii__realshort.mp4").read_bytes()
+    responses, context = handle(handler, model_dir, [{"body": video}, {"body": b""}])
+    assert context.statuses[0][0] == 503 and context.statuses[1][0] == 400
+    assert responses[0]["reason"] == "inference_failed"
+
+
+def test_micro_batches_bound_the_forward_size(model_dir, shared_videos, monkeypatch):
+    config = {"minWorkers": 1, "handler": {"warmup": False, "micro_batch_cpu": 2, "optimize": False}}
+    instance = SlowFastHandler()
+    instance.initialize(FakeContext(model_dir, 1, config))
+    seen: List[int] = []
+    real = instance.runtime.probabilities
+
+    def spy(pathways):
+        seen.append(pathways[1].shape[0])
+        return real(pathways)
+
+    monkeypatch.setattr(instance.runtime, "probabilities", spy)
+    video = (shared_videos / "ii__realshort.mp4").read_bytes()
+    context = FakeContext(model_dir, 2)
+    context.headers = {0: {"crops": "3"}, 1: {"crops": "1"}}
+    instance.handle([{"body": video}, {"body": video}], context)
+    assert seen == [2, 2] and sum(seen) == 4  # 3 + 1 views in chunks of at most 2

@@ -13,6 +13,7 @@ WORKERS    ?= 2
 VIDEO      ?= ../shared/videos/tv__WUzgd7C1pWA.mp4
 TOPK       ?= 5
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
 help:
@@ -65,7 +66,7 @@ test-all: $(BIN)/.installed
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 bench: $(MAR)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 scale:
 	@$(PY) -m client.server scale --workers $(WORKERS)

@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from handler.errors import RequestError
 from handler.options import REQUEST_OPTION_NAMES
@@ -108,7 +108,7 @@ def _kserve_v2(body: Mapping[str, Any]) -> ParsedRequest:
     )
 
 
-def _maybe_json(raw: bytes) -> Optional[Mapping[str, Any]]:
+def _maybe_json(raw: Union[bytes, bytearray]) -> Optional[Mapping[str, Any]]:
     """A JSON object sent without a JSON content type (e.g. forwarded by a proxy), else None."""
     if not raw[:1] in (b"{",):
         return None
@@ -178,8 +178,8 @@ def parse_row(row: Any, headers: Optional[Mapping[str, Any]] = None) -> ParsedRe
         names = sorted(str(k) for k in row.keys())
         raise RequestError(400, "empty_body", f"no video in the request (fields: {names[:8]}); " + CURL_HINT)
     if isinstance(value, (bytes, bytearray)):
-        as_json = _maybe_json(bytes(value))
-        parsed = _from_json(as_json) if as_json is not None else ParsedRequest(PLAIN, [bytes(value)])
+        as_json = _maybe_json(value)  # no full copy of the upload just to look at its first byte
+        parsed = _from_json(as_json) if as_json is not None else ParsedRequest(PLAIN, [value])
     elif isinstance(value, Mapping):
         parsed = _from_json(value)
     elif isinstance(value, str):

@@ -176,9 +176,12 @@ class SlowFastHandler(BaseHandler):
                 )
             return responses
         for idx, (parsed, options, videos) in accepted.items():
+            post_started = time.perf_counter()
             results = [self._result(video, options.topk) for video in videos]
+            post_ms = (time.perf_counter() - post_started) * 1000
             total_ms = (time.perf_counter() - started) * 1000
             for result in results:
+                result["timings_ms"]["postprocess"] = round(post_ms, 2)
                 result["timings_ms"]["handler_total"] = round(total_ms, 2)
                 result["timings_ms"]["batch_size"] = len(data)
             responses[idx] = self._response(parsed, results)

@@ -1,0 +1,1 @@
+"""The slowfast-serve benchmark: `python -m bench` (see bench/__main__.py and bench/RESULTS.md)."""

@@ -1,0 +1,225 @@
+"""``python -m bench [--quick] [--json PATH] [--reps N]``: the whole benchmark, one run, one machine.
+
+Prints a table (stdout) and writes JSON (default bench/results/latest.json); progress goes to
+stderr. Sections:
+
+1. per-stage time per request from the handler's own timings (in-process), for a synthesized
+   10 s 720p H.264 clip (GOP 250) and the real clips of ../shared/videos;
+2. the reference pipeline (pytorchvideo EncodedVideo + the hub tutorial's transforms) on the
+   same clip and window, interleaved with ours;
+3. the model-only optimized forward (the floor) and HTTP end-to-end latency through a real,
+   isolated TorchServe;
+4. throughput of N concurrent clients against model-only throughput at the best micro-batch;
+5. cost growth: one default clip from 10 s, 60 s and 600 s videos, time and worker peak RSS.
+
+Run it alone on the machine: anything else on the cores is measured too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List
+
+from bench.util import REPO, machine, progress
+
+DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
+MAR = REPO / "model_store" / "slowfast_r50.mar"
+PT = REPO / "build" / "slowfast_r50.pt"
+THROUGHPUT_CLIP = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 clip
+SECTIONS = ("stages", "model", "latency", "throughput", "growth")
+SERVED = ("latency", "throughput", "growth")
+RESULTS_MD = REPO / "bench" / "RESULTS.md"
+
+
+def _csv_ints(text: str) -> List[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _csv_floats(text: str) -> List[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: List[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke mode: short clips, 1 repetition, tiny throughput and growth runs (figures meaningless)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)})")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per in-process measurement (default 5; quick 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up repetitions before timing (default 1; quick 0)")
+    parser.add_argument("--http-reps", type=int, default=None, help="timed HTTP requests per clip (default 20; quick 1)")
+    parser.add_argument("--clients", type=int, default=None, help="concurrent clients for throughput (default 4; quick 2)")
+    parser.add_argument("--per-client", type=int, default=None, help="requests per client for throughput (default 6; quick 1)")
+    parser.add_argument("--batches", type=_csv_ints, default=None, help="model-only micro-batch sizes (default 1,2,4; quick 1)")
+    parser.add_argument("--growth-seconds", type=_csv_floats, default=None, help="video lengths for cost growth (default 10,60,600; quick 2,4)")
+    parser.add_argument("--growth-reps", type=int, default=None, help="timed requests per growth video (default 3; quick 1)")
+    parser.add_argument("--clips", default=None, help="comma-separated real clip names (default: every decodable clip; quick: one Kinetics clip)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--skip-served", action="store_true", help="skip the TorchServe sections (latency, throughput, growth)")
+    parser.add_argument("--record", action="store_true",
+                        help="append this run's table (machine, date) to bench/RESULTS.md (full runs only)")
+    parser.add_argument("--mar", type=Path, default=MAR)
+    parser.add_argument("--pt", type=Path, default=PT)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    defaults = {
+        "reps": 1 if quick else 5, "warmup": 0 if quick else 1, "http_reps": 1 if quick else 20,
+        "clients": 2 if quick else 4, "per_client": 1 if quick else 6, "batches": [1] if quick else [1, 2, 4],
+        "growth_seconds": [2.0, 4.0] if quick else [10.0, 60.0, 600.0], "growth_reps": 1 if quick else 3,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    if args.skip_served:
+        args.sections = [x for x in args.sections if x not in SERVED]
+    if args.record and args.quick:
+        parser.error("--record is for full runs; quick figures are not measurements")
+    if min(args.reps, args.http_reps, args.clients, args.per_client, args.growth_reps) < 1 or args.warmup < 0:
+        parser.error("repetition and client counts must be >= 1 (warm-up >= 0)")
+    return args
+
+
+def _sanitize(value: Any) -> Any:
+    """NaN/inf -> null so the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitize(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _stale(mar: Path) -> List[str]:
+    if not mar.is_file():
+        return []
+    built = mar.stat().st_mtime
+    sources = list((REPO / "handler").glob("*.py")) + [REPO / "model-config.yaml"]
+    return [str(p.relative_to(REPO)) for p in sources if p.is_file() and p.stat().st_mtime > built]
+
+
+def main(argv: List[str]) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, str(REPO))
+    started = time.perf_counter()
+    import yaml
+
+    from bench import clips as clipmod
+    from bench import report, stages
+    from bench.clips import SynthSpec
+    from bench.inproc import InProcessHandler
+
+    serving = any(x in SERVED for x in args.sections)
+    for needed in (args.pt,) + ((args.mar,) if serving else ()):
+        if not needed.is_file():
+            progress(f"{needed} is missing: run `make mar` (or `make bench`, which builds it)")
+            return 2
+    notes: List[str] = []
+    stale = _stale(args.mar) if serving else []
+    if stale:
+        notes.append(f"{args.mar.name} is older than {', '.join(stale)}: `make bench` rebuilds it first")
+        progress("warning: " + notes[-1])
+    config = yaml.safe_load((REPO / "model-config.yaml").read_text()) or {}
+
+    # -- clips -----------------------------------------------------------------------------
+    synth_spec = SynthSpec(2.0 if args.quick else 10.0, 1280, 720, 30, 250, "medium", "texture")
+    synth_path = clipmod.synthesized(synth_spec)
+    synth_clip = {"name": synth_path.name, "path": synth_path, "kind": "synthetic-720p", "kinetics_size": False}
+    only = args.clips.split(",") if args.clips else ([THROUGHPUT_CLIP] if args.quick else None)
+    real = clipmod.real_clips(only=only)
+    for clip in real:
+        clip["kind"] = "real"
+    if not real:
+        notes.append(f"no real clips found under {clipmod.SHARED_VIDEOS}: the real-clip rows are missing")
+        progress("warning: " + notes[-1])
+    growth_specs = [SynthSpec(s, 1280, 720, 30, 250, "ultrafast", "pattern_noise") for s in args.growth_seconds]
+    growth_clips = [] if "growth" not in args.sections else [
+        {"name": clipmod.synthesized(spec).name, "path": clipmod.synthesized(spec), "seconds": spec.seconds,
+         "kind": "growth"} for spec in growth_specs
+    ]
+
+    results: Dict[str, Any] = {
+        "meta": {
+            "mode": "quick" if args.quick else "full",
+            "reps": args.reps, "warmup": args.warmup, "http_reps": args.http_reps,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "machine": machine(),
+            "model_config": {k: config.get(k) for k in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")},
+            "handler_options": config.get("handler", {}),
+            "synthetic_720p": {"file": synth_path.name, **synth_spec.describe()},
+            "growth_videos": [{"file": c["name"], **s.describe()} for c, s in zip(growth_clips, growth_specs)],
+            "notes": notes,
+        },
+    }
+    if args.quick:
+        notes.append("quick mode: one repetition, short clips; the figures are not measurements")
+
+    # -- in-process: stages, reference, model-only ------------------------------------------
+    progress(f"loading the handler in-process ({args.pt.name}, freeze + optimize_for_inference) ...")
+    handler = InProcessHandler(args.pt)
+    progress(f"  loaded in {handler.load_s:.1f} s")
+    results["meta"]["machine"]["torch_threads"] = __import__("torch").get_num_threads()
+    results["stages"] = {}
+    if "stages" in args.sections:
+        results["stages"]["clips"] = stages.run(handler, [synth_clip] + real, args.reps, args.warmup)
+    if "model" in args.sections:
+        progress(f"model-only forward at micro-batch sizes {args.batches}")
+        results["stages"]["model_only"] = stages.model_only(
+            handler, args.batches, args.reps, args.warmup, eager=not args.quick)
+
+    # -- through TorchServe ------------------------------------------------------------------
+    if serving:
+        from bench import served as servedmod
+
+        http: Dict[str, Any] = {}
+        results["http"] = http
+        latency_clips = [synth_clip] + [c for c in real if c["kinetics_size"]]
+        if args.quick:  # one clip is enough to exercise the path
+            latency_clips = latency_clips[-1:]
+        tp_clip = next((c for c in real if c["name"] == THROUGHPUT_CLIP), None) or (real[0] if real else synth_clip)
+        with servedmod.Served(args.mar) as served:
+            http["server_start_s"] = round(served.start_s, 2)
+            if "latency" in args.sections:
+                http["latency"] = servedmod.latency(served, handler, latency_clips, args.http_reps, args.warmup)
+            if "throughput" in args.sections:
+                http["throughput"] = servedmod.throughput(served, tp_clip, args.clients, args.per_client, args.warmup)
+            if "growth" in args.sections:
+                http["growth"] = servedmod.growth(served, growth_clips, args.growth_reps, args.warmup)
+
+    results["targets"] = report.evaluate(results, config)
+    try:
+        load_end = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load_end = None
+    results["meta"]["load_avg_at_end"] = load_end
+    results["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    clean = _sanitize(results)
+    args.json.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+    table = report.render(clean)
+    print(table)
+    progress(f"wrote {args.json} ({results['meta']['elapsed_s']:.0f} s in all)")
+    if args.record:
+        with RESULTS_MD.open("a", encoding="utf-8") as out:
+            out.write(report.markdown(clean, table, " ".join(["python -m bench"] + argv)))
+        progress(f"appended this run to {RESULTS_MD.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,107 @@
+"""The real handler, loaded in this process as a TorchServe worker would load it.
+
+``handle`` goes through ``SlowFastHandler.handle`` exactly as a worker does (parse, decode,
+sample, preprocess, forward, answer), so the per-stage figures are the handler's own
+``timings_ms``. The model is the same .pt, frozen and optimized at load as in a worker.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+import yaml
+
+from bench.util import REPO
+
+PT = REPO / "build" / "slowfast_r50.pt"
+MODEL_CONFIG = REPO / "model-config.yaml"
+
+
+class _NullMetric:
+    def add_or_update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class _NullMetricsCache:
+    """Accepts the handler's metric registrations and updates and keeps nothing."""
+
+    def add_metric_to_cache(self, *args: Any, **kwargs: Any) -> _NullMetric:
+        return _NullMetric()
+
+
+class _Context:
+    """The parts of TorchServe's ``Context`` the handler uses; metrics go to a null cache."""
+
+    def __init__(self, model_dir: Path, serialized: str, config: Mapping[str, Any]) -> None:
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 1}
+        self.manifest = {"model": {"serializedFile": serialized, "modelName": "slowfast_r50"}}
+        self.model_yaml_config = dict(config)
+        self.metrics = _NullMetricsCache()
+        self.headers: List[Dict[str, str]] = []
+        self.statuses: Dict[int, int] = {}
+
+    def get_all_request_header(self, idx: int) -> Dict[str, str]:
+        return self.headers[idx] if idx < len(self.headers) else {}
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.statuses[idx] = code
+
+
+class InProcessHandler:
+    def __init__(self, pt: Path = PT, config_path: Path = MODEL_CONFIG) -> None:
+        from handler.slowfast_handler import SlowFastHandler
+
+        config = yaml.safe_load(config_path.read_text()) or {}
+        self.context = _Context(pt.parent, pt.name, config)
+        self.handler = SlowFastHandler()
+        started = time.perf_counter()
+        self.handler.initialize(self.context)
+        self.load_s = time.perf_counter() - started
+        self.runtime = self.handler.runtime
+        self.contract = self.handler.contract
+        self.last_inputs: List[List[torch.Tensor]] = []
+        self._capture = False
+        forward = self.runtime.probabilities
+
+        def recording(pathways: list) -> torch.Tensor:
+            if self._capture:
+                self.last_inputs.append([p.detach().clone() for p in pathways])
+            return forward(pathways)
+
+        # The handler looks the method up per batch: record what it feeds the model when asked.
+        self.runtime.probabilities = recording  # type: ignore[method-assign]
+
+    def handle(self, video: bytes, headers: Optional[Mapping[str, str]] = None, capture: bool = False) -> Dict[str, Any]:
+        """One request; returns the response body (raises if the handler rejected it).
+
+        With ``capture``, ``last_inputs`` holds the ``[slow, fast]`` inputs the handler built.
+        """
+        self.context.headers = [dict(headers or {})]
+        self.context.statuses = {}
+        self.last_inputs = []
+        self._capture = capture
+        try:
+            response = self.handler.handle([{"body": bytearray(video)}], self.context)[0]
+        finally:
+            self._capture = False
+        status = self.context.statuses.get(0, 200)
+        if status != 200:
+            raise RuntimeError(f"handler answered {status}: {response}")
+        return response
+
+    def dummy_pathways(self, batch: int = 1) -> List[torch.Tensor]:
+        """A ``[slow, fast]`` input of ``batch`` views, the shapes the handler feeds the model."""
+        c = self.contract
+        fast = torch.randn(batch, 3, c.num_frames, c.crop_size, c.crop_size)
+        slow_index = torch.linspace(0, c.num_frames - 1, c.num_frames // c.alpha).long()
+        return [fast.index_select(2, slow_index).contiguous(), fast]
+
+    def forward_ms(self, pathways: List[torch.Tensor]) -> float:
+        """One optimized forward (with the handler's softmax), ms: the model-only floor."""
+        started = time.perf_counter()
+        self.runtime.probabilities(pathways)
+        return (time.perf_counter() - started) * 1000
+

@@ -1,0 +1,98 @@
+"""The reference pipeline: pytorchvideo's ``EncodedVideo`` + the hub tutorial's transforms for slowfast_r50.
+
+From https://pytorch.org/hub/facebookresearch_pytorchvideo_slowfast/ :
+``EncodedVideo.get_clip(start, start + 64/30)`` then ``ApplyTransformToKey("video",
+Compose([UniformTemporalSubsample(32), Lambda(x / 255), NormalizeVideo(0.45, 0.225),
+ShortSideScale(256), CenterCropVideo(256), PackPathway(alpha=4)]))``.
+
+Two deliberate deviations, both in the reference's favour: the video is opened from bytes
+already in memory (as our handler gets it), and audio is not decoded (``decode_audio=False``;
+the tutorial's ``from_path`` default decodes it).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from typing import List, Tuple
+
+import torch
+
+
+def _import_pytorchvideo():
+    # pytorchvideo 0.1.5 imports torchvision.transforms.functional_tensor, gone from torchvision
+    # >= 0.17; its functions live in torchvision.transforms.functional now.
+    if "torchvision.transforms.functional_tensor" not in sys.modules:
+        try:
+            import torchvision.transforms.functional_tensor  # noqa: F401
+        except ImportError:
+            import torchvision.transforms.functional as functional
+
+            sys.modules["torchvision.transforms.functional_tensor"] = functional
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pytorchvideo.data.encoded_video import select_video_class
+        from pytorchvideo.transforms import ApplyTransformToKey, ShortSideScale, UniformTemporalSubsample
+        from torchvision.transforms import Compose, Lambda
+        from torchvision.transforms._transforms_video import CenterCropVideo, NormalizeVideo
+    # What EncodedVideo.from_path(path, decoder="pyav") instantiates, minus reading the file.
+    EncodedVideo = select_video_class("pyav")
+    return EncodedVideo, ApplyTransformToKey, ShortSideScale, UniformTemporalSubsample, Compose, Lambda, \
+        CenterCropVideo, NormalizeVideo
+
+
+class PackPathway(torch.nn.Module):
+    """The tutorial's PackPathway: slow = ``linspace(0, T-1, T // alpha)`` frames of the fast pathway."""
+
+    def __init__(self, alpha: int) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, frames: torch.Tensor) -> List[torch.Tensor]:
+        fast = frames
+        slow = torch.index_select(
+            frames, 1, torch.linspace(0, frames.shape[1] - 1, frames.shape[1] // self.alpha).long()
+        )
+        return [slow, fast]
+
+
+class ReferencePipeline:
+    """``run(video_bytes, start, end)`` -> the model's ``[slow, fast]`` input (batch dim added)."""
+
+    def __init__(self, num_frames: int = 32, side: int = 256, crop: int = 256, alpha: int = 4,
+                 mean: Tuple[float, ...] = (0.45,) * 3, std: Tuple[float, ...] = (0.225,) * 3) -> None:
+        (EncodedVideo, ApplyTransformToKey, ShortSideScale, UniformTemporalSubsample, Compose, Lambda,
+         CenterCropVideo, NormalizeVideo) = _import_pytorchvideo()
+        self._encoded_video = EncodedVideo
+        self.transform = ApplyTransformToKey(
+            key="video",
+            transform=Compose([
+                UniformTemporalSubsample(num_frames),
+                Lambda(lambda x: x / 255.0),
+                NormalizeVideo(list(mean), list(std)),
+                ShortSideScale(size=side),
+                CenterCropVideo(crop),
+                PackPathway(alpha),
+            ]),
+        )
+
+    def run_timed(self, video: bytes, start: float, end: float) -> Tuple[float, float, List[torch.Tensor]]:
+        """``(decode_ms, transform_ms, [slow, fast])``: EncodedVideo open + get_clip, then the transforms."""
+        started = time.perf_counter()
+        encoded = self._encoded_video(io.BytesIO(video), "clip", decode_audio=False)
+        try:
+            clip = encoded.get_clip(start_sec=start, end_sec=end)
+        finally:
+            encoded.close()
+        decoded = time.perf_counter()
+        if clip.get("video") is None:
+            raise RuntimeError(f"reference pipeline found no frames in {start:.3f}-{end:.3f} s")
+        data = self.transform(clip)
+        finished = time.perf_counter()
+        return (decoded - started) * 1000, (finished - decoded) * 1000, [x[None, ...] for x in data["video"]]
+
+    def run(self, video: bytes, start: float, end: float) -> List[torch.Tensor]:
+        return self.run_timed(video, start, end)[2]

@@ -1,0 +1,249 @@
+"""Targets (pass/fail, with what bounds a miss) and the printed table."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional
+
+from bench.util import fmt_ms, ratio
+
+
+def _target(name: str, value: Optional[float], op: str, limit: float, detail: str, bound: str = "") -> Dict[str, Any]:
+    ok = None
+    if value is not None and not (isinstance(value, float) and math.isnan(value)):
+        ok = value <= limit if op == "<=" else value >= limit
+    entry = {"name": name, "value": value, "op": op, "limit": limit, "pass": ok, "detail": detail}
+    if ok is False and bound:
+        entry["bound"] = bound
+    return entry
+
+
+def _decode_bound(clip: Dict[str, Any]) -> str:
+    s = clip["stages_ms"]
+    frames = clip["video"].get("frames_decoded")
+    decode, pre = s["decode"]["median"], s["preprocess"]["median"]
+    per_frame = decode / frames if frames else float("nan")
+    return (f"decode {decode:.0f} ms for {frames} frames decoded to sample 32 "
+            f"({per_frame:.1f} ms/frame: seek lands on the keyframe before the window, every frame from "
+            f"there is decoded) + preprocess {pre:.0f} ms, against a forward of "
+            f"{clip['model_forward_ms']['median']:.0f} ms; the decode of those frames is the floor")
+
+
+def _reference_bound(clip: Dict[str, Any]) -> str:
+    s, r = clip["stages_ms"], clip.get("reference_stages_ms", {})
+    ours_decode, ours_pre = s["decode"]["median"], s["preprocess"]["median"]
+    ref_decode = r.get("decode", {}).get("median", float("nan"))
+    ref_transform = r.get("transform", {}).get("median", float("nan"))
+    return (f"reference = decode {ref_decode:.0f} ms + transforms {ref_transform:.0f} ms; ours = decode "
+            f"{ours_decode:.0f} ms ({clip['video'].get('frames_decoded')} frames, from the keyframe before the "
+            f"window, as the reference must too) + preprocess {ours_pre:.0f} ms. Even with free preprocessing "
+            f"the ratio is at most {ratio(ref_decode + ref_transform, ours_decode):.2f}x: the shared frame "
+            f"decoding bounds it on small, cheap-to-transform clips")
+
+
+def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, Any]]:
+    targets: List[Dict[str, Any]] = []
+    stages = results.get("stages", {}).get("clips", {})
+    checked = {n: c for n, c in stages.items() if c.get("kind") == "synthetic-720p" or c.get("kinetics_size")}
+    for name, clip in checked.items():
+        is_720 = clip.get("kind") == "synthetic-720p"
+        limit = 0.25 if is_720 else 0.10
+        label = "720p synthetic" if is_720 else "Kinetics clip"
+        targets.append(_target(
+            f"decode+preprocess / forward [{label} {name}]", clip["decode_preprocess_over_forward"], "<=", limit,
+            f"{clip['decode_preprocess_ms']['median']:.0f} ms / {clip['model_forward_ms']['median']:.0f} ms",
+            _decode_bound(clip),
+        ))
+    for name, clip in checked.items():
+        if clip.get("reference_error"):
+            targets.append(_target(f"speed-up vs reference [{name}]", None, ">=", 3.0, clip["reference_error"]))
+            continue
+        ours, ref = clip["decode_preprocess_ms"]["median"], clip["reference_decode_preprocess_ms"]["median"]
+        targets.append(_target(
+            f"speed-up vs reference decode+preprocess [{name}]", clip["speedup_vs_reference"], ">=", 3.0,
+            f"reference {ref:.0f} ms / ours {ours:.0f} ms",
+            _reference_bound(clip),
+        ))
+    http = results.get("http", {}).get("latency", {})
+    delay = config.get("maxBatchDelay")
+    for name, clip in http.items():
+        is_720 = clip.get("kind") == "synthetic-720p"
+        if not (is_720 or clip.get("kinetics_size")):
+            continue
+        limit = 1.35 if is_720 else 1.15
+        h = clip["handler_ms"]
+        fwd = clip["model_forward_ms"]["median"]
+        floor = (fwd + h["decode"]["median"] + h["preprocess"]["median"] + h["outside_handler"]["median"]
+                 + max(h["handler_total"]["median"] - h["decode"]["median"] - h["preprocess"]["median"]
+                       - h["inference"]["median"], 0))
+        targets.append(_target(
+            f"HTTP e2e p50 / forward [{name}]", clip["p50_over_forward"], "<=", limit,
+            f"p50 {clip['e2e_ms']['p50']:.0f} ms (p95 {clip['e2e_ms']['p95']:.0f}) / forward {fwd:.0f} ms",
+            f"e2e = worker inference {h['inference']['median']:.0f} ms (floor here {fwd:.0f}) + decode "
+            f"{h['decode']['median']:.0f} + preprocess {h['preprocess']['median']:.0f} + outside the handler "
+            f"{h['outside_handler']['median']:.0f} ms (frontend, worker IPC, batching wait up to "
+            f"maxBatchDelay={delay} ms with batchSize={config.get('batchSize')}); with this decode, "
+            f"preprocess and frontend the best reachable is {ratio(floor, fwd):.2f}x "
+            f"(decode+preprocess alone: {ratio(fwd + h['decode']['median'] + h['preprocess']['median'], fwd):.2f}x)",
+        ))
+    tp = results.get("http", {}).get("throughput")
+    model = results.get("stages", {}).get("model_only")
+    if tp and model:
+        served, best = tp["clips_per_s"], model["best_clips_per_s"]
+        clip = stages.get(tp["clip"])
+        bound = ""
+        if clip:
+            fwd1 = model["forward_ms"]["1"]["median"] if "1" in model["forward_ms"] else clip["model_forward_ms"]["median"]
+            dp = clip["decode_preprocess_ms"]["median"]
+            ceiling = 1000.0 / (fwd1 + dp)
+            bound = (f"every served clip also decodes and preprocesses ({dp:.0f} ms) on the same "
+                     f"{results['meta']['machine']['cores']} cores as its forward ({fwd1:.0f} ms at micro-batch 1): "
+                     f"ceiling {ceiling:.3f} clips/s = {ratio(ceiling, best):.2f}x model-only; "
+                     f"measured {served:.3f} (TorchServe mean batch {tp['mean_batch_size']})")
+        targets.append(_target(
+            f"served throughput / model-only [{tp['clients']} clients, {tp['clip']}]", ratio(served, best), ">=", 0.9,
+            f"{served:.3f} clips/s / {best:.3f} clips/s (micro-batch {model['best_micro_batch']})", bound,
+        ))
+    growth = results.get("http", {}).get("growth")
+    if growth and "time_ratio" in growth:
+        short, long_ = growth["videos"][growth["shortest"]], growth["videos"][growth["longest"]]
+        span = f"{short['seconds']:g} s -> {long_['seconds']:g} s video"
+        targets.append(_target(
+            f"time growth [{span}]", growth["time_ratio"], "<=", 1.5,
+            f"{long_['e2e_ms']['median']:.0f} ms / {short['e2e_ms']['median']:.0f} ms",
+            f"frames decoded {short['frames_decoded']} -> {long_['frames_decoded']} (the window's distance "
+            f"from the keyframe before it, not the video's length); decode "
+            f"{short['handler_ms']['decode']['median']:.0f} -> {long_['handler_ms']['decode']['median']:.0f} ms; "
+            f"upload {short['bytes'] / 2**20:.1f} -> {long_['bytes'] / 2**20:.1f} MB; outside the handler "
+            f"{short['handler_ms']['outside_handler']['median']:.0f} -> {long_['handler_ms']['outside_handler']['median']:.0f} ms",
+        ))
+        if "peak_rss_ratio" in growth:
+            targets.append(_target(
+                f"worker peak RSS growth [{span}]", growth["peak_rss_ratio"], "<=", 1.2,
+                f"{long_['worker_peak_rss_mb']:.0f} MB / {short['worker_peak_rss_mb']:.0f} MB",
+                f"the peak grows by {long_['worker_peak_rss_mb'] - short['worker_peak_rss_mb']:.0f} MB for "
+                f"{(long_['bytes'] - short['bytes']) / 2**20:.0f} MB more upload, i.e. the worker holds "
+                f"{ratio(long_['worker_peak_rss_mb'] - short['worker_peak_rss_mb'], (long_['bytes'] - short['bytes']) / 2**20):.1f} "
+                f"copies of the body at once (TorchServe's receive buffer is one; each further bytes() copy in "
+                f"the handler adds one); RSS before its requests: {short['worker_rss_before_mb']} -> "
+                f"{long_['worker_rss_before_mb']} MB",
+            ))
+    return targets
+
+
+# -- the printed table ---------------------------------------------------------------------------
+
+def _f(value: Any, spec: str = ".3f", suffix: str = "") -> str:
+    """Format a number; "-" for a missing one (null in the JSON)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:{spec}}{suffix}"
+
+
+def _row(cells: List[str], widths: List[int]) -> str:
+    return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+
+def _table(header: List[str], rows: List[List[str]]) -> List[str]:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    return [_row(header, widths), _row(["-" * w for w in widths], widths)] + [_row(r, widths) for r in rows]
+
+
+def render(results: Dict[str, Any]) -> str:
+    lines: List[str] = []
+    meta = results["meta"]
+    m = meta["machine"]
+    lines.append(f"slowfast-serve benchmark  {m['date_utc']} UTC  {m['cpu']} ({m['cores']} cores, "
+                 f"torch {m['torch']}, {m['torch_threads']} threads)  mode={meta['mode']} reps={meta['reps']}")
+    lines.append("All times: medians in ms of the repetitions after warm-up; ratios from the same run.")
+    stages = results.get("stages", {})
+    if stages.get("clips"):
+        lines.append("")
+        lines.append("1-2. Per-request stages (handler's own timings_ms, in-process) vs reference pipeline")
+        rows = []
+        for name, c in stages["clips"].items():
+            s = c["stages_ms"]
+            rows.append([
+                name[:40], c["video"].get("width") and f"{c['video']['width']}x{c['video']['height']}" or "",
+                str(c["video"].get("frames_decoded")),
+                fmt_ms(s["decode"]["median"]), fmt_ms(s["preprocess"]["median"]), fmt_ms(s["inference"]["median"]),
+                fmt_ms(s["postprocess"]["median"]), fmt_ms(c["model_forward_ms"]["median"]),
+                _f(c["decode_preprocess_over_forward"]),
+                fmt_ms(c["reference_decode_preprocess_ms"]["median"]),
+                _f(c["speedup_vs_reference"], ".1f", "x"),
+            ])
+        lines += _table(["clip", "size", "frames", "decode", "preproc", "infer", "post*", "fwd-floor",
+                         "(dec+pre)/fwd", "ref dec+pre", "vs ref"], rows)
+        lines.append("  post* = handler_total - decode - preprocess - inference: request parsing, top-k and the answer (the handler has no postprocess timer yet)")
+    model = stages.get("model_only")
+    if model:
+        lines.append("")
+        lines.append("3. Model-only optimized forward (frozen + optimize_for_inference), per micro-batch")
+        rows = [[b, fmt_ms(model["forward_ms"][b]["median"]), fmt_ms(model["forward_ms"][b]["median"] / int(b)),
+                 _f(model["clips_per_s"][b])] for b in model["forward_ms"]]
+        lines += _table(["micro-batch", "forward ms", "ms/clip", "clips/s"], rows)
+        lines.append(f"  best: micro-batch {model['best_micro_batch']} at {model['best_clips_per_s']:.3f} clips/s; "
+                     f"eager (unoptimized) micro-batch 1: {_f(model.get('eager_forward_ms', {}).get('median'), ',.1f')} ms "
+                     f"-> optimized is {_f(model.get('optimized_speedup_over_eager'), '.2f')}x faster")
+    http = results.get("http", {})
+    if http.get("latency"):
+        lines.append("")
+        lines.append(f"3. HTTP end-to-end, one client, real TorchServe (started in {_f(http.get('server_start_s'), '.0f')} s)")
+        rows = []
+        for name, c in http["latency"].items():
+            h = c["handler_ms"]
+            rows.append([name[:40], fmt_ms(c["e2e_ms"]["p50"]), fmt_ms(c["e2e_ms"]["p95"]),
+                         fmt_ms(h["decode"]["median"]), fmt_ms(h["preprocess"]["median"]),
+                         fmt_ms(h["inference"]["median"]), fmt_ms(h["outside_handler"]["median"]),
+                         fmt_ms(c["model_forward_ms"]["median"]), _f(c["p50_over_forward"])])
+        lines += _table(["clip", "p50", "p95", "decode", "preproc", "infer", "outside", "fwd-floor", "p50/fwd"], rows)
+    tp = http.get("throughput")
+    if tp:
+        lines.append("")
+        lines.append(f"4. Throughput: {tp['clients']} concurrent clients x {tp['requests'] // tp['clients']} requests "
+                     f"of {tp['clip']}")
+        best = (stages.get("model_only") or {}).get("best_clips_per_s")
+        lines.append(f"  served {_f(tp['clips_per_s'])} clips/s (p50 {_f(tp['e2e_ms']['p50'], '.0f')} ms, mean batch "
+                     f"{tp['mean_batch_size']}) vs model-only {_f(best)} clips/s -> "
+                     f"{_f(ratio(tp['clips_per_s'], best) if best else None)}x")
+    growth = http.get("growth")
+    if growth and growth.get("videos"):
+        lines.append("")
+        lines.append("5. Cost growth: one default clip (center window) from synthesized videos of growing length")
+        rows = []
+        for name, g in growth["videos"].items():
+            rows.append([f"{g['seconds']:g} s", f"{g['bytes'] / 2**20:.1f}", fmt_ms(g["e2e_ms"]["median"]),
+                         fmt_ms(g["handler_ms"]["decode"]["median"]), str(g["frames_decoded"]),
+                         str(g["worker_rss_before_mb"]), str(g["worker_peak_rss_mb"])])
+        lines += _table(["video", "MB", "e2e ms", "decode", "frames", "RSS before MB", "peak RSS MB"], rows)
+    targets = results.get("targets", [])
+    if targets:
+        lines.append("")
+        lines.append("Targets")
+        for t in targets:
+            mark = {True: "PASS", False: "FAIL", None: "N/A "}[t["pass"]]
+            value = _f(t["value"])
+            lines.append(f"  [{mark}] {t['name']}: {value} {t['op']} {t['limit']:g}  ({t['detail']})")
+            if t.get("bound"):
+                lines.append(f"         bounded by: {t['bound']}")
+    if meta.get("notes"):
+        lines.append("")
+        lines += [f"note: {n}" for n in meta["notes"]]
+    return "\n".join(lines)
+
+
+def markdown(results: Dict[str, Any], table: str, command: str) -> str:
+    """A RESULTS.md section for one run: machine, date, load, the table and its targets."""
+    meta = results["meta"]
+    m = meta["machine"]
+    targets = results.get("targets", [])
+    passed = sum(1 for t in targets if t["pass"] is True)
+    return (
+        f"\n## {m['date_utc']} UTC, {m['cpu']} ({m['cores']} cores), {meta['mode']} run\n\n"
+        f"- command: `{command}`; elapsed {meta.get('elapsed_s')} s\n"
+        f"- host `{m['host']}`, {m['platform']}, Python {m['python']}, torch {m['torch']} "
+        f"({m['torch_threads']} threads)\n"
+        f"- load average at start {m['load_avg_at_start']}, at end {meta.get('load_avg_at_end')}\n"
+        f"- targets passed: {passed} of {len(targets)}\n\n"
+        f"```text\n{table}\n```\n"
+    )

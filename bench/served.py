@@ -1,0 +1,198 @@
+"""Sections 3-5 through a real TorchServe (isolated, on free loopback ports, stopped at the end):
+HTTP end-to-end latency of one client, throughput of N concurrent clients, and cost growth
+(time and the worker's peak RSS) with the length of the uploaded video.
+
+The model-only floor is measured in this process between HTTP requests (the server idles
+meanwhile), so each ratio compares figures taken side by side.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import requests
+
+from bench.inproc import InProcessHandler
+from bench.util import (
+    RssSampler, peak_rss_mb, percentile, progress, ratio, reset_peak_rss, rss_mb, summary,
+)
+
+
+class Served:
+    """A started LocalTorchServe plus one keep-alive HTTP session per client thread."""
+
+    def __init__(self, mar: Path) -> None:
+        from client.local import LocalTorchServe
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="slowfast-bench-")
+        self.server = LocalTorchServe(mar, Path(self._tmp.name))
+        self._local = threading.local()
+        self.start_s = float("nan")
+
+    def __enter__(self) -> "Served":
+        started = time.perf_counter()
+        progress("starting an isolated TorchServe (free loopback ports) ...")
+        try:
+            self.server.start()
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+        self.start_s = time.perf_counter() - started
+        progress(f"  ready in {self.start_s:.1f} s; worker pid {self.worker_pid()}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        progress("stopping the benchmark's TorchServe")
+        self.server.stop()
+        self._tmp.cleanup()
+
+    def worker_pid(self) -> Optional[int]:
+        workers = [w for w in self.server.workers() if w.get("status") == "READY"]
+        return int(workers[0]["pid"]) if workers and workers[0].get("pid") else None
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    def predict(self, video: bytes) -> Dict[str, Any]:
+        """One request; returns the body plus ``e2e_ms`` (client-side wall time, upload included)."""
+        headers = {"Content-Type": "application/octet-stream", **self.server.keys.inference_header()}
+        started = time.perf_counter()
+        reply = self._session().post(self.server.predictions_url, data=video, headers=headers, timeout=600)
+        e2e_ms = (time.perf_counter() - started) * 1000
+        if reply.status_code != 200:
+            raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:300]}")
+        body = reply.json()
+        body["e2e_ms"] = e2e_ms
+        return body
+
+
+def _handler_medians(bodies: List[Dict[str, Any]]) -> Dict[str, Any]:
+    keys = ("decode", "preprocess", "inference", "handler_total")
+    out = {k: summary([float(b["timings_ms"][k]) for b in bodies]) for k in keys}
+    out["outside_handler"] = summary([b["e2e_ms"] - float(b["timings_ms"]["handler_total"]) for b in bodies])
+    return out
+
+
+def latency(served: Served, handler: InProcessHandler, clips: List[Dict[str, Any]], reps: int,
+            warmup: int) -> Dict[str, Any]:
+    """One client, sequential requests, each followed by one in-process model-only forward."""
+    floor_input = handler.dummy_pathways(1)
+    out: Dict[str, Any] = {}
+    for clip in clips:
+        progress(f"http latency: {clip['name']} ({warmup} warm-up + {reps} requests, one client)")
+        video = clip["path"].read_bytes()
+        bodies, floors = [], []
+        for rep in range(warmup + reps):
+            body = served.predict(video)
+            floor = handler.forward_ms(floor_input)
+            if rep >= warmup:
+                bodies.append(body)
+                floors.append(floor)
+        e2e = [b["e2e_ms"] for b in bodies]
+        result = {
+            "e2e_ms": {**summary(e2e), "p50": round(percentile(e2e, 50), 3), "p95": round(percentile(e2e, 95), 3)},
+            "model_forward_ms": summary(floors),
+            "handler_ms": _handler_medians(bodies),
+            "kinetics_size": clip.get("kinetics_size", False),
+            "kind": clip.get("kind"),
+        }
+        result["p50_over_forward"] = ratio(result["e2e_ms"]["p50"], result["model_forward_ms"]["median"])
+        result["p95_over_forward"] = ratio(result["e2e_ms"]["p95"], result["model_forward_ms"]["median"])
+        out[clip["name"]] = result
+        progress(f"  e2e p50 {result['e2e_ms']['p50']:.0f} ms p95 {result['e2e_ms']['p95']:.0f} ms, "
+                 f"forward {result['model_forward_ms']['median']:.0f} ms -> {result['p50_over_forward']:.2f}x")
+    return out
+
+
+def throughput(served: Served, clip: Dict[str, Any], clients: int, per_client: int, warmup: int = 1) -> Dict[str, Any]:
+    """``clients`` threads each sending ``per_client`` requests back to back, after one warm-up round."""
+    video = clip["path"].read_bytes()
+    progress(f"throughput: {clients} concurrent clients x {per_client} requests of {clip['name']}")
+
+    def one_client(count: int) -> List[Dict[str, Any]]:
+        return [served.predict(video) for _ in range(count)]
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        if warmup:
+            list(pool.map(one_client, [warmup] * clients))  # warm-up: sessions, batching path
+        started = time.perf_counter()
+        results = list(pool.map(one_client, [per_client] * clients))
+        wall = time.perf_counter() - started
+    bodies = [b for r in results for b in r]
+    batch_sizes = [int(b["timings_ms"].get("batch_size", 1)) for b in bodies]
+    out = {
+        "clip": clip["name"],
+        "clients": clients,
+        "requests": len(bodies),
+        "wall_s": round(wall, 3),
+        "clips_per_s": round(len(bodies) / wall, 4),
+        "e2e_ms": {**summary([b["e2e_ms"] for b in bodies]),
+                   "p50": round(percentile([b["e2e_ms"] for b in bodies], 50), 3),
+                   "p95": round(percentile([b["e2e_ms"] for b in bodies], 95), 3)},
+        "handler_ms": _handler_medians(bodies),
+        "mean_batch_size": round(sum(batch_sizes) / len(batch_sizes), 3),
+    }
+    progress(f"  {out['clips_per_s']:.3f} clips/s (mean TorchServe batch {out['mean_batch_size']})")
+    return out
+
+
+def growth(served: Served, clips: List[Dict[str, Any]], reps: int, warmup: int = 1) -> Dict[str, Any]:
+    """One default request on each video (shortest first), its time and the worker's peak RSS.
+
+    The worker's peak-RSS mark (VmHWM) is reset before each video's first request; where the kernel
+    refuses, a 5 ms RSS sampler gives the peak instead. Shortest first, so memory a longer video
+    leaves behind can only count against the longer ones.
+    """
+    pid = served.worker_pid()
+    out: Dict[str, Any] = {"worker_pid": pid, "videos": {}}
+    for clip in clips:
+        video = clip["path"].read_bytes()
+        progress(f"growth: {clip['name']} ({len(video) / 2**20:.1f} MB, {warmup} warm-up + {reps} requests)")
+        before = rss_mb(pid) if pid else None
+        hwm_reset = bool(pid) and reset_peak_rss(pid)
+        # A sampler only where the kernel's peak mark cannot be reset (it costs a little CPU).
+        sampler = RssSampler(pid) if (pid and not hwm_reset) else None
+        bodies = []
+        if sampler:
+            sampler.__enter__()
+        try:
+            for _ in range(warmup):  # untimed, but inside the peak: its memory is this video's too
+                served.predict(video)
+            for _ in range(reps):
+                bodies.append(served.predict(video))
+        finally:
+            if sampler:
+                sampler.__exit__()
+        peak_hwm = peak_rss_mb(pid) if (pid and hwm_reset) else None
+        peaks = [p for p in (peak_hwm, sampler.peak if sampler else None) if p]
+        e2e = [b["e2e_ms"] for b in bodies]
+        result = {
+            "seconds": clip.get("seconds"),
+            "bytes": len(video),
+            "e2e_ms": summary(e2e),
+            "handler_ms": _handler_medians(bodies),
+            "frames_decoded": bodies[-1]["video"]["frames_decoded"],
+            "window_s": bodies[-1]["windows"][0],
+            "worker_rss_before_mb": round(before, 1) if before else None,
+            "worker_peak_rss_mb": round(max(peaks), 1) if peaks else None,
+            "peak_source": "VmHWM (reset per video)" if peak_hwm else "5 ms RSS sampler",
+        }
+        out["videos"][clip["name"]] = result
+        progress(f"  e2e {result['e2e_ms']['median']:.0f} ms, decode {result['handler_ms']['decode']['median']:.0f} ms, "
+                 f"{result['frames_decoded']} frames decoded, worker peak RSS {result['worker_peak_rss_mb']} MB")
+    names = list(out["videos"])
+    if len(names) >= 2:
+        first, last = out["videos"][names[0]], out["videos"][names[-1]]
+        out["shortest"], out["longest"] = names[0], names[-1]
+        out["time_ratio"] = ratio(last["e2e_ms"]["median"], first["e2e_ms"]["median"])
+        if first["worker_peak_rss_mb"] and last["worker_peak_rss_mb"]:
+            out["peak_rss_ratio"] = ratio(last["worker_peak_rss_mb"], first["worker_peak_rss_mb"])
+    return out

@@ -1,0 +1,90 @@
+"""Smoke test of the benchmark: `python -m bench --quick` runs end to end and writes its JSON.
+
+It asserts structure and sanity only, never timings: figures from a shared test machine mean
+nothing, and the targets are the benchmark's own business (`make bench`, run alone).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.integration  # starts its own TorchServe on free loopback ports
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(built: Dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    assert "Targets" in proc.stdout, proc.stdout[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_meta_and_targets(quick_run: Dict[str, Any]) -> None:
+    meta = quick_run["meta"]
+    assert meta["mode"] == "quick"
+    assert meta["machine"]["cores"] >= 1 and meta["machine"]["date_utc"]
+    assert meta["synthetic_720p"]["width"] == 1280 and meta["synthetic_720p"]["gop"] == 250
+    targets = quick_run["targets"]
+    assert targets, "no targets evaluated"
+    for target in targets:
+        assert {"name", "value", "op", "limit", "pass", "detail"} <= set(target)
+        assert target["pass"] in (True, False, None)
+        if target["pass"] is False:
+            assert target.get("bound"), f"a missed target must say what bounds it: {target['name']}"
+    names = " ".join(t["name"] for t in targets)
+    for expected in ("decode+preprocess / forward", "speed-up vs reference", "HTTP e2e",
+                     "served throughput", "time growth", "peak RSS growth"):
+        assert expected in names
+
+
+def test_stages_and_reference(quick_run: Dict[str, Any]) -> None:
+    clips = quick_run["stages"]["clips"]
+    kinds = {c.get("kind") for c in clips.values()}
+    assert "synthetic-720p" in kinds
+    for name, clip in clips.items():
+        stages = clip["stages_ms"]
+        for key in ("decode", "preprocess", "inference", "handler_total"):
+            assert _positive(stages[key]["median"]), (name, key)
+        assert stages["postprocess"]["median"] >= 0
+        parts = sum(stages[k]["median"] for k in ("decode", "preprocess", "inference"))
+        assert parts <= stages["handler_total"]["median"] * 1.001 + 0.1, name  # stages inside the total
+        assert _positive(clip["model_forward_ms"]["median"])
+        assert _positive(clip["reference_decode_preprocess_ms"]["median"]), clip.get("reference_error")
+        assert _positive(clip["speedup_vs_reference"]) and _positive(clip["decode_preprocess_over_forward"])
+        assert clip["video"]["frames_decoded"] >= 1
+    model = quick_run["stages"]["model_only"]
+    assert _positive(model["best_clips_per_s"]) and str(model["best_micro_batch"]) in model["forward_ms"]
+
+
+def test_served_sections(quick_run: Dict[str, Any]) -> None:
+    http = quick_run["http"]
+    assert http["latency"]
+    for clip in http["latency"].values():
+        assert _positive(clip["e2e_ms"]["p50"]) and clip["e2e_ms"]["p95"] >= clip["e2e_ms"]["p50"]
+        # The client's wall time contains the handler's.
+        assert clip["e2e_ms"]["p50"] >= clip["handler_ms"]["handler_total"]["median"]
+    tp = http["throughput"]
+    assert _positive(tp["clips_per_s"]) and tp["requests"] == tp["clients"] * quick_run["meta"]["args"]["per_client"]
+    growth = http["growth"]
+    assert len(growth["videos"]) == 2
+    for video in growth["videos"].values():
+        assert _positive(video["worker_peak_rss_mb"]) and video["worker_peak_rss_mb"] >= 100
+        assert _positive(video["e2e_ms"]["median"])
+    assert _positive(growth["time_ratio"]) and _positive(growth["peak_rss_ratio"])

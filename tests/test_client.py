@@ -128,3 +128,49 @@ def test_bad_video_exits_with_the_handlers_message(server: LocalTorchServe, shar
     done = run_client(str(shared_videos / "tc__nasa_13013.mp4.audio.mp3"), *_args(server))
     assert done.returncode == 1
     assert "HTTP 422" in done.stderr and "no_video_stream" in done.stderr and "no video stream" in done.stderr
+
+
+def test_resends_once_when_the_worker_died(tmp_path: Path) -> None:
+    """A 5xx "Worker died." / "Worker scaled down." is resent (--retries, default 1); other errors are not."""
+    import http.server
+    import threading
+
+    answers = [(507, {"code": 507, "type": "InternalServerException", "message": "Worker died."}),
+               (200, {"predictions": [{"label": "texting", "index": 355, "probability": 0.5}]}),
+               (500, {"code": 500, "type": "InternalServerException", "message": "Worker scaled down."}),
+               (500, {"code": 500, "type": "InternalServerException", "message": "Worker scaled down."}),
+               (503, {"code": 503, "reason": "inference_failed", "message": "the model failed on this batch; retry"})]
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization"))
+            status, body = answers.pop(0)
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        clip = tmp_path / "x.mp4"
+        clip.write_bytes(b"\x00" * 16)
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        done = run_client(str(clip), "--url", url, "--token", "k")
+        assert done.returncode == 0, done.stderr
+        assert "Worker died" in done.stderr and "texting" in done.stdout
+        done = run_client(str(clip), "--url", url, "--token", "k")  # died twice: gives up after one resend
+        assert done.returncode == 1 and "HTTP 500" in done.stderr and "Worker scaled down" in done.stderr
+        done = run_client(str(clip), "--url", url, "--token", "k")  # the handler's 503: not resent
+        assert done.returncode == 1 and "HTTP 503" in done.stderr and "inference_failed" in done.stderr
+        assert answers == [] and seen == ["Bearer k"] * 5
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -80,6 +80,8 @@ def test_allowed_urls_admit_only_archives_in_a_local_model_store() -> None:
         f"file://{REPO}/model_store/{MODEL}.mar.py",
         f"file://{REPO}/model_store/workflow.war",
         "model_store/evil.mar://",
+        f"file://{REPO}/model_store/../../tmp/evil.mar",  # traversal out of the store
+        f"file://{REPO}/model_store/sub/evil.mar",
     ]:
         assert not allowed(url), f"allowed_urls admits {url}"
 

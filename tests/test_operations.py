@@ -219,7 +219,8 @@ def test_scale_up_and_down_while_clients_run(server: LocalTorchServe, clip_bytes
         time.sleep(2)
         phase["name"] = "scaling up"
         t0 = time.perf_counter()
-        reply = server.scale(min_worker=2, max_worker=original["maxWorkers"])
+        # Other tests may have left maxWorkers at 1: never ask for a max below the target.
+        reply = server.scale(min_worker=2, max_worker=max(2, original["maxWorkers"]))
         assert reply.status_code == 200, reply.text
         server.wait_ready(workers=2, timeout=300)
         timings["up"] = time.perf_counter() - t0

@@ -19,17 +19,14 @@ from urllib.parse import urlparse
 import requests
 
 from client.keys import KeyFileError, read_keys
+from client.local import read_properties
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "slowfast_r50"
 
 
 def _property(name: str, default: str) -> str:
-    for line in (REPO / "config.properties").read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == name:
-            return value.strip()
-    return default
+    return read_properties(REPO / "config.properties").get(name, default)
 
 
 def management_url() -> str:

@@ -14,7 +14,7 @@ import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import av
@@ -74,7 +74,6 @@ class SampledWindow:
 class _DecodeStats:
     frames_decoded: int = 0
     errors: int = 0
-    notes: List[str] = field(default_factory=list)
 
 
 def _rotation_of(frame: av.VideoFrame) -> int:
@@ -240,7 +239,7 @@ class VideoDecoder:
 
     def _seek(self, seconds: Optional[float]) -> None:
         """Seek to the keyframe at or before ``seconds`` (absolute stream time); None = the start."""
-        target = self._start or 0.0 if seconds is None else seconds
+        target = (self._start or 0.0) if seconds is None else seconds
         try:
             self._container.seek(int(math.floor(target / self._time_base)), stream=self._stream, backward=True)
         except av.error.FFmpegError:
@@ -273,7 +272,7 @@ class VideoDecoder:
                 if frame.pts is not None:
                     t = frame.pts * self._time_base
                 else:
-                    t = last_time + (self.info.frame_interval if hasattr(self, "info") else 1 / DEFAULT_FPS)
+                    t = last_time + self.info.frame_interval
                 last_time = max(last_time, t)
                 heapq.heappush(heap, (t, next(order), frame))
                 if len(heap) > REORDER_DEPTH:
@@ -378,7 +377,7 @@ class VideoDecoder:
                 ).to_ndarray()
             arrays.append(converted[key])
         frames = torch.from_numpy(np.stack(arrays))
-        self.info = VideoInfo(**{**self.info.__dict__, "rotation": rotation})
+        self.info = replace(self.info, rotation=rotation)
         return rotate_frames(frames, rotation)
 
     def close(self) -> None:

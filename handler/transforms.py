@@ -13,6 +13,8 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from handler.sampling import scaled_size
+
 
 def rotate_frames(frames: torch.Tensor, rotation_degrees: int) -> torch.Tensor:
     """Turn (T, H, W, C) frames as a player honouring a display matrix would show them.
@@ -35,7 +37,7 @@ def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
     t, h, w, c = frames.shape
     if min(h, w) == short_side:
         return frames
-    new_h, new_w = (int(short_side * h / w), short_side) if w < h else (short_side, int(short_side * w / h))
+    new_h, new_w = scaled_size(h, w, short_side)
     x = frames.permute(0, 3, 1, 2).float()
     x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
     return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()

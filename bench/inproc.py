@@ -15,39 +15,10 @@ import torch
 import yaml
 
 from bench.util import REPO
+from harness.context import FakeContext, NullMetricsCache
 
 PT = REPO / "build" / "slowfast_r50.pt"
 MODEL_CONFIG = REPO / "model-config.yaml"
-
-
-class _NullMetric:
-    def add_or_update(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
-class _NullMetricsCache:
-    """Accepts the handler's metric registrations and updates and keeps nothing."""
-
-    def add_metric_to_cache(self, *args: Any, **kwargs: Any) -> _NullMetric:
-        return _NullMetric()
-
-
-class _Context:
-    """The parts of TorchServe's ``Context`` the handler uses; metrics go to a null cache."""
-
-    def __init__(self, model_dir: Path, serialized: str, config: Mapping[str, Any]) -> None:
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 1}
-        self.manifest = {"model": {"serializedFile": serialized, "modelName": "slowfast_r50"}}
-        self.model_yaml_config = dict(config)
-        self.metrics = _NullMetricsCache()
-        self.headers: List[Dict[str, str]] = []
-        self.statuses: Dict[int, int] = {}
-
-    def get_all_request_header(self, idx: int) -> Dict[str, str]:
-        return self.headers[idx] if idx < len(self.headers) else {}
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        self.statuses[idx] = code
 
 
 class InProcessHandler:
@@ -55,7 +26,7 @@ class InProcessHandler:
         from handler.slowfast_handler import SlowFastHandler
 
         config = yaml.safe_load(config_path.read_text()) or {}
-        self.context = _Context(pt.parent, pt.name, config)
+        self.context = FakeContext(pt.parent, 1, config, serialized=pt.name, metrics=NullMetricsCache())
         self.handler = SlowFastHandler()
         started = time.perf_counter()
         self.handler.initialize(self.context)
@@ -79,15 +50,14 @@ class InProcessHandler:
 
         With ``capture``, ``last_inputs`` holds the ``[slow, fast]`` inputs the handler built.
         """
-        self.context.headers = [dict(headers or {})]
-        self.context.statuses = {}
+        self.context.start_batch([dict(headers or {})])
         self.last_inputs = []
         self._capture = capture
         try:
             response = self.handler.handle([{"body": bytearray(video)}], self.context)[0]
         finally:
             self._capture = False
-        status = self.context.statuses.get(0, 200)
+        status = self.context.statuses.get(0, (200, ""))[0]
         if status != 200:
             raise RuntimeError(f"handler answered {status}: {response}")
         return response

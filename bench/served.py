@@ -27,7 +27,7 @@ class Served:
     """A started LocalTorchServe plus one keep-alive HTTP session per client thread."""
 
     def __init__(self, mar: Path) -> None:
-        from client.local import LocalTorchServe
+        from harness.torchserve import LocalTorchServe
 
         self._tmp = tempfile.TemporaryDirectory(prefix="slowfast-bench-")
         self.server = LocalTorchServe(mar, Path(self._tmp.name))

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import requests
 
+from client.config import repo_property
 from client.keys import KEY_FILE, KeyFileError, read_keys
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,14 +35,7 @@ class ClientError(RuntimeError):
 
 def default_url() -> str:
     """The inference address of this repo's config.properties (what `make start` serves)."""
-    try:
-        for line in (REPO / "config.properties").read_text().splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "inference_address":
-                return value.strip()
-    except OSError:
-        pass
-    return "http://127.0.0.1:8080"
+    return repo_property("inference_address", "http://127.0.0.1:8080")
 
 
 def predictions_url(url: str, model: str = MODEL) -> str:

@@ -19,22 +19,18 @@ from urllib.parse import urlparse
 import requests
 
 from client.keys import KeyFileError, read_keys
-from client.local import read_properties
+from client.config import repo_property
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "slowfast_r50"
 
 
-def _property(name: str, default: str) -> str:
-    return read_properties(REPO / "config.properties").get(name, default)
-
-
 def management_url() -> str:
-    return _property("management_address", "http://127.0.0.1:8081")
+    return repo_property("management_address", "http://127.0.0.1:8081")
 
 
 def inference_url() -> str:
-    return _property("inference_address", "http://127.0.0.1:8080")
+    return repo_property("inference_address", "http://127.0.0.1:8080")
 
 
 def _torchserve() -> str:

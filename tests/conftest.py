@@ -14,7 +14,7 @@ SHARED = REPO.parent / "shared"
 VIDEOS = SHARED / "videos"
 sys.path.insert(0, str(REPO))
 
-from client.local import LocalTorchServe  # noqa: E402
+from harness.torchserve import LocalTorchServe  # noqa: E402
 
 PT = REPO / "build" / "slowfast_r50.pt"
 MAR = REPO / "model_store" / "slowfast_r50.mar"

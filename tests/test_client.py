@@ -11,7 +11,7 @@ from typing import List
 import pytest
 
 import client.predict as cp
-from client.local import REPO, LocalTorchServe
+from harness.torchserve import REPO, LocalTorchServe
 
 KEYS = {"management": {"key": "mgmt-key"}, "inference": {"key": "inf-key"}, "API": {"key": "api-key"}}
 

@@ -18,6 +18,7 @@ import torch
 from handler import runtime as runtime_module
 from handler import slowfast_handler as handler_module
 from handler.runtime import choose_device
+from harness.context import FakeContext
 
 
 @pytest.mark.parametrize(
@@ -42,12 +43,10 @@ def test_choose_device_asks_torch_when_not_told(monkeypatch: pytest.MonkeyPatch)
     assert choose_device(2) == torch.device("cpu")
 
 
-def fake_context(model_dir: Path, gpu_id: Optional[int], min_workers: int = 2) -> SimpleNamespace:
-    """The parts of ``ts.context.Context`` that ``initialize`` reads (no metrics cache: metrics no-op)."""
-    return SimpleNamespace(
-        system_properties={"model_dir": str(model_dir), "gpu_id": gpu_id, "batch_size": 4},
-        manifest={"model": {"modelName": "slowfast_r50", "serializedFile": "slowfast_r50.pt"}},
-        model_yaml_config={"minWorkers": min_workers, "handler": {"warmup": False, "cpu_threads": 0}},
+def fake_context(model_dir: Path, gpu_id: Optional[int], min_workers: int = 2) -> FakeContext:
+    """A worker's context without a metrics cache (metrics no-op)."""
+    return FakeContext(
+        model_dir, 4, {"minWorkers": min_workers, "handler": {"warmup": False, "cpu_threads": 0}}, gpu_id=gpu_id
     )
 
 

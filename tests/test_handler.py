@@ -16,26 +16,8 @@ import pytest
 import torch
 
 from handler.slowfast_handler import SlowFastHandler
+from harness.context import FakeContext
 from tests.edge_cases import build
-
-
-class FakeContext:
-    """What the handler uses of ``ts.context.Context``: properties, manifest, config, statuses, headers."""
-
-    def __init__(self, model_dir: Path, batch_size: int, config: Optional[Dict[str, Any]] = None) -> None:
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": batch_size}
-        self.manifest = {"model": {"modelName": "slowfast_r50", "serializedFile": "slowfast_r50.pt"}}
-        self.model_yaml_config = config or {"minWorkers": 1, "handler": {"warmup": False}}
-        self.metrics = None
-        self.statuses: Dict[int, Tuple[int, str]] = {}
-        self.headers: Dict[int, Dict[str, str]] = {}
-        self.request_ids = {i: f"req-{i}" for i in range(batch_size)}
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        self.statuses[idx] = (code, phrase)
-
-    def get_all_request_header(self, idx: int) -> Dict[str, str]:
-        return self.headers.get(idx, {})
 
 
 @pytest.fixture(scope="module")

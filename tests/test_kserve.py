@@ -22,7 +22,8 @@ import requests
 import yaml
 
 from client.keys import Keys
-from client.local import LocalTorchServe, read_properties
+from client.config import read_properties
+from harness.torchserve import LocalTorchServe
 from deploy.kserve.build import build, kserve_properties, mar_facts
 
 MANIFEST_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kserve"

@@ -13,7 +13,7 @@ from typing import Dict, List, Tuple
 import pytest
 import requests
 
-from client.local import LocalTorchServe
+from harness.torchserve import LocalTorchServe
 
 pytestmark = pytest.mark.integration
 

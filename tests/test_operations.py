@@ -22,7 +22,7 @@ import psutil
 import pytest
 import requests
 
-from client.local import LocalTorchServe
+from harness.torchserve import LocalTorchServe
 
 pytestmark = pytest.mark.integration
 

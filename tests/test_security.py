@@ -19,7 +19,8 @@ import psutil
 import pytest
 import requests
 
-from client.local import REPO, LocalTorchServe, read_properties
+from client.config import read_properties
+from harness.torchserve import REPO, LocalTorchServe
 
 pytestmark = pytest.mark.integration
 

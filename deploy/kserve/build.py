@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
-from client.local import read_properties
+from client.config import read_properties
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

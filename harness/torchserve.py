@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import requests
 
+from client.config import read_properties
 from client.keys import KeyFileError, Keys, read_keys
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,16 +31,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def read_properties(path: Path) -> Dict[str, str]:
-    properties: Dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            properties[key.strip()] = value.strip()
-    return properties
 
 
 class LocalTorchServe:

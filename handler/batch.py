@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 import torch
 
 from handler.contract import PreprocessContract
-from handler.sampling import crop_offsets
+from handler.transforms import crop_offsets
 from handler.transforms import crop_and_normalize, pack_pathways
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from handler.errors import RequestError
-from handler.sampling import frame_times, instants_between, scaled_size
-from handler.transforms import rotate_frames
+from handler.sampling import frame_times, instants_between
+from handler.transforms import rotate_frames, scaled_size
 
 log = logging.getLogger(__name__)
 

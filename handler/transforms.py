@@ -1,4 +1,5 @@
-"""Pure tensor functions from sampled uint8 frames to the model's ``[slow, fast]`` input.
+"""Where to look in a frame (scaled size, crops) and pure tensor functions from sampled uint8
+frames to the model's ``[slow, fast]`` input.
 
 They run on whatever device their input is on (the worker's GPU when it has one). Work stays in
 uint8 until the crop, then a single fused scale-and-shift replaces /255, -mean, /std: resizing
@@ -8,12 +9,40 @@ step.
 
 from __future__ import annotations
 
+import math
 from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from handler.sampling import scaled_size
+
+def crop_offsets(height: int, width: int, crop_size: int, crops: int) -> List[Tuple[int, int]]:
+    """Top-left ``(y, x)`` of each square crop: 1 = center; 3 = start/center/end of the long side.
+
+    One crop is torchvision's ``CenterCropVideo`` (the hub tutorial's): offsets
+    ``int(round((size - crop) / 2))``. Three are pytorchvideo's ``uniform_crop`` with
+    ``spatial_idx`` 0, 1, 2 (the SlowFast test protocol), whose centre rounds up:
+    ``ceil((size - crop) / 2)``. The two differ by one pixel where ``size - crop`` is odd.
+    """
+    if crop_size > min(height, width):
+        raise ValueError(f"crop {crop_size} larger than frame {height}x{width}")
+    if crops == 1:
+        return [(int(round((height - crop_size) / 2)), int(round((width - crop_size) / 2)))]
+    if crops != 3:
+        raise ValueError(f"crops must be 1 or 3, got {crops}")
+    y_center, x_center = math.ceil((height - crop_size) / 2), math.ceil((width - crop_size) / 2)
+    if height > width:
+        return [(0, x_center), (y_center, x_center), (height - crop_size, x_center)]
+    return [(y_center, 0), (y_center, x_center), (y_center, width - crop_size)]
+
+
+def scaled_size(height: int, width: int, short_side: int) -> Tuple[int, int]:
+    """``(height, width)`` with the short side at ``short_side``, aspect kept (pytorchvideo's rounding)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"bad frame size {height}x{width}")
+    if width < height:
+        return int(short_side * height / width), short_side
+    return short_side, int(short_side * width / height)
 
 
 def rotate_frames(frames: torch.Tensor, rotation_degrees: int) -> torch.Tensor:

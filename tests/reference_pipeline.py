@@ -12,7 +12,7 @@ from typing import List, Tuple
 import torch
 
 
-def _alias_functional_tensor() -> None:
+def alias_functional_tensor() -> None:
     import torchvision.transforms.functional as functional
 
     sys.modules.setdefault("torchvision.transforms.functional_tensor", functional)
@@ -23,7 +23,7 @@ def reference_pathways(
     mean: float = 0.45, std: float = 0.225,
 ) -> List[torch.Tensor]:
     """``[slow (3,T/a,side,side), fast (3,T,side,side)]`` float32 as the tutorial computes them."""
-    _alias_functional_tensor()
+    alias_functional_tensor()
     from pytorchvideo.data.encoded_video import EncodedVideo
     from pytorchvideo.transforms import ShortSideScale, UniformTemporalSubsample
     from torchvision.transforms import Compose, Lambda

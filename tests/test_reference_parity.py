@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from handler.decoding import DecodeLimits, VideoDecoder
-from handler.sampling import clip_windows, crop_offsets
+from handler.sampling import clip_windows
+from handler.transforms import crop_offsets
 from handler.transforms import crop_and_normalize, pack_pathways
 from tests.reference_pipeline import reference_pathways
 

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from handler.sampling import clip_windows, crop_offsets, frame_times, instants_between, scaled_size
+from handler.sampling import clip_windows, frame_times, instants_between
+from handler.transforms import crop_offsets, scaled_size
+from tests.reference_pipeline import alias_functional_tensor
 
 
 def test_one_clip_is_the_middle_window():
@@ -13,13 +15,22 @@ def test_one_clip_is_the_middle_window():
     assert start == pytest.approx((10 - 64 / 30) / 2) and end - start == pytest.approx(64 / 30)
 
 
-def test_clips_spread_uniformly_inside_the_video():
-    windows = clip_windows(60.0, 2.0, 10)
-    starts = [w[0] for w in windows]
-    assert len(windows) == 10 and all(0 <= s and e <= 60.0 for s, e in windows)
-    gaps = {round(b - a, 6) for a, b in zip(starts, starts[1:])}
-    assert gaps == {round(58.0 / 10, 6)}
-    assert starts[0] == pytest.approx(58.0 * 0.05)
+@pytest.mark.parametrize("duration", [2.2, 10.0, 10.9109, 60.0, 600.0])
+@pytest.mark.parametrize("clips", [2, 3, 5, 10])
+def test_several_clips_are_pytorchvideos_constant_clips_per_video_sampler(duration, clips):
+    from pytorchvideo.data.clip_sampling import ConstantClipsPerVideoSampler
+
+    window = 64 / 30
+    sampler = ConstantClipsPerVideoSampler(clip_duration=window, clips_per_video=clips)
+    expected = []
+    for _ in range(clips):
+        info = sampler(0.0, duration, {})
+        expected.append((float(info.clip_start_sec), float(info.clip_end_sec)))
+        if info.is_last_clip:
+            break
+    got = clip_windows(duration, window, clips)
+    assert len(got) == len(expected)
+    assert [t for w in got for t in w] == pytest.approx([t for w in expected for t in w], abs=1e-9)
 
 
 def test_video_shorter_than_a_window_gives_one_window_over_all_of_it():
@@ -51,10 +62,41 @@ def test_frame_times_are_evenly_spaced_in_time():
     assert times == pytest.approx([1.0, 1.5, 2.0, 2.5, 3.0])
 
 
-def test_crop_offsets_center_and_three_along_the_long_side():
-    assert crop_offsets(256, 455, 256, 1) == [(0, 99)]
-    assert crop_offsets(256, 455, 256, 3) == [(0, 0), (0, 99), (0, 199)]
-    assert crop_offsets(455, 256, 256, 3) == [(0, 0), (99, 0), (199, 0)]
+def _coordinates(height: int, width: int) -> torch.Tensor:
+    """(2, 1, H, W): channel 0 holds each pixel's row, channel 1 its column (C, T, H, W layout)."""
+    rows = torch.arange(height, dtype=torch.float32).view(height, 1).expand(height, width)
+    cols = torch.arange(width, dtype=torch.float32).view(1, width).expand(height, width)
+    return torch.stack([rows, cols]).unsqueeze(1)
+
+
+SIZES = [(256, 455), (455, 256), (256, 340), (256, 257), (258, 256), (256, 256), (288, 513), (300, 301)]
+
+
+@pytest.mark.parametrize("height, width", SIZES)
+def test_one_crop_is_torchvisions_center_crop(height, width):
+    from torchvision.transforms._transforms_video import CenterCropVideo
+
+    cropped = CenterCropVideo(256)(_coordinates(height, width))
+    assert crop_offsets(height, width, 256, 1) == [(int(cropped[0, 0, 0, 0]), int(cropped[1, 0, 0, 0]))]
+
+
+@pytest.mark.parametrize("height, width", SIZES)
+def test_three_crops_are_pytorchvideos_uniform_crop(height, width):
+    alias_functional_tensor()
+    from pytorchvideo.transforms.functional import uniform_crop
+
+    frames = _coordinates(height, width)
+    expected = []
+    for spatial_idx in (0, 1, 2):
+        cropped = uniform_crop(frames, 256, spatial_idx)
+        expected.append((int(cropped[0, 0, 0, 0]), int(cropped[1, 0, 0, 0])))
+    assert crop_offsets(height, width, 256, 3) == expected
+
+
+def test_16_9_center_crops_differ_by_the_reference_rounding():
+    # 455 - 256 = 199: torchvision rounds 99.5 to 100 (the tutorial), uniform_crop takes ceil = 100.
+    assert crop_offsets(256, 455, 256, 1) == [(0, 100)]
+    assert crop_offsets(256, 455, 256, 3) == [(0, 0), (0, 100), (0, 199)]
     with pytest.raises(ValueError):
         crop_offsets(200, 300, 256, 1)
 

@@ -5,6 +5,7 @@ All times are seconds from the first frame of the video stream.
 
 from __future__ import annotations
 
+import math
 from typing import List, Sequence, Tuple
 
 Window = Tuple[float, float]
@@ -63,3 +64,19 @@ def instants_between(frame_times_in_window: Sequence[float], num_frames: int) ->
     if num_frames == 1:
         return [first + (last - first) / 2]
     return [first + (last - first) * k / (num_frames - 1) for k in range(num_frames)]
+
+
+def timeline_windows(start: float, end: float, window_seconds: float, stride: float) -> List[Window]:
+    """Windows of ``window_seconds`` every ``stride`` seconds from ``start``, each inside [start, end].
+
+    Window k is ``[start + k * stride, start + k * stride + window_seconds)``; the last one is the
+    last that ends by ``end``, so a tail shorter than a stride may stay uncovered. A span shorter
+    than one window gives a single window over all of it.
+    """
+    if not (end > start >= 0 and window_seconds > 0 and stride > 0):
+        raise ValueError(f"need end > start >= 0 and window, stride > 0 (got {start}, {end}, {window_seconds}, {stride})")
+    if end - start <= window_seconds:
+        return [(start, end)]
+    # 1 us of slack: a window ending exactly at `end` must not be lost to float rounding.
+    count = int(math.floor((end - start - window_seconds) / stride + 1e-6)) + 1
+    return [(start + k * stride, start + k * stride + window_seconds) for k in range(count)]

@@ -1,35 +1,78 @@
-"""TorchServe entry point: decode, sample, batch and classify videos with SlowFast R50.
+"""TorchServe entry point: video in, Kinetics-400 actions (and/or SlowFast embeddings) out.
 
-Orchestration only: parsing lives in ``payload``, decoding in ``decoding``, window choice in
-``sampling``, tensor work in ``transforms``/``batch``, the model in ``runtime``. Every request
-of a batch gets its own answer and HTTP status; a bad one never fails the others.
+Each request of a batch goes parse -> plan -> decode -> run -> render:
+``protocol`` parses it and checks its limits, ``plan`` picks each video's windows and crops
+within budget, ``decoding`` samples the windows' frames lazily, ``run`` scores them through the
+model (``runtime``) in micro-batches shared by the whole batch, and ``protocol`` renders the
+answer, or streams a timeline one JSON line per window. This module only orchestrates: every
+request gets its own answer and HTTP status, and a bad one never fails the others.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.batch import PreparedVideo, run_views, top_predictions
 from handler.decoding import DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.metrics import HandlerMetrics
 from handler.options import RequestOptions, ServeOptions, resolve_request_options
-from handler.payload import KSERVE_V1, KSERVE_V2, KSERVE_V2_TENSOR, ParsedRequest, parse_row
+from handler.plan import VideoPlan, check_requested_views, plan_videos
+from handler.protocol import (
+    PLAIN, ModelInfo, ParsedRequest, check_upload_size, parse_row, render_embedding, render_response,
+    render_window, stream_line, top_predictions, window_line,
+)
+from handler.run import WindowJob, WindowScores, mean_scores, run_windows
 from handler.runtime import ModelRuntime, choose_device, cpu_thread_count
-from handler.sampling import clip_windows
 
 log = logging.getLogger(__name__)
 
+try:
+    from ts.handler_utils.utils import send_intermediate_predict_response
+except ImportError:  # unit tests without TorchServe's worker utilities
+    send_intermediate_predict_response = None  # type: ignore[assignment]
+
+
+@dataclass
+class _Video:
+    """One opened video of a request, its plan, and the scores of its windows as they come."""
+
+    decoder: VideoDecoder
+    plan: VideoPlan
+    scores: List[WindowScores] = field(default_factory=list)
+    decode_ms: float = 0.0
+    frames_decoded: int = 0
+    decode_errors: int = 0
+
+
+@dataclass
+class _Request:
+    """One request of the batch on its way through the path; ``error`` set once it failed."""
+
+    index: int
+    parsed: Optional[ParsedRequest] = None
+    options: Optional[RequestOptions] = None
+    videos: List[_Video] = field(default_factory=list)
+    error: Optional[RequestError] = None
+    streamed: int = 0
+
+    @property
+    def streaming(self) -> bool:
+        return self.options is not None and self.options.stream
+
+    @property
+    def views(self) -> int:
+        return sum(video.plan.views for video in self.videos)
+
 
 class SlowFastHandler(BaseHandler):
-    """Video (raw body, multipart or KServe JSON) -> top-k Kinetics-400 actions as JSON."""
+    """Video (raw body, multipart or KServe JSON) -> top-k Kinetics-400 actions, embeddings, timelines."""
 
     def initialize(self, context: Any) -> None:
         properties = context.system_properties
@@ -37,12 +80,17 @@ class SlowFastHandler(BaseHandler):
         self.manifest = context.manifest
         config = getattr(context, "model_yaml_config", None) or {}
         self.options = ServeOptions.from_config(config.get("handler"))
+        workers = int(config.get("minWorkers", 1) or 1)
         self.device = choose_device(properties.get("gpu_id"))
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_thread_count(self.options, int(config.get("minWorkers", 1) or 1)))
+            torch.set_num_threads(cpu_thread_count(self.options, workers))
         serialized = (self.manifest or {}).get("model", {}).get("serializedFile", "slowfast_r50.pt")
         self.runtime = ModelRuntime.load(model_dir / serialized, self.device, self.options)
         self.contract = self.runtime.contract
+        self.model = ModelInfo(
+            name=self.contract.model_name, labels=self.contract.labels, weights=self.contract.weights,
+            runtime=self.runtime.name, embedding_dim=self.contract.embedding_size,
+        )
         self.limits = DecodeLimits(
             max_frame_pixels=self.options.max_frame_pixels,
             max_decode_seconds=self.options.max_decode_seconds,
@@ -52,12 +100,59 @@ class SlowFastHandler(BaseHandler):
         self.metrics.set_model_name(self.contract.model_name)
         self.initialized = True
         log.info(
-            "loaded %s on %s (micro-batch %d, precision %s, %d torch threads)",
-            self.contract.model_name, self.device, self.runtime.micro_batch,
-            self.options.precision, torch.get_num_threads(),
+            "loaded %s (weights: %s) on %s: runtime %s, micro-batch %d, %d torch threads",
+            self.model.name, self.model.weights, self.device, self.model.runtime, self.runtime.micro_batch,
+            torch.get_num_threads(),
+        )
+        log.info(
+            "request budget: %d views (videos x windows x crops) per answer, %d per streamed timeline, "
+            "%g MiB of video, %g s of decoding",
+            self.options.max_views_per_request, self.options.max_streamed_views_per_request,
+            self.options.max_upload_mb, self.options.max_decode_seconds,
         )
 
-    # -- per request -------------------------------------------------------------------
+    # -- the batch ---------------------------------------------------------------------------
+
+    def handle(self, data: List[Any], context: Any) -> List[Any]:
+        """One response per request, in order; each bad request gets its own 4xx status."""
+        started = time.perf_counter()
+        requests = [self._prepare(index, row, context) for index, row in enumerate(data)]
+        try:
+            self._run(requests, context)
+        finally:
+            for request in requests:
+                for video in request.videos:
+                    video.decoder.close()
+        total_ms = (time.perf_counter() - started) * 1000
+        return [self._render(request, context, len(data), total_ms) for request in requests]
+
+    # -- parse and plan ----------------------------------------------------------------------
+
+    def _prepare(self, index: int, row: Any, context: Any) -> _Request:
+        request = _Request(index)
+        try:
+            request.parsed = parse_row(row, self._headers(context, index))
+            request.options = resolve_request_options(request.parsed.options, self.options, self.contract.num_classes)
+            if request.options.stream and request.parsed.protocol != PLAIN:
+                raise RequestError(400, "bad_option", "stream applies to plain requests, not KServe envelopes")
+            check_upload_size(request.parsed.videos, self.options.max_upload_bytes)
+            check_requested_views(len(request.parsed.videos), request.options, self.options)
+            # One deadline for all the videos of a request (per window for a streamed timeline).
+            deadline = time.monotonic() + self.options.max_decode_seconds
+            for video in request.parsed.videos:
+                decoder = VideoDecoder(video, self.limits, self.contract.short_side, deadline=deadline)
+                request.videos.append(_Video(decoder, plan=None))  # type: ignore[arg-type]
+            plans = plan_videos(
+                [video.decoder.info.duration for video in request.videos], self.contract, request.options, self.options
+            )
+            for video, plan in zip(request.videos, plans):
+                video.plan = plan
+        except RequestError as error:
+            request.error = error
+        except Exception:  # a bug or resource failure on one input must not fail the batch
+            log.exception("request %d failed while being prepared", index)
+            request.error = RequestError(500, "internal_error", "the server failed to process this video")
+        return request
 
     def _headers(self, context: Any, idx: int) -> Dict[str, str]:
         try:
@@ -65,134 +160,151 @@ class SlowFastHandler(BaseHandler):
         except (AttributeError, IndexError, KeyError, TypeError):
             return {}
 
-    def _prepare(self, video: bytes, options: RequestOptions) -> PreparedVideo:
-        if len(video) > self.options.max_upload_bytes:
-            raise RequestError(
-                413, "upload_too_large",
-                f"the video is {len(video) / 2**20:.1f} MB; the limit is {self.options.max_upload_mb:g} MB",
-            )
-        started = time.perf_counter()
-        with VideoDecoder(video, self.limits, self.contract.short_side) as decoder:
-            info = decoder.info
-            windows = clip_windows(info.duration, self.contract.window_seconds, options.clips)
-            sampled = [decoder.sample(w, self.contract.num_frames) for w in windows]
-            info = decoder.info
-        decode_ms = (time.perf_counter() - started) * 1000
-        frames_decoded = sum(s.frames_decoded for s in sampled)
-        errors = sum(s.decode_errors for s in sampled)
-        self.metrics.decoded(decode_ms, frames_decoded, info.duration)
-        warnings = []
-        if errors:
-            warnings.append(
-                f"{errors} packet(s) of the video failed to decode (damaged or truncated file); "
-                "the answer uses the frames that decoded"
-            )
-        if options.clips > len(windows):
-            warnings.append(f"the video is shorter than one window; {len(windows)} window used instead of {options.clips}")
-        frames = [self._to_device(s.frames) for s in sampled]
-        return PreparedVideo(
-            windows=[(round(a, 4), round(b, 4)) for a, b in windows],
-            frames=frames,
-            crops=options.crops,
-            info={
-                "duration_s": round(info.duration, 4), "width": info.width, "height": info.height,
-                "rotation": info.rotation, "codec": info.codec, "container": info.container,
-                "frames_decoded": frames_decoded, "decode_ms": round(decode_ms, 2),
-            },
-            warnings=warnings,
-        )
+    # -- decode and run ----------------------------------------------------------------------
+
+    def _run(self, requests: List[_Request], context: Any) -> None:
+        # Short requests first: a long timeline in the same batch then delays no one's first forward.
+        ordered = sorted((r for r in requests if r.error is None), key=lambda r: r.views)
+        by_key = {request.index: request for request in ordered}
+        try:
+            for scores in run_windows(self._jobs(ordered), self.contract, self.runtime.infer, self.runtime.micro_batch):
+                request = by_key[scores.key[0]]
+                if request.error is not None:
+                    continue
+                video = request.videos[scores.key[1]]
+                video.scores.append(scores)
+                if request.streaming:
+                    self._stream_window(request, video, scores, context)
+        except Exception:
+            log.exception("model forward failed for a batch of %d requests", len(ordered))
+            for request in ordered:
+                if request.error is None and not self._complete(request):
+                    request.error = RequestError(503, "inference_failed", "the model failed on this batch; retry")
+
+    @staticmethod
+    def _complete(request: _Request) -> bool:
+        return all(len(video.scores) == len(video.plan.windows) for video in request.videos)
+
+    def _jobs(self, requests: List[_Request]) -> Iterator[WindowJob]:
+        """Windows of every request, decoded one by one as the model needs them.
+
+        A decoding failure ends that request (its error is recorded) and no other."""
+        for request in requests:
+            try:
+                for video_index, video in enumerate(request.videos):
+                    yield from self._video_jobs(request, video_index, video)
+            except RequestError as error:
+                request.error = error
+            except Exception:
+                log.exception("request %d failed while decoding", request.index)
+                request.error = RequestError(500, "internal_error", "the server failed to process this video")
+
+    def _video_jobs(self, request: _Request, video_index: int, video: _Video) -> Iterator[WindowJob]:
+        assert request.options is not None
+        sampled_windows = video.decoder.sample_windows(video.plan.windows, self.contract.num_frames)
+        for window_index in range(len(video.plan.windows)):
+            if request.streaming:
+                video.decoder.deadline = time.monotonic() + self.options.max_decode_seconds
+            started = time.perf_counter()
+            sampled = next(sampled_windows)
+            video.decode_ms += (time.perf_counter() - started) * 1000
+            video.frames_decoded += sampled.frames_decoded
+            video.decode_errors += sampled.decode_errors
+            yield WindowJob((request.index, video_index, window_index), self._to_device(sampled.frames), request.options.crops)
+        self.metrics.decoded(video.decode_ms, video.frames_decoded, video.decoder.info.duration)
 
     def _to_device(self, frames: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             return frames.pin_memory().to(self.device, non_blocking=True)
         return frames
 
-    def _result(self, video: PreparedVideo, topk: int) -> Dict[str, Any]:
-        probabilities = video.probability_sum / max(video.views_done, 1)
-        result: Dict[str, Any] = {
-            "predictions": top_predictions(probabilities, self.contract.labels, topk),
-            "windows": [list(w) for w in video.windows],
-            "model": self.contract.model_name,
-            "views": video.views_done,
-            "video": video.info,
-            "timings_ms": {
-                "decode": video.info["decode_ms"],
-                "preprocess": round(video.preprocess_ms, 2),
-                "inference": round(video.inference_ms, 2),
+    # -- render ------------------------------------------------------------------------------
+
+    def _window_entry(self, options: RequestOptions, window: Tuple[float, float], scores: WindowScores) -> Dict[str, Any]:
+        return render_window(
+            self.model, window,
+            scores.probabilities.tolist() if options.wants_labels else None,
+            self._embedding(scores.embedding, options).tolist() if options.wants_embedding else None,
+            options.topk,
+        )
+
+    @staticmethod
+    def _embedding(vector: torch.Tensor, options: RequestOptions) -> torch.Tensor:
+        return torch.nn.functional.normalize(vector, dim=0) if options.normalize else vector
+
+    def _stream_window(self, request: _Request, video: _Video, scores: WindowScores, context: Any) -> None:
+        assert request.options is not None
+        window_index = scores.key[2]
+        entry = self._window_entry(request.options, video.plan.windows[window_index], scores)
+        line = window_line(entry, request.streamed, sum(len(v.plan.windows) for v in request.videos))
+        request.streamed += 1
+        if send_intermediate_predict_response is None or not hasattr(context, "cl_socket"):
+            getattr(context, "streamed", {}).setdefault(request.index, []).append(line)  # in-process harness
+            return
+        request_id = context.request_ids[request.index]
+        send_intermediate_predict_response({request.index: line}, {request.index: request_id}, "window", 200, context)
+
+    def _answer(self, request: _Request, video: _Video, batch_size: int, total_ms: float) -> Dict[str, Any]:
+        options = request.options
+        assert options is not None
+        probabilities, embedding = mean_scores(video.scores)
+        info = video.decoder.info
+        answer: Dict[str, Any] = {}
+        if options.wants_labels:
+            answer["predictions"] = top_predictions(probabilities.tolist(), self.model.labels, options.topk)
+        if options.wants_embedding:
+            answer["embedding"] = render_embedding(
+                self.model, self._embedding(embedding, options).tolist(), options.normalize
+            )
+        if options.timeline:
+            answer["timeline"] = [
+                self._window_entry(options, window, scores) for window, scores in zip(video.plan.windows, video.scores)
+            ]
+        answer.update({
+            "windows": [[round(a, 4), round(b, 4)] for a, b in video.plan.windows],
+            "model": self.model.name,
+            "weights": self.model.weights,
+            "runtime": self.model.runtime,
+            "views": sum(s.views for s in video.scores),
+            "video": {
+                "duration_s": round(info.duration, 4), "width": info.width, "height": info.height,
+                "rotation": info.rotation, "codec": info.codec, "container": info.container,
+                "frames_decoded": video.frames_decoded, "decode_ms": round(video.decode_ms, 2),
             },
-        }
-        if video.warnings:
-            result["warnings"] = video.warnings
-        return result
+            "timings_ms": {
+                "decode": round(video.decode_ms, 2),
+                "preprocess": round(sum(s.preprocess_ms for s in video.scores), 2),
+                "inference": round(sum(s.inference_ms for s in video.scores), 2),
+                "handler_total": round(total_ms, 2),
+                "batch_size": batch_size,
+            },
+        })
+        warnings = list(video.plan.warnings) + list(getattr(video.decoder, "warnings", []))
+        if video.decode_errors:
+            warnings.append(
+                f"{video.decode_errors} packet(s) of the video failed to decode (damaged or truncated file); "
+                "the answer uses the frames that decoded"
+            )
+        if warnings:
+            answer["warnings"] = warnings
+        return answer
 
-    def _response(self, parsed: ParsedRequest, results: List[Dict[str, Any]]) -> Any:
-        if parsed.protocol == KSERVE_V2_TENSOR:
-            # TorchServe's kservev2 envelope wraps this in one BYTES output; OIP BYTES elements are strings.
-            return json.dumps(results[0])
-        if parsed.protocol == KSERVE_V1:
-            return {"predictions": results}
-        if parsed.protocol == KSERVE_V2:
-            k = len(results[0]["predictions"])
-            return {
-                "model_name": self.contract.model_name,
-                "id": parsed.request_id or "",
-                "outputs": [
-                    {"name": "labels", "datatype": "BYTES", "shape": [len(results), k],
-                     "data": [p["label"] for r in results for p in r["predictions"]]},
-                    {"name": "probabilities", "datatype": "FP32", "shape": [len(results), k],
-                     "data": [p["probability"] for r in results for p in r["predictions"]]},
-                    {"name": "indices", "datatype": "INT64", "shape": [len(results), k],
-                     "data": [p["index"] for r in results for p in r["predictions"]]},
-                ],
-            }
-        return results[0]
+    def _render(self, request: _Request, context: Any, batch_size: int, total_ms: float) -> Any:
+        if request.error is not None:
+            return self._reject(context, request, request.error)
+        assert request.parsed is not None
+        answers = [self._answer(request, video, batch_size, total_ms) for video in request.videos]
+        self.metrics.answered(sum(answer["views"] for answer in answers))
+        body = render_response(request.parsed, self.model, answers)
+        return stream_line(body) if request.streaming else body
 
-    def handle(self, data: List[Any], context: Any) -> List[Any]:
-        """One response per request, in order; each bad request gets its own 4xx status."""
-        started = time.perf_counter()
-        responses: List[Any] = [None] * len(data)
-        accepted: Dict[int, tuple] = {}
-        for idx, row in enumerate(data):
-            try:
-                parsed = parse_row(row, self._headers(context, idx))
-                options = resolve_request_options(parsed.options, self.options, self.contract.num_classes)
-                videos = [self._prepare(video, options) for video in parsed.videos]
-                accepted[idx] = (parsed, options, videos)
-            except RequestError as error:
-                responses[idx] = self._reject(context, idx, error)
-            except Exception:  # a bug or resource failure on one input must not fail the batch
-                log.exception("request %d failed while decoding", idx)
-                responses[idx] = self._reject(
-                    context, idx, RequestError(500, "internal_error", "the server failed to process this video")
-                )
-        all_videos = [video for _, _, videos in accepted.values() for video in videos]
-        try:
-            run_views(all_videos, self.contract, self.runtime.probabilities, self.runtime.micro_batch)
-        except Exception:
-            log.exception("model forward failed for a batch of %d videos", len(all_videos))
-            for idx in accepted:
-                responses[idx] = self._reject(
-                    context, idx, RequestError(503, "inference_failed", "the model failed on this batch; retry")
-                )
-            return responses
-        for idx, (parsed, options, videos) in accepted.items():
-            post_started = time.perf_counter()
-            results = [self._result(video, options.topk) for video in videos]
-            post_ms = (time.perf_counter() - post_started) * 1000
-            total_ms = (time.perf_counter() - started) * 1000
-            for result in results:
-                result["timings_ms"]["postprocess"] = round(post_ms, 2)
-                result["timings_ms"]["handler_total"] = round(total_ms, 2)
-                result["timings_ms"]["batch_size"] = len(data)
-            responses[idx] = self._response(parsed, results)
-            self.metrics.answered(sum(video.views_done for video in videos))
-        return responses
-
-    def _reject(self, context: Any, idx: int, error: RequestError) -> Dict[str, Any]:
+    def _reject(self, context: Any, request: _Request, error: RequestError) -> Any:
         # Under the stock kserve envelope the rows are one request's instances, not requests:
         # statuses exist per request only.
         requests_in_batch = len(getattr(context, "request_ids", None) or {}) or 1
-        context.set_response_status(error.status, error.phrase, idx if idx < requests_in_batch else 0)
+        idx = request.index
+        if not request.streamed:  # once lines went out, the status line was already sent as 200
+            context.set_response_status(error.status, error.phrase, idx if idx < requests_in_batch else 0)
         self.metrics.rejected(error.reason, error.status)
         log.info("request %d rejected: %d %s: %s", idx, error.status, error.reason, error.message)
-        return error.to_body()
+        return stream_line(error.to_body()) if request.streaming else error.to_body()

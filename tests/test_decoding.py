@@ -13,7 +13,7 @@ import torch
 
 from handler.decoding import DecodeLimits, VideoDecoder
 from handler.errors import RequestError
-from handler.payload import parse_row
+from handler.protocol import parse_row
 from handler.sampling import clip_windows, instants_between
 from tests.edge_cases import CASES, EXPECTED, build, truncations
 from tests.synth import make_video

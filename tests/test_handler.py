@@ -72,7 +72,7 @@ def test_batched_answers_equal_single_answers(handler, model_dir, shared_videos)
 def test_options_topk_clips_crops_and_response_shape(handler, model_dir, shared_videos, contract):
     video = (shared_videos / "tv__v_SoccerJuggling_g23_c01.avi").read_bytes()
     (result,), context = handle(handler, model_dir, [{"data": video, "topk": "400", "clips": "2"}], {0: {"X-Crops": "3"}})
-    assert not context.statuses
+    assert not context.statuses, result
     probabilities = [p["probability"] for p in result["predictions"]]
     assert len(probabilities) == 400 and probabilities == sorted(probabilities, reverse=True)
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
@@ -94,7 +94,7 @@ def test_failure_in_the_forward_fails_only_that_batch_with_503(handler, model_di
     def broken(_pathways):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(handler.runtime, "probabilities", broken)
+    monkeypatch.setattr(handler.runtime, "infer", broken)
     video = (shared_videos / "ii__realshort.mp4").read_bytes()
     responses, context = handle(handler, model_dir, [{"body": video}, {"body": b""}])
     assert context.statuses[0][0] == 503 and context.statuses[1][0] == 400
@@ -106,13 +106,13 @@ def test_micro_batches_bound_the_forward_size(model_dir, shared_videos, monkeypa
     instance = SlowFastHandler()
     instance.initialize(FakeContext(model_dir, 1, config))
     seen: List[int] = []
-    real = instance.runtime.probabilities
+    real = instance.runtime.infer
 
     def spy(pathways):
         seen.append(pathways[1].shape[0])
         return real(pathways)
 
-    monkeypatch.setattr(instance.runtime, "probabilities", spy)
+    monkeypatch.setattr(instance.runtime, "infer", spy)
     video = (shared_videos / "ii__realshort.mp4").read_bytes()
     context = FakeContext(model_dir, 2)
     context.headers = {0: {"crops": "3"}, 1: {"crops": "1"}}

@@ -7,7 +7,7 @@ import pytest
 
 from handler.errors import RequestError
 from handler.options import ConfigError, ServeOptions, resolve_request_options
-from handler.payload import KSERVE_V1, KSERVE_V2, PLAIN, parse_row
+from handler.protocol import KSERVE_V1, KSERVE_V2, PLAIN, parse_row
 
 VIDEO = b"\x00\x00\x00\x18ftypisom-some-video-bytes"
 B64 = base64.b64encode(VIDEO).decode()
@@ -93,3 +93,44 @@ def test_model_config_section_is_checked():
         ServeOptions.from_config({"top_k": 5})
     with pytest.raises(ConfigError, match="precision"):
         ServeOptions.from_config({"precision": "int8"})
+
+
+def test_deeply_nested_json_is_400_bad_json():
+    # TorchServe's worker gives up decoding it and forwards the bytes; json then hits the recursion limit.
+    body = b'{"instances": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    with pytest.raises(RequestError) as caught:
+        parse_row({"body": body}, {"Content-Type": "application/json"})
+    assert caught.value.status == 400 and caught.value.reason == "bad_json"
+
+
+def test_upload_limit_message_is_exact_about_units():
+    from handler.protocol import check_upload_size
+
+    limit = 200 * 2**20
+    check_upload_size([b"x" * 10], limit)
+    with pytest.raises(RequestError) as caught:
+        check_upload_size([bytearray(limit + 1)], limit)
+    message = caught.value.message
+    assert caught.value.status == 413 and "209,715,201 bytes" in message and "209,715,200 bytes (200 MiB)" in message
+    with pytest.raises(RequestError) as caught:
+        check_upload_size([bytearray(limit // 2 + 1)] * 2, limit)
+    assert "the 2 videos are" in caught.value.message
+
+
+def test_kserve_v2_renders_labels_and_embedding_tensors():
+    from handler.protocol import ModelInfo, render_embedding, render_response
+
+    model = ModelInfo("slowfast_r50", ["a", "b", "c"], "random", "torchscript-fp32", 3)
+    answers = [
+        {"predictions": [{"label": "b", "index": 1, "probability": 0.7}],
+         "embedding": render_embedding(model, [0.1, 0.2, 0.3], False)},
+        {"predictions": [{"label": "a", "index": 0, "probability": 0.6}],
+         "embedding": render_embedding(model, [0.4, 0.5, 0.6], False)},
+    ]
+    parsed = parse_row({"body": json.dumps({"inputs": [{"name": "v", "datatype": "BYTES", "data": [B64, B64]}]}).encode()})
+    outputs = {o["name"]: o for o in render_response(parsed, model, answers)["outputs"]}
+    assert outputs["embedding"]["shape"] == [2, 3] and outputs["embedding"]["datatype"] == "FP32"
+    assert outputs["embedding"]["data"] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    assert outputs["labels"]["data"] == ["b", "a"] and outputs["indices"]["shape"] == [2, 1]
+    only_embedding = render_response(parsed, model, [{"embedding": a["embedding"]} for a in answers])
+    assert [o["name"] for o in only_embedding["outputs"]] == ["embedding"]

@@ -1,0 +1,98 @@
+"""What to compute for one request: which windows of each video, how many crops, within budget.
+
+The plan is made from the request's options and each video's probed duration, before a single
+frame is decoded; a request over its budget is refused here with the numbers and the way out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Sequence
+
+from handler.contract import PreprocessContract
+from handler.errors import RequestError
+from handler.options import RequestOptions, ServeOptions
+from handler.protocol import check_view_budget
+from handler.sampling import Window, clip_windows, timeline_windows
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """The windows (seconds from the video's first frame, in time order) and crops of one video."""
+
+    windows: List[Window]
+    crops: int
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def views(self) -> int:
+        return len(self.windows) * self.crops
+
+
+def view_limit(options: RequestOptions, serve: ServeOptions) -> int:
+    """Views one request may cost: a streamed answer restarts TorchServe's response timeout with
+    every line, an answer in one piece must fit inside it."""
+    return serve.max_streamed_views_per_request if options.stream else serve.max_views_per_request
+
+
+def check_requested_views(videos: int, options: RequestOptions, serve: ServeOptions) -> None:
+    """Before opening any video: videos x clips x crops within budget (a timeline's window count
+    needs the durations and is checked by ``plan_videos``)."""
+    windows = 1 if options.timeline else options.clips
+    check_view_budget(
+        videos * windows * options.crops, view_limit(options, serve),
+        f"{videos} video(s) x {windows} window(s) x {options.crops} crop(s)",
+        "ask for fewer videos, clips or crops per request",
+    )
+
+
+def _span(duration: float, options: RequestOptions) -> Window:
+    start = options.start or 0.0
+    end = duration if options.end is None else min(options.end, duration)
+    if start >= duration:
+        raise RequestError(
+            400, "bad_option", f"start={start:g} s is at or past the end of the video ({duration:.3f} s)"
+        )
+    return start, end
+
+
+def plan_video(duration: float, contract: PreprocessContract, options: RequestOptions) -> VideoPlan:
+    """Windows for a video of ``duration`` seconds.
+
+    ``clips``: spread over the span as ``sampling.clip_windows`` does. ``timeline``: one window
+    every ``stride`` seconds (default one window length) from the span's start.
+    """
+    start, end = _span(duration, options)
+    length = end - start
+    warnings: List[str] = []
+    if options.timeline:
+        stride = options.stride or contract.window_seconds
+        windows = timeline_windows(start, end, contract.window_seconds, stride)
+    else:
+        windows = [(start + a, start + b) for a, b in clip_windows(length, contract.window_seconds, options.clips)]
+        if options.clips > len(windows):
+            warnings.append(
+                f"the video{' part' if options.start or options.end else ''} is shorter than one window; "
+                f"{len(windows)} window used instead of {options.clips}"
+            )
+    return VideoPlan(windows=windows, crops=options.crops, warnings=warnings)
+
+
+def plan_videos(
+    durations: Sequence[float], contract: PreprocessContract, options: RequestOptions, serve: ServeOptions
+) -> List[VideoPlan]:
+    """One plan per video; 413 when their views together exceed the request's budget."""
+    plans = [plan_video(duration, contract, options) for duration in durations]
+    views = sum(plan.views for plan in plans)
+    limit = view_limit(options, serve)
+    if options.timeline and views > limit:
+        windows = sum(len(plan.windows) for plan in plans)
+        covered = sum(plan.windows[-1][1] - plan.windows[0][0] for plan in plans)
+        fitting_stride = math.ceil(covered / max(1, limit // options.crops) * 10) / 10
+        way_out = (
+            f"look at part of the video (start/end), or use a longer stride (stride={fitting_stride:g} fits)"
+            + ("" if options.stream else f", or stream it (stream=true allows {serve.max_streamed_views_per_request} views)")
+        )
+        check_view_budget(views, limit, f"the timeline has {windows} window(s) x {options.crops} crop(s)", way_out)
+    return plans

@@ -1,0 +1,126 @@
+"""Run windows of sampled frames through the model in micro-batches; scores out, inputs untouched.
+
+A view is one crop of one window. Windows arrive lazily (decoded as they are needed), their views
+are packed into micro-batches across windows and requests, and each window's scores come out as
+soon as its last view has run, so memory is bounded by the micro-batch, not by the video length.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Hashable, Iterable, Iterator, List, Sequence, Tuple
+
+import torch
+
+from handler.contract import PreprocessContract
+from handler.transforms import crop_and_normalize, crop_offsets, pack_pathways
+
+# [slow (B,3,T/alpha,c,c), fast (B,3,T,c,c)] float -> (probabilities (B,classes), embeddings (B,D)) float32
+Infer = Callable[[List[torch.Tensor]], Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class WindowJob:
+    """One window to score: ``frames`` (T, H, W, 3) uint8 on the model's device, ``crops`` 1 or 3."""
+
+    key: Hashable
+    frames: torch.Tensor
+    crops: int
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """A window's scores, averaged over its crops.
+
+    ``probabilities``: (classes,) float32; ``embedding``: (D,) float32; times are this window's
+    share of the micro-batches it ran in, in ms.
+    """
+
+    key: Hashable
+    probabilities: torch.Tensor
+    embedding: torch.Tensor
+    views: int
+    preprocess_ms: float
+    inference_ms: float
+
+
+@dataclass
+class _Pending:
+    job: WindowJob
+    views_left: int
+    probability_sum: torch.Tensor = None  # type: ignore[assignment]
+    embedding_sum: torch.Tensor = None  # type: ignore[assignment]
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+
+
+def _score_views(
+    views: Sequence[Tuple[_Pending, Tuple[int, int]]], contract: PreprocessContract, infer: Infer
+) -> None:
+    started = time.perf_counter()
+    fast = torch.cat(
+        [crop_and_normalize(p.job.frames, [offset], contract.crop_size, contract.mean, contract.std) for p, offset in views]
+    )
+    pathways = pack_pathways(fast, contract.alpha)
+    prepared = time.perf_counter()
+    probabilities, embeddings = infer(pathways)
+    finished = time.perf_counter()
+    share_pre = (prepared - started) * 1000 / len(views)
+    share_inf = (finished - prepared) * 1000 / len(views)
+    for row, (pending, _) in enumerate(views):
+        if pending.probability_sum is None:
+            pending.probability_sum = probabilities[row].clone()
+            pending.embedding_sum = embeddings[row].clone()
+        else:
+            pending.probability_sum += probabilities[row]
+            pending.embedding_sum += embeddings[row]
+        pending.views_left -= 1
+        pending.preprocess_ms += share_pre
+        pending.inference_ms += share_inf
+
+
+def run_windows(
+    jobs: Iterable[WindowJob], contract: PreprocessContract, infer: Infer, micro_batch: int
+) -> Iterator[WindowScores]:
+    """Scores of each window, in the order the windows were given.
+
+    ``jobs`` is consumed lazily: a window is pulled (and so decoded) only when the micro-batch
+    being filled needs its views.
+    """
+    if micro_batch < 1:
+        raise ValueError("micro_batch must be >= 1")
+    queue: List[Tuple[_Pending, Tuple[int, int]]] = []
+    waiting: List[_Pending] = []
+
+    def finished() -> Iterator[WindowScores]:
+        while waiting and waiting[0].views_left == 0:
+            done = waiting.pop(0)
+            n = done.job.crops
+            yield WindowScores(
+                key=done.job.key, probabilities=done.probability_sum / n, embedding=done.embedding_sum / n,
+                views=n, preprocess_ms=done.preprocess_ms, inference_ms=done.inference_ms,
+            )
+
+    for job in jobs:
+        _, height, width, _ = job.frames.shape
+        pending = _Pending(job, views_left=job.crops)
+        waiting.append(pending)
+        queue.extend((pending, offset) for offset in crop_offsets(height, width, contract.crop_size, job.crops))
+        while len(queue) >= micro_batch:
+            _score_views(queue[:micro_batch], contract, infer)
+            del queue[:micro_batch]
+            yield from finished()
+    while queue:
+        _score_views(queue[:micro_batch], contract, infer)
+        del queue[:micro_batch]
+    yield from finished()
+
+
+def mean_scores(scores: Sequence[WindowScores]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (classes,), embedding (D,)) float32 averaged over windows (each the mean of
+    its crops, so this is the mean over all views when windows have equal crops)."""
+    return (
+        torch.stack([s.probabilities for s in scores]).mean(0),
+        torch.stack([s.embedding for s in scores]).mean(0),
+    )

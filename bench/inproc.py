@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import yaml
@@ -35,15 +35,16 @@ class InProcessHandler:
         self.contract = self.handler.contract
         self.last_inputs: List[List[torch.Tensor]] = []
         self._capture = False
-        forward = self.runtime.probabilities
+        forward = self.runtime.infer
 
-        def recording(pathways: list) -> torch.Tensor:
+        def recording(pathways: list) -> Tuple[torch.Tensor, torch.Tensor]:
             if self._capture:
                 self.last_inputs.append([p.detach().clone() for p in pathways])
             return forward(pathways)
 
-        # The handler looks the method up per batch: record what it feeds the model when asked.
-        self.runtime.probabilities = recording  # type: ignore[method-assign]
+        # The handler looks the method up per batch (``probabilities`` calls ``infer`` too):
+        # record what it feeds the model when asked.
+        self.runtime.infer = recording  # type: ignore[method-assign]
 
     def handle(self, video: bytes, headers: Optional[Mapping[str, str]] = None, capture: bool = False) -> Dict[str, Any]:
         """One request; returns the response body (raises if the handler rejected it).
@@ -72,6 +73,6 @@ class InProcessHandler:
     def forward_ms(self, pathways: List[torch.Tensor]) -> float:
         """One optimized forward (with the handler's softmax), ms: the model-only floor."""
         started = time.perf_counter()
-        self.runtime.probabilities(pathways)
+        self.runtime.infer(pathways)
         return (time.perf_counter() - started) * 1000
 

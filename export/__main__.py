@@ -47,7 +47,7 @@ def export(output: Path, checkpoint: Optional[str], seed: int) -> None:
         raise VerificationError("the contract read back from the saved file differs from the one written")
     worst = max(worst, check_against(reloaded, expected, contract, "reloaded"))
     log.info(
-        "wrote %s (%.1f MB): scripted == eager within %.2g (max |diff| %.2g) in %.0f s",
+        "wrote %s (%.1f MB): scripted == eager (logits and embedding) within %.2g (max |diff| %.2g) in %.0f s",
         output, output.stat().st_size / 1e6, TOLERANCE, worst, time.monotonic() - started,
     )
 

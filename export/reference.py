@@ -14,6 +14,8 @@ from handler.contract import PreprocessContract
 
 MODEL_NAME = "slowfast_r50"
 NUM_CLASSES = 400
+# The head's input: 2048 slow + 256 fast channels, each pathway pooled by PoolConcatPathway.
+EMBEDDING_SIZE = 2048 + 256
 LABELS_FILE = Path(__file__).resolve().parent / "kinetics400_labels.txt"
 
 
@@ -36,4 +38,10 @@ def slowfast_r50_contract(labels: Optional[Sequence[str]] = None) -> PreprocessC
         mean=(0.45, 0.45, 0.45),
         std=(0.225, 0.225, 0.225),
         labels=tuple(labels if labels is not None else read_labels()),
+        embedding_name="slowfast_r50.head_input",
+        embedding_size=EMBEDDING_SIZE,
+        embedding_source=(
+            "head input: concat of the pooled slow (2048) and fast (256) pathways, "
+            "before dropout and projection, mean over T,H,W (the head's output_pool)"
+        ),
     )

@@ -11,7 +11,7 @@ mutate the caller's input list, which pytorchvideo's ``inplace=True`` pathway bl
 from __future__ import annotations
 
 import copy
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -119,7 +119,12 @@ class ScriptablePoolConcat(nn.Module):
 
 
 class ScriptableHead(nn.Module):
-    """``ResNetBasicHead`` on the single concatenated tensor; List[(B,C,T,H,W)] -> List[(B,K)]."""
+    """``ResNetBasicHead`` on the single concatenated tensor: ``[(B,C,T,H,W)]`` -> ``[logits (B,K), embedding (B,C)]``.
+
+    The embedding is the feature before dropout and projection, averaged by the head's own
+    ``output_pool`` over the same positions it averages the projected logits over; both come
+    from one pass. The head keeps the List -> List shape of every other stage.
+    """
 
     def __init__(self, original: ResNetBasicHead) -> None:
         super().__init__()
@@ -135,28 +140,40 @@ class ScriptableHead(nn.Module):
         x = pathways[0]
         if self.pool is not None:
             x = self.pool(x)
+        embedding = self.output_pool(x)
         if self.dropout is not None:
             x = self.dropout(x)
         x = self.proj(x.permute((0, 2, 3, 4, 1))).permute((0, 4, 1, 2, 3))
         if self.activation is not None:
             x = self.activation(x)
         x = self.output_pool(x)
-        return [x.reshape(x.shape[0], -1)]
+        return [x.reshape(x.shape[0], -1), embedding.reshape(embedding.shape[0], -1)]
 
 
 class ScriptableSlowFast(nn.Module):
-    """The whole network: ``[slow (B,3,Ts,H,W), fast (B,3,Tf,H,W)]`` float -> (B, classes) logits."""
+    """The whole network: ``[slow (B,3,Ts,H,W), fast (B,3,Tf,H,W)]`` float -> (B, classes) logits.
+
+    ``forward_with_embedding`` returns the logits and the head's pooled input feature
+    (B, 2304 for R50: 2048 slow + 256 fast channels) from the same pass.
+    """
 
     def __init__(self, original: Net) -> None:
         super().__init__()
         self.blocks = nn.ModuleList([_adapt_stage(block) for block in original.blocks])
+        if not isinstance(self.blocks[-1], ScriptableHead):
+            raise ScriptabilityError("the last block must be the ResNetBasicHead")
 
     def forward(self, pathways: List[torch.Tensor]) -> torch.Tensor:
+        return self.forward_with_embedding(pathways)[0]
+
+    @torch.jit.export
+    def forward_with_embedding(self, pathways: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``[slow, fast]`` float32 -> (logits (B, classes) float32, embedding (B, features) float32)."""
         # A fresh list: the caller's list is never modified.
         x: List[torch.Tensor] = [pathways[0], pathways[1]]
         for block in self.blocks:
             x = block(x)
-        return x[0]
+        return x[0], x[1]
 
 
 def _adapt_stage(block: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Tuple
 
 CONTRACT_FILE = "slowfast_contract.json"
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2  # 2: embedding_* fields
 
 
 class ContractError(ValueError):
@@ -33,6 +33,9 @@ class PreprocessContract:
         crop_size: square crop taken from the resized frames (H = W = crop_size).
         mean, std: per-channel normalization applied to pixel values scaled to [0, 1].
         labels: class names in the order of the model's output logits.
+        embedding_name, embedding_size, embedding_source: the feature vector
+            ``forward_with_embedding`` returns beside the logits: its name, length and where in
+            the network it is taken.
     """
 
     model_name: str
@@ -44,6 +47,9 @@ class PreprocessContract:
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
     labels: Tuple[str, ...]
+    embedding_name: str
+    embedding_size: int
+    embedding_source: str
     version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -58,6 +64,8 @@ class PreprocessContract:
             problems.append("mean and std need 3 channels and std > 0")
         if len(self.labels) < 1 or len(set(self.labels)) != len(self.labels):
             problems.append("labels must be non-empty and unique")
+        if self.embedding_size < 1 or not self.embedding_name:
+            problems.append("the embedding needs a name and a size >= 1")
         if self.version != CONTRACT_VERSION:
             problems.append(f"contract version {self.version} is not {CONTRACT_VERSION}")
         if problems:
@@ -88,6 +96,9 @@ class PreprocessContract:
                 mean=tuple(float(v) for v in raw["mean"]),  # type: ignore[arg-type]
                 std=tuple(float(v) for v in raw["std"]),  # type: ignore[arg-type]
                 labels=tuple(str(v) for v in raw["labels"]),
+                embedding_name=str(raw["embedding_name"]),
+                embedding_size=int(raw["embedding_size"]),
+                embedding_source=str(raw["embedding_source"]),
                 version=int(raw.get("version", -1)),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -15,6 +15,7 @@ def test_reference_contract_matches_the_hub_tutorial():
     assert (contract.short_side, contract.crop_size) == (256, 256)
     assert contract.mean == (0.45, 0.45, 0.45) and contract.std == (0.225, 0.225, 0.225)
     assert contract.num_classes == 400 and contract.labels[0] == "abseiling"
+    assert contract.embedding_size == 2048 + 256 and "before dropout" in contract.embedding_source
 
 
 def test_repo_labels_equal_the_shared_label_file(shared_videos):
@@ -35,6 +36,8 @@ def test_json_round_trip_is_exact():
         ({"std": [0.2, 0.0, 0.2]}, "std"),
         ({"labels": ["a", "a"]}, "unique"),
         ({"version": 99}, "version"),
+        ({"version": 1}, "version 1 is not"),  # a model exported before embeddings: re-export
+        ({"embedding_size": 0}, "embedding"),
     ],
 )
 def test_inconsistent_contracts_are_refused(change, message):

@@ -13,7 +13,7 @@ from export.checkpoint import CheckpointError, load_strict, read_state_dict
 from export.reference import slowfast_r50_contract
 from export.save import load_with_contract
 from export.scriptable import script_slowfast
-from export.verify import make_inputs
+from export.verify import VerificationError, check_against, make_inputs, reference_outputs
 
 CONTRACT = slowfast_r50_contract()
 
@@ -41,6 +41,46 @@ def test_built_file_matches_eager_and_leaves_inputs_untouched(built, eager):
     assert ours.shape == (2, 400)
     assert float((ours - reference).abs().max()) <= 1e-4
     assert given[0] is inputs[0] and given[0].shape == (2, 3, 8, 224, 224)  # caller's list intact
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_built_file_embedding_is_the_eager_heads_pooled_input(built, eager, batch):
+    """forward_with_embedding == the eager head's input (a hook on pytorchvideo's own pool-concat
+    stage) averaged over T,H,W, and its logits are the head's projection of that vector."""
+    scripted, contract = load_with_contract(built["pt"])
+    assert (contract.embedding_size, contract.embedding_name) == (2304, "slowfast_r50.head_input")
+    head_inputs = []
+    hook = eager.blocks[5].register_forward_hook(lambda _m, _i, out: head_inputs.append(out))
+    inputs = make_inputs(CONTRACT, batch=batch, crop=256, seed=11)
+    try:
+        with torch.inference_mode():
+            logits, embedding = scripted.forward_with_embedding(list(inputs))
+            reference_logits = eager([t.clone() for t in inputs])
+            forward_logits = scripted(list(inputs))
+    finally:
+        hook.remove()
+    (head_input,) = head_inputs
+    assert head_input.shape == (batch, 2304, 1, 2, 2)  # 256x256: the pathway pools leave 1x2x2 positions
+    assert embedding.shape == (batch, 2304) and embedding.dtype == torch.float32
+    assert float((embedding - head_input.mean(dim=(2, 3, 4))).abs().max()) <= 1e-4
+    assert float((logits - reference_logits).abs().max()) <= 1e-4
+    assert torch.equal(logits, forward_logits)  # forward is the same pass's logits
+    with torch.inference_mode():
+        projected = eager.blocks[6].proj(embedding)  # linear head: proj(mean) == mean(proj)
+    assert float((projected - reference_logits).abs().max()) <= 1e-4
+    # Not degenerate: the 2048 slow and 256 fast channels both carry signal, and clips differ.
+    assert float(embedding[:, :2048].abs().sum()) > 0 and float(embedding[:, 2048:].abs().sum()) > 0
+
+
+def test_verification_refuses_a_wrong_embedding(eager):
+    scripted = script_slowfast(eager)
+    expected = reference_outputs(eager, CONTRACT, cases=((1, 224),))
+    assert check_against(scripted, expected, CONTRACT, "scripted") <= 1e-4
+    logits, embedding = expected[(1, 224)]
+    shifted = embedding.clone()
+    shifted[0, 2100] += 1e-3  # one fast-pathway feature off by 10x the tolerance
+    with pytest.raises(VerificationError, match="embedding max"):
+        check_against(scripted, {(1, 224): (logits, shifted)}, CONTRACT, "scripted")
 
 
 def test_scripting_keeps_every_state_dict_key_and_value(eager):

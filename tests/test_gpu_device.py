@@ -161,3 +161,64 @@ def test_initialize_real_model_on_cpu(built: Dict[str, Path], tmp_path: Path, mo
     handler.initialize(fake_context(model_dir, None, min_workers=1))
     assert handler.device == torch.device("cpu")
     assert next(iter(handler.runtime.module.parameters()), torch.zeros(1)).device.type == "cpu"
+
+
+class _FakeScripted:
+    """Stands in for the scripted module on a GPU: records what ``forward_with_embedding`` saw."""
+
+    def __init__(self) -> None:
+        self.calls: List[Dict[str, Any]] = []
+        self.memory_format: Optional[torch.memory_format] = None
+
+    def eval(self) -> "_FakeScripted":
+        return self
+
+    def to(self, memory_format: torch.memory_format) -> "_FakeScripted":
+        self.memory_format = memory_format
+        return self
+
+    def forward_with_embedding(self, pathways: List[torch.Tensor]) -> Any:
+        self.calls.append({
+            "channels_last": all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in pathways),
+            "autocast": torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None,
+            "shapes": [tuple(p.shape) for p in pathways],
+        })
+        batch = pathways[0].shape[0]
+        # fp16 outputs, as autocast produces on a GPU.
+        return torch.randn(batch, 400).half(), torch.rand(batch, 2304).half()
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", None)])
+def test_gpu_runtime_runs_autocast_channels_last_and_returns_float32_cpu(
+    precision: str, dtype: Optional[torch.dtype], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GPU load path with a fake module: name, micro-batch, channels-last, autocast, float32 CPU outputs."""
+    from export.reference import slowfast_r50_contract
+    from handler.options import ServeOptions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # lets torch.autocast("cuda") switch on
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    fake = _FakeScripted()
+    contract = slowfast_r50_contract()
+    monkeypatch.setattr(runtime_module, "read_model", lambda path, device: (fake, contract))
+    # Warm-up input built on CPU (no CUDA here); the device it is asked for is recorded.
+    asked: List[torch.device] = []
+    real_dummy = runtime_module.dummy_pathways
+    monkeypatch.setattr(runtime_module, "dummy_pathways",
+                        lambda c, device, batch=1: asked.append(device) or real_dummy(c, torch.device("cpu"), batch))
+    options = ServeOptions(precision=precision, optimize=False, warmup=True)
+
+    runtime = runtime_module.ModelRuntime.load(Path("model.pt"), torch.device("cuda:1"), options, workers=2)
+
+    assert runtime.name == f"torchscript-cuda-{precision}"
+    assert runtime.micro_batch == options.micro_batch_cuda and fake.memory_format == torch.channels_last_3d
+    assert asked == [torch.device("cuda:1")]  # warm-up on the worker's GPU
+    fast = torch.randn(3, 3, 32, 16, 16)
+    probabilities, embeddings = runtime.infer([fast[:, :, ::4], fast])
+    call = fake.calls[-1]
+    assert call["channels_last"] and call["autocast"] == dtype and call["shapes"][0] == (3, 3, 8, 16, 16)
+    assert probabilities.dtype == embeddings.dtype == torch.float32
+    assert probabilities.device.type == embeddings.device.type == "cpu"
+    assert probabilities.shape == (3, 400) and embeddings.shape == (3, 2304)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(3))
+    assert runtime.probabilities([fast[:, :, ::4], fast]).shape == (3, 400)  # softmax-only path kept

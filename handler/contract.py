@@ -33,6 +33,8 @@ class PreprocessContract:
         crop_size: square crop taken from the resized frames (H = W = crop_size).
         mean, std: per-channel normalization applied to pixel values scaled to [0, 1].
         labels: class names in the order of the model's output logits.
+        weights: where the weights come from, e.g. "checkpoint SLOWFAST_8x8_R50.pyth sha256:1a2b3c4d5e6f"
+            or "random weights, seed 0 (predictions are meaningless)"; "unknown" in older files.
     """
 
     model_name: str
@@ -44,6 +46,7 @@ class PreprocessContract:
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
     labels: Tuple[str, ...]
+    weights: str = "unknown"
     version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -88,6 +91,7 @@ class PreprocessContract:
                 mean=tuple(float(v) for v in raw["mean"]),  # type: ignore[arg-type]
                 std=tuple(float(v) for v in raw["std"]),  # type: ignore[arg-type]
                 labels=tuple(str(v) for v in raw["labels"]),
+                weights=str(raw.get("weights", "unknown")),
                 version=int(raw.get("version", -1)),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -8,7 +8,14 @@ PY         := $(BIN)/python
 MODEL      := slowfast_r50
 PT         := build/$(MODEL).pt
 MAR        := model_store/$(MODEL).mar
+# CHECKPOINT=path-or-URL: export with these weights (remembered in build/.checkpoint until another
+# is given; CHECKPOINT=random goes back to seeded random weights). Unset: the remembered one.
 CHECKPOINT ?=
+CKPT_STAMP := build/.checkpoint
+RECORDED_CHECKPOINT := $(shell cat $(CKPT_STAMP) 2>/dev/null)
+WEIGHTS    := $(or $(CHECKPOINT),$(RECORDED_CHECKPOINT),random)
+EXPORT_ARGS := --output $(PT) $(if $(filter-out random,$(WEIGHTS)),--checkpoint $(WEIGHTS))
+HOOK       := client/activate-hook.sh
 WORKERS    ?= 2
 VIDEO      ?= ../shared/videos/tv__WUzgd7C1pWA.mp4
 TOPK       ?= 5
@@ -19,7 +26,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 help:
 	@echo "make serve      install, export, archive and start TorchServe with $(MODEL) loaded"
 	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
-	@echo "make install | export [CHECKPOINT=...] | mar | start | stop | status"
+	@echo "make install | export | mar [CHECKPOINT=path|URL|random] | start | stop | status"
 	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | clean"
 
 $(BIN)/.installed: requirements.txt
@@ -28,20 +35,41 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install -r requirements.txt
 	touch $@
+	@$(MAKE) --no-print-directory $(BIN)/.activate-hook
 
-install: $(BIN)/.installed
+# `torchserve --start` by hand must read config.properties: the venv's activate exports TS_CONFIG_FILE.
+$(BIN)/.activate-hook: $(HOOK)
+	sed -i '/^# >>> slowfast-serve: TorchServe config >>>/,/^# <<< slowfast-serve: TorchServe config <<</d' $(BIN)/activate
+	cat $(HOOK) >> $(BIN)/activate
+	@echo "$(BIN)/activate now exports TS_CONFIG_FILE=<this repo>/config.properties"
+	touch $@
+
+install: $(BIN)/.installed $(BIN)/.activate-hook
 
 check-java:
 	@java -version >/dev/null 2>&1 || { echo "TorchServe needs Java 11+: install it (Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless; macOS: brew install openjdk@17)"; exit 1; }
 	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
 	 if [ "$${v:-0}" -lt 11 ]; then echo "Java $$v found; TorchServe needs Java 11+ (e.g. sudo apt-get install -y openjdk-17-jre-headless)"; exit 1; fi
 
-# The .pt is rebuilt when the exporter, the contract or a new CHECKPOINT changes.
-$(PT): $(BIN)/.installed $(wildcard export/*.py export/*.txt) handler/contract.py
-	$(PY) -m export --output $(PT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+# The stamp holds the weights the .pt is exported from; it is rewritten (so the .pt is re-exported)
+# only when CHECKPOINT names other weights; a missing stamp (weights unknown) is written, so the
+# .pt is re-exported from the weights named, by default random ones.
+ifneq ($(CHECKPOINT),)
+ifneq ($(CHECKPOINT),$(RECORDED_CHECKPOINT))
+.PHONY: $(CKPT_STAMP)
+endif
+endif
+$(CKPT_STAMP):
+	@mkdir -p $(@D)
+	printf '%s\n' '$(WEIGHTS)' > $@
 
-export: $(BIN)/.installed
-	$(PY) -m export --output $(PT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+# The .pt is rebuilt when the exporter, the contract, the weights named or a local checkpoint file change.
+$(PT): $(BIN)/.installed $(wildcard export/*.py export/*.txt) handler/contract.py $(CKPT_STAMP) \
+       $(if $(filter-out random,$(WEIGHTS)),$(wildcard $(WEIGHTS)))
+	$(PY) -m export $(EXPORT_ARGS)
+
+export: $(BIN)/.installed $(CKPT_STAMP)
+	$(PY) -m export $(EXPORT_ARGS)
 
 $(MAR): $(PT) $(wildcard handler/*.py) model-config.yaml
 	$(PY) -m export.archive --model-file $(PT) --output $(MAR)

@@ -72,7 +72,9 @@ def start(timeout_s: float) -> int:
     if not (REPO / "model_store" / f"{MODEL}.mar").exists():
         print("model_store/slowfast_r50.mar is missing: run `make mar` first", file=sys.stderr)
         return 1
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # TS_CONFIG_FILE wins over --ts-config in the launcher: set it too, to this repo's file.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "TS_CONFIG_FILE": str(REPO / "config.properties")}
     # --ncs: no config snapshots, so each start reads config.properties afresh.
     # The daemon must not inherit our stdout: a pipe reader (`make start | tail`) would never see EOF.
     subprocess.run(

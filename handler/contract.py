@@ -1,9 +1,15 @@
 """The preprocessing contract: what a model expects of its input, stored inside the model file.
 
-The exporter decides the values and embeds them in the TorchScript file as an extra file
-(``torch.jit.save(..., _extra_files={CONTRACT_FILE: ...})``); the handler reads them back from
-the same file. Nothing else in the project repeats these numbers, so a model cannot be served
-with another model's transform or label order.
+The exporter decides the values (export/reference.py is the only code that sets them) and embeds
+them in the TorchScript file as an extra file (``torch.jit.save(..., _extra_files={CONTRACT_FILE:
+...})``); the handler reads them back from the same file, so a model cannot be served with another
+model's transform or label order. Tests and the benchmark read them from the model file or from
+``slowfast_r50_contract()``, except where the pytorchvideo hub tutorial's literal values are the
+independent reference on purpose: tests/test_contract.py checks the contract against them, and
+tests/reference_pipeline.py, tests/test_reference_parity.py and bench/reference.py rebuild the
+tutorial's own pipeline with them. Unit tests of functions that take such numbers as arguments
+(tests/test_transforms.py, the worked examples in tests/test_sampling.py) pass them as plain inputs
+with hand-computed results.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ class PreprocessContract:
         embedding_name, embedding_size, embedding_source: the feature vector
             ``forward_with_embedding`` returns beside the logits: its name, length and where in
             the network it is taken.
+        weights: where the weights come from, e.g. "checkpoint SLOWFAST_8x8_R50.pyth sha256:1a2b3c4d5e6f"
+            or "random weights, seed 0 (predictions are meaningless)"; "unknown" where not recorded.
     """
 
     model_name: str
@@ -50,6 +58,7 @@ class PreprocessContract:
     embedding_name: str
     embedding_size: int
     embedding_source: str
+    weights: str = "unknown"
     version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -99,6 +108,7 @@ class PreprocessContract:
                 embedding_name=str(raw["embedding_name"]),
                 embedding_size=int(raw["embedding_size"]),
                 embedding_source=str(raw["embedding_source"]),
+                weights=str(raw.get("weights", "unknown")),
                 version=int(raw.get("version", -1)),
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -141,6 +141,8 @@ class LocalTorchServe:
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
         venv_bin = str(Path(sys.executable).parent)
         env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+               # The launcher prefers TS_CONFIG_FILE to --ts-config; an activated venv exports it.
+               "TS_CONFIG_FILE": str(config),
                "LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
                # TorchServe's launcher keeps its PID file in the temp dir: one per instance.
                "TMPDIR": str(self.workdir / "tmp"), "TEMP": str(self.workdir / "tmp")}

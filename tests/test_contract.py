@@ -1,6 +1,8 @@
 """The preprocessing contract: one source of truth, validated, carried by the model file."""
 
+import dataclasses
 import json
+import re
 
 import pytest
 
@@ -52,5 +54,14 @@ def test_missing_fields_are_refused():
         PreprocessContract.from_json('{"model_name": "x"}')
 
 
-def test_built_model_carries_the_reference_contract(contract):
-    assert contract == slowfast_r50_contract()
+def test_contract_without_weights_reads_as_unknown():
+    """Model files exported before the weights' origin was recorded still load."""
+    raw = json.loads(slowfast_r50_contract().to_json())
+    del raw["weights"]
+    assert PreprocessContract.from_json(json.dumps(raw)).weights == "unknown"
+
+
+def test_built_model_carries_the_reference_contract_and_its_weights(contract):
+    assert dataclasses.replace(contract, weights="unknown") == slowfast_r50_contract()
+    assert re.fullmatch(r"random weights, seed \d+ \(predictions are meaningless\)|checkpoint .+ sha256:[0-9a-f]{12}",
+                        contract.weights), contract.weights

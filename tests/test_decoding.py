@@ -13,21 +13,23 @@ import torch
 
 from handler.decoding import DecodeLimits, VideoDecoder
 from handler.errors import RequestError
+from export.reference import slowfast_r50_contract
 from handler.protocol import parse_row
 from handler.sampling import clip_windows, instants_between
 from tests.edge_cases import CASES, EXPECTED, build, truncations
 from tests.synth import make_video
 
 LIMITS = DecodeLimits(max_frame_pixels=8192 * 4352, max_decode_seconds=30)
-WINDOW = 64 / 30
+CONTRACT = slowfast_r50_contract()  # what the handler samples: the model's contract
+WINDOW, FRAMES, SHORT_SIDE = CONTRACT.window_seconds, CONTRACT.num_frames, CONTRACT.short_side
 
 
 def sample_default(data: bytes, limits: DecodeLimits = LIMITS, clips: int = 1):
-    """The handler's default path: one middle window of 32 frames (what the handler does)."""
+    """The handler's default path: one middle window of the contract's frames (what the handler does)."""
     video = parse_row({"body": data}, {}).videos[0]
-    with VideoDecoder(video, limits, 256) as decoder:
+    with VideoDecoder(video, limits, SHORT_SIDE) as decoder:
         windows = clip_windows(decoder.info.duration, WINDOW, clips)
-        sampled = [decoder.sample(w, 32) for w in windows]
+        sampled = [decoder.sample(w, FRAMES) for w in windows]
         return decoder.info, sampled
 
 
@@ -36,8 +38,8 @@ def test_each_input_gets_its_expected_outcome(name):
     expected = EXPECTED[name]
     if expected == 200:
         info, (window,) = sample_default(build(name))
-        assert window.frames.dtype == torch.uint8 and window.frames.shape[0] == 32
-        assert min(window.frames.shape[1:3]) == 256 and window.frames.shape[3] == 3
+        assert window.frames.dtype == torch.uint8 and window.frames.shape[0] == FRAMES
+        assert min(window.frames.shape[1:3]) == SHORT_SIDE and window.frames.shape[3] == 3
         assert 0 < info.duration < 60
     else:
         with pytest.raises(RequestError) as caught:
@@ -55,7 +57,7 @@ def test_truncated_files_answer_or_refuse_cleanly(faststart):
     for name, cut in truncations(whole).items():
         try:
             _, (window,) = sample_default(cut)
-            assert window.frames.shape[0] == 32, name
+            assert window.frames.shape[0] == FRAMES, name
         except RequestError as error:
             assert 400 <= error.status < 500, (name, error.status)
 
@@ -84,7 +86,7 @@ def _remux(source, path) -> None:
 
 def test_corrupt_real_clip_is_answered_from_what_decodes(shared_videos):
     info, (window,) = sample_default((shared_videos / "dc__corrupted.mp4").read_bytes())
-    assert window.decode_errors >= 1 and window.frames.shape == (32, 256, 455, 3)
+    assert window.decode_errors >= 1 and window.frames.shape == (FRAMES, SHORT_SIDE, 455, 3)
 
 
 def _gray_video(pts_ms, time_base=Fraction(1, 1000), container="matroska") -> bytes:
@@ -106,15 +108,15 @@ def test_variable_frame_rate_is_sampled_by_timestamp():
         pts.append(t)
         t += 10 if i % 3 else 150  # bursts of quick frames between long gaps
     data = _gray_video(pts)
-    with VideoDecoder(data, LIMITS, 256) as decoder:
+    with VideoDecoder(data, LIMITS, SHORT_SIDE) as decoder:
         window = (0.0, pts[-1] / 1000 + 0.010)
-        sampled = decoder.sample(window, 32)
-    times = instants_between([p / 1000 for p in pts], 32)
+        sampled = decoder.sample(window, FRAMES)
+    times = instants_between([p / 1000 for p in pts], FRAMES)
     # The frame shown at each instant: the last one whose timestamp is <= the instant.
     expected = [bisect.bisect_right([p / 1000 for p in pts], t + 1e-4) - 1 for t in times]
     assert _indices(sampled.frames) == expected
     # By index, uniform subsampling would pick frames 0, 1.9, 3.8, ...: very different instants.
-    assert expected != torch.linspace(0, 59, 32).long().tolist()
+    assert expected != torch.linspace(0, 59, FRAMES).long().tolist()
 
 
 def test_first_timestamp_far_from_zero():
@@ -133,7 +135,7 @@ def test_very_short_videos_repeat_frames_uniformly(frames, fps):
     # Timestamps exact in a 1/6000 s time base (MP4 keeps it; Matroska would round to ms).
     data = _gray_video([i * 6000 // fps for i in range(frames)], time_base=Fraction(1, 6000), container="mp4")
     _, (window,) = sample_default(data)
-    assert _indices(window.frames) == torch.linspace(0, frames - 1, 32).long().tolist()
+    assert _indices(window.frames) == torch.linspace(0, frames - 1, FRAMES).long().tolist()
 
 
 def test_one_window_of_a_long_video_decodes_a_small_fraction_of_it():
@@ -148,7 +150,7 @@ def test_clips_spread_over_the_video_each_decode_their_own_window():
     total = 40 * 30
     data = make_video(frames=total, width=160, height=96, codec="libx264", gop=30, options={"preset": "ultrafast"})
     info, sampled = sample_default(data, clips=4)
-    assert len(sampled) == 4 and all(s.frames.shape[0] == 32 for s in sampled)
+    assert len(sampled) == 4 and all(s.frames.shape[0] == FRAMES for s in sampled)
     starts = [s.window[0] for s in sampled]
     assert starts == sorted(starts) and starts[-1] - starts[0] > 20  # spread over the 40 s
     # 4 windows of 64 frames plus up to a GOP each: well under the whole video.
@@ -162,7 +164,7 @@ def test_rotated_phone_video_is_turned_upright(shared_videos):
     # The stored frames are landscape 568x320; a player turns them 90 degrees clockwise.
     raw = [f.to_ndarray(format="rgb24") for f in av.open(io.BytesIO(data)).decode(video=0)]
     upright = torch.from_numpy(np.rot90(raw[0], k=-1).copy())
-    assert window.frames.shape == (32, 454, 256, 3)
+    assert window.frames.shape == (FRAMES, 454, SHORT_SIDE, 3)
     resized = torch.nn.functional.interpolate(
         upright.permute(2, 0, 1)[None].float(), size=(454, 256), mode="bilinear", align_corners=False
     )[0].permute(1, 2, 0)

@@ -1,15 +1,23 @@
-"""Export: scripted == eager, the caller's input is untouched, checkpoints load strictly and round-trip."""
+"""Export: scripted == eager, the caller's input is untouched, checkpoints load strictly and round-trip,
+checkpoints from files and URLs are never unpickled as code, and the model file records its weights."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
+import hashlib
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 
 from export.__main__ import main as export_main
 from export.build import build_slowfast_r50
-from export.checkpoint import CheckpointError, load_strict, read_state_dict
+from export.checkpoint import CheckpointError, load_strict, read_state_dict, weights_origin
 from export.reference import slowfast_r50_contract
 from export.save import load_with_contract
 from export.scriptable import script_slowfast
@@ -32,7 +40,7 @@ def test_hub_architecture_and_parameter_count(eager):
 def test_built_file_matches_eager_and_leaves_inputs_untouched(built, eager):
     scripted, contract = load_with_contract(built["pt"])
     assert isinstance(scripted, torch.jit.ScriptModule) and not isinstance(scripted, torch.jit.TopLevelTracedModule)
-    assert contract == CONTRACT
+    assert contract == dataclasses.replace(CONTRACT, weights="random weights, seed 0 (predictions are meaningless)")
     inputs = make_inputs(CONTRACT, batch=2, crop=224, seed=7)
     given = list(inputs)
     with torch.inference_mode():
@@ -101,7 +109,10 @@ def test_model_zoo_checkpoint_round_trip(tmp_path, eager):
     torch.save({"model_state": trained.state_dict(), "epoch": 196}, checkpoint)
     output = tmp_path / "model.pt"
     assert export_main(["--output", str(output), "--checkpoint", str(checkpoint)]) == 0
-    scripted, _ = load_with_contract(output)
+    scripted, contract = load_with_contract(output)
+    # the saved contract says which file the weights came from, by name and content hash
+    assert contract.weights == f"checkpoint SLOWFAST_8x8_R50.pyth sha256:{hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:12]}"
+    assert dataclasses.replace(contract, weights=CONTRACT.weights) == CONTRACT
     inputs = make_inputs(CONTRACT, batch=1, crop=224, seed=3)
     with torch.inference_mode():
         ours = scripted(list(inputs))
@@ -139,3 +150,69 @@ def test_unreadable_checkpoints_fail_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="could not read"):
         read_state_dict(str(junk))
     assert export_main(["--output", str(tmp_path / "x.pt"), "--checkpoint", str(junk)]) == 1
+
+
+# -- checkpoints at URLs ---------------------------------------------------------------------------
+
+
+class _CreatesFile:
+    """Unpickling this object opens (creates) ``path``: any code could run in its place."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture
+def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
+    """(directory served, its base URL) on 127.0.0.1; torch's hub cache moved into tmp_path."""
+    root = tmp_path / "served"
+    root.mkdir()
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_url_checkpoint_that_would_run_code_is_refused(http_root, tmp_path):
+    root, base = http_root
+    marker = tmp_path / "code-ran"
+    torch.save({"model_state": {"w": torch.zeros(2)}, "payload": _CreatesFile(marker)}, root / "evil.pyth")
+    with pytest.raises(CheckpointError, match="could not read checkpoint"):
+        read_state_dict(f"{base}/evil.pyth")
+    assert not marker.exists(), "unpickling the downloaded checkpoint ran its code"
+    # control: the downloaded file really carries the payload, and a plain unpickle runs it
+    cached = tmp_path / "hub" / "checkpoints" / "evil.pyth"
+    torch.load(cached, weights_only=False)
+    assert marker.exists()
+
+
+def test_url_checkpoint_loads_and_is_named_by_its_hash(http_root, tmp_path):
+    root, base = http_root
+    weights = {"blocks.0.w": torch.arange(6.0).reshape(2, 3)}
+    torch.save({"model_state": weights, "epoch": 3}, root / "SLOWFAST_8x8_R50.pyth")
+    url = f"{base}/SLOWFAST_8x8_R50.pyth"
+    state = read_state_dict(url)
+    assert list(state) == ["blocks.0.w"] and torch.equal(state["blocks.0.w"], weights["blocks.0.w"])
+    digest = hashlib.sha256((root / "SLOWFAST_8x8_R50.pyth").read_bytes()).hexdigest()[:12]
+    (root / "SLOWFAST_8x8_R50.pyth").unlink()  # the second use reads the hub cache, not the network
+    assert weights_origin(url, seed=0) == f"checkpoint SLOWFAST_8x8_R50.pyth sha256:{digest}"
+
+
+def test_unreachable_url_checkpoint_fails_clearly(http_root):
+    _, base = http_root
+    with pytest.raises(CheckpointError, match="could not download checkpoint .*missing.pyth"):
+        read_state_dict(f"{base}/missing.pyth")
+
+
+def test_random_weights_say_so():
+    assert weights_origin(None, seed=7) == "random weights, seed 7 (predictions are meaningless)"

@@ -5,14 +5,20 @@ import math
 import pytest
 import torch
 
+from export.reference import slowfast_r50_contract
 from handler.sampling import clip_windows, frame_times, instants_between
 from handler.transforms import crop_offsets, scaled_size
 from tests.reference_pipeline import alias_functional_tensor
 
+# The served model's window and frame count; the worked examples below (16:9 offsets, scaled sizes)
+# keep literal sizes, with results computed by hand.
+CONTRACT = slowfast_r50_contract()
+WINDOW, FRAMES = CONTRACT.window_seconds, CONTRACT.num_frames
+
 
 def test_one_clip_is_the_middle_window():
-    (start, end), = clip_windows(10.0, 64 / 30, 1)
-    assert start == pytest.approx((10 - 64 / 30) / 2) and end - start == pytest.approx(64 / 30)
+    (start, end), = clip_windows(10.0, WINDOW, 1)
+    assert start == pytest.approx((10 - WINDOW) / 2) and end - start == pytest.approx(WINDOW)
 
 
 @pytest.mark.parametrize("duration", [2.2, 10.0, 10.9109, 60.0, 600.0])
@@ -20,7 +26,7 @@ def test_one_clip_is_the_middle_window():
 def test_several_clips_are_pytorchvideos_constant_clips_per_video_sampler(duration, clips):
     from pytorchvideo.data.clip_sampling import ConstantClipsPerVideoSampler
 
-    window = 64 / 30
+    window = WINDOW
     sampler = ConstantClipsPerVideoSampler(clip_duration=window, clips_per_video=clips)
     expected = []
     for _ in range(clips):
@@ -34,7 +40,7 @@ def test_several_clips_are_pytorchvideos_constant_clips_per_video_sampler(durati
 
 
 def test_video_shorter_than_a_window_gives_one_window_over_all_of_it():
-    assert clip_windows(0.1, 64 / 30, 5) == [(0.0, 0.1)]
+    assert clip_windows(0.1, WINDOW, 5) == [(0.0, 0.1)]
 
 
 def test_bad_window_arguments_raise():
@@ -43,18 +49,19 @@ def test_bad_window_arguments_raise():
 
 
 def test_frame_times_pick_what_uniform_subsampling_picks_at_constant_rate():
-    # 64 frames at 30 fps in the window: pytorchvideo keeps linspace(0, 63, 32).long().
+    # The window's frames at 30 fps (64 for 8x8 SlowFast): pytorchvideo keeps linspace(0, n - 1, FRAMES).long().
     fps, start = 30.0, 5.0
-    times = frame_times((start, start + 64 / fps), 32, 1 / fps)
+    in_window = round(WINDOW * fps)
+    times = frame_times((start, start + in_window / fps), FRAMES, 1 / fps)
     shown = [math.floor((t - start) * fps + 1e-6) for t in times]
-    assert shown == torch.linspace(0, 63, 32).long().tolist()
+    assert shown == torch.linspace(0, in_window - 1, FRAMES).long().tolist()
 
 
 def test_short_clip_repeats_frames_like_uniform_subsampling():
     fps = 30.0
-    times = frame_times((0.0, 3 / fps), 32, 1 / fps)  # a 3-frame clip
+    times = frame_times((0.0, 3 / fps), FRAMES, 1 / fps)  # a 3-frame clip
     shown = [math.floor(t * fps + 1e-6) for t in times]
-    assert shown == torch.linspace(0, 2, 32).long().tolist()
+    assert shown == torch.linspace(0, 2, FRAMES).long().tolist()
 
 
 def test_frame_times_are_evenly_spaced_in_time():
@@ -76,8 +83,8 @@ SIZES = [(256, 455), (455, 256), (256, 340), (256, 257), (258, 256), (256, 256),
 def test_one_crop_is_torchvisions_center_crop(height, width):
     from torchvision.transforms._transforms_video import CenterCropVideo
 
-    cropped = CenterCropVideo(256)(_coordinates(height, width))
-    assert crop_offsets(height, width, 256, 1) == [(int(cropped[0, 0, 0, 0]), int(cropped[1, 0, 0, 0]))]
+    cropped = CenterCropVideo(CONTRACT.crop_size)(_coordinates(height, width))
+    assert crop_offsets(height, width, CONTRACT.crop_size, 1) == [(int(cropped[0, 0, 0, 0]), int(cropped[1, 0, 0, 0]))]
 
 
 @pytest.mark.parametrize("height, width", SIZES)
@@ -88,9 +95,9 @@ def test_three_crops_are_pytorchvideos_uniform_crop(height, width):
     frames = _coordinates(height, width)
     expected = []
     for spatial_idx in (0, 1, 2):
-        cropped = uniform_crop(frames, 256, spatial_idx)
+        cropped = uniform_crop(frames, CONTRACT.crop_size, spatial_idx)
         expected.append((int(cropped[0, 0, 0, 0]), int(cropped[1, 0, 0, 0])))
-    assert crop_offsets(height, width, 256, 3) == expected
+    assert crop_offsets(height, width, CONTRACT.crop_size, 3) == expected
 
 
 def test_16_9_center_crops_differ_by_the_reference_rounding():
@@ -112,8 +119,8 @@ def test_instants_between_frames_pick_uniform_subsampling_indices(frames_in_wind
     # Frames at 29.97 fps starting mid-stream: the frame on screen at each instant is the one
     # UniformTemporalSubsample keeps among the window's frames.
     stamps = [100.0 + i * 1001 / 30000 for i in range(frames_in_window)]
-    picked = [max(i for i, s in enumerate(stamps) if s <= t + 1e-9) for t in instants_between(stamps, 32)]
-    assert picked == torch.linspace(0, frames_in_window - 1, 32).long().tolist()
+    picked = [max(i for i, s in enumerate(stamps) if s <= t + 1e-9) for t in instants_between(stamps, FRAMES)]
+    assert picked == torch.linspace(0, frames_in_window - 1, FRAMES).long().tolist()
 
 
 def test_instants_between_is_order_independent_and_time_uniform():

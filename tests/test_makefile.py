@@ -1,0 +1,113 @@
+"""The Makefile's own rules, run by GNU make in a scratch copy with a stand-in Python that records
+what it is asked to do (no export runs): which weights the .pt is exported from (issue 9), and the
+activate hook that points a hand-started TorchServe at config.properties (issue 14)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+FAKE_PYTHON = """#!/bin/sh
+# Stand-in for .venv/bin/python: log the call, create what --output names.
+echo "$*" >> "$(dirname "$0")/../../calls.log"
+prev=""; out=""
+for a in "$@"; do [ "$prev" = "--output" ] && out="$a"; prev="$a"; done
+[ -n "$out" ] && mkdir -p "$(dirname "$out")" && : > "$out"
+exit 0
+"""
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    """The Makefile and the files its rules depend on, with an installed (fake) venv."""
+    for name in ["Makefile", "requirements.txt", "model-config.yaml", "client/activate-hook.sh", "handler/contract.py"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export/__main__.py").write_text("")
+    (tmp_path / "config.properties").write_text("model_store=model_store\n")
+    old = (1_600_000_000, 1_600_000_000)  # sources older than anything built below
+    for path in tmp_path.rglob("*"):
+        os.utime(path, old)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    shutil.copy2(Path(sys.executable).parent / "activate", bin_dir / "activate")
+    (bin_dir / ".installed").touch()
+    os.utime(bin_dir / ".installed", (old[0] + 10, old[1] + 10))
+    return tmp_path
+
+
+def make(root: Path, *args: str) -> List[str]:
+    """Run make; return the stand-in Python calls it made (``-m export ...`` lines)."""
+    log = root / "calls.log"
+    log.unlink(missing_ok=True)
+    subprocess.run(["make", "--no-print-directory", *args], cwd=root, check=True, capture_output=True, text=True)
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def exports(calls: List[str]) -> List[str]:
+    return [c for c in calls if c.startswith("-m export ")]
+
+
+def test_checkpoint_given_to_make_mar_is_exported_and_remembered(scratch: Path) -> None:
+    (scratch / "a.pyth").write_bytes(b"a")
+    assert exports(make(scratch, "mar")) == ["-m export --output build/slowfast_r50.pt"]
+    assert (scratch / "build/.checkpoint").read_text() == "random\n"
+    assert make(scratch, "mar") == []
+    # The bug of issue 9: this used to keep the old weights.
+    assert exports(make(scratch, "mar", "CHECKPOINT=a.pyth")) == ["-m export --output build/slowfast_r50.pt --checkpoint a.pyth"]
+    assert (scratch / "build/.checkpoint").read_text() == "a.pyth\n"
+    assert make(scratch, "mar", "CHECKPOINT=a.pyth") == []
+    assert make(scratch, "mar") == [], "a plain `make mar` keeps the checkpoint exported last"
+    os.utime(scratch / "a.pyth")  # the checkpoint file changed: re-export from it
+    assert exports(make(scratch, "mar")) == ["-m export --output build/slowfast_r50.pt --checkpoint a.pyth"]
+    url = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/SLOWFAST_8x8_R50.pyth"
+    assert exports(make(scratch, "mar", f"CHECKPOINT={url}")) == [f"-m export --output build/slowfast_r50.pt --checkpoint {url}"]
+    # a rebuild for another reason (the exporter changed) keeps the remembered weights
+    os.utime(scratch / "export/__main__.py")
+    assert exports(make(scratch, "mar")) == [f"-m export --output build/slowfast_r50.pt --checkpoint {url}"]
+    assert exports(make(scratch, "mar", "CHECKPOINT=random")) == ["-m export --output build/slowfast_r50.pt"]
+    assert exports(make(scratch, "export")) == ["-m export --output build/slowfast_r50.pt"]
+
+
+def test_dry_run_shows_the_export_and_changes_nothing(scratch: Path) -> None:
+    make(scratch, "mar")
+    stamp = (scratch / "build/.checkpoint").read_text()
+    shown = subprocess.run(["make", "-n", "mar", "CHECKPOINT=b.pyth"], cwd=scratch, check=True,
+                           capture_output=True, text=True).stdout
+    assert "-m export --output build/slowfast_r50.pt --checkpoint b.pyth" in shown
+    assert (scratch / "build/.checkpoint").read_text() == stamp
+    assert "-m export" not in subprocess.run(["make", "-n", "mar"], cwd=scratch, check=True,
+                                             capture_output=True, text=True).stdout
+
+
+def _activate(root: Path, script: str, env_extra: dict) -> subprocess.CompletedProcess:
+    env = {"HOME": str(root), "PATH": "/usr/bin:/bin", **env_extra}
+    return subprocess.run(["bash", "-c", script], cwd=root, env=env, capture_output=True, text=True, check=True)
+
+
+def test_make_install_makes_activate_point_torchserve_at_the_repo_config(scratch: Path, tmp_path_factory) -> None:
+    make(scratch, "install")
+    make(scratch, "install")  # idempotent: one hook, not two
+    activate = (scratch / ".venv/bin/activate").read_text()
+    assert activate.count(">>> slowfast-serve: TorchServe config >>>") == 1
+    config = scratch / "config.properties"
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    show = 'echo "TS_CONFIG_FILE=${TS_CONFIG_FILE-<unset>}"'
+    done = _activate(scratch, f"source .venv/bin/activate; {show}; cd {elsewhere}; {show}; deactivate; {show}", {})
+    assert done.stdout.split() == [f"TS_CONFIG_FILE={config}"] * 2 + ["TS_CONFIG_FILE=<unset>"]
+    assert f"slowfast-serve: TS_CONFIG_FILE={config}" in done.stderr and "overrides --ts-config" in done.stderr
+    # sourced from elsewhere by its path, and activated twice: still this repo; a previous value comes back
+    done = _activate(elsewhere, f"source {scratch}/.venv/bin/activate; source {scratch}/.venv/bin/activate; {show}; "
+                                f"deactivate; {show}", {"TS_CONFIG_FILE": "/etc/other.properties"})
+    assert done.stdout.split() == [f"TS_CONFIG_FILE={config}", "TS_CONFIG_FILE=/etc/other.properties"]

@@ -21,7 +21,9 @@ class ServeOptions:
 
     Request defaults: ``topk``, ``clips`` (temporal windows), ``crops`` (1 or 3 spatial crops).
     Limits, each answered with its own 4xx: ``max_upload_mb``, ``max_frame_pixels`` (width x
-    height as declared or decoded), ``max_decode_seconds`` (wall time to decode one request).
+    height as declared or decoded), ``max_decode_seconds`` (wall time to decode all videos of one
+    request). ``max_aspect_ratio``: long/short side of the working frame; a more elongated video
+    is answered from its central region of that aspect (with a warning).
     Compute: ``micro_batch_cpu`` / ``micro_batch_cuda`` views per forward, ``precision``
     (fp16/bf16 autocast on GPU only), ``optimize`` (freeze + optimize_for_inference at load),
     ``cpu_threads`` (0 = cores / minWorkers), ``decode_threads`` (0 = FFmpeg's choice).
@@ -34,6 +36,7 @@ class ServeOptions:
     max_upload_mb: float = 200.0
     max_frame_pixels: int = 8192 * 4352
     max_decode_seconds: float = 30.0
+    max_aspect_ratio: float = 4.0
     micro_batch_cpu: int = 1
     micro_batch_cuda: int = 16
     precision: str = "fp32"
@@ -54,6 +57,8 @@ class ServeOptions:
             problems.append("topk must be >= 1")
         if self.max_upload_mb <= 0 or self.max_frame_pixels <= 0 or self.max_decode_seconds <= 0:
             problems.append("limits must be positive")
+        if not 1.0 <= self.max_aspect_ratio <= 64.0:
+            problems.append("max_aspect_ratio must be in 1..64")
         if self.micro_batch_cpu < 1 or self.micro_batch_cuda < 1:
             problems.append("micro batch sizes must be >= 1")
         if self.precision not in PRECISIONS:

@@ -47,6 +47,7 @@ class SlowFastHandler(BaseHandler):
             max_frame_pixels=self.options.max_frame_pixels,
             max_decode_seconds=self.options.max_decode_seconds,
             threads=self.options.decode_threads,
+            max_aspect_ratio=self.options.max_aspect_ratio,
         )
         self.metrics = HandlerMetrics(context)
         self.metrics.set_model_name(self.contract.model_name)
@@ -65,23 +66,24 @@ class SlowFastHandler(BaseHandler):
         except (AttributeError, IndexError, KeyError, TypeError):
             return {}
 
-    def _prepare(self, video: bytes, options: RequestOptions) -> PreparedVideo:
+    def _prepare(self, video: bytes, options: RequestOptions, deadline: float) -> PreparedVideo:
         if len(video) > self.options.max_upload_bytes:
             raise RequestError(
                 413, "upload_too_large",
                 f"the video is {len(video) / 2**20:.1f} MB; the limit is {self.options.max_upload_mb:g} MB",
             )
         started = time.perf_counter()
-        with VideoDecoder(video, self.limits, self.contract.short_side) as decoder:
+        with VideoDecoder(video, self.limits, self.contract.short_side, deadline) as decoder:
             info = decoder.info
             windows = clip_windows(info.duration, self.contract.window_seconds, options.clips)
-            sampled = [decoder.sample(w, self.contract.num_frames) for w in windows]
+            sampled = list(decoder.sample_windows(windows, self.contract.num_frames))
             info = decoder.info
+            notes = list(decoder.notes)
         decode_ms = (time.perf_counter() - started) * 1000
         frames_decoded = sum(s.frames_decoded for s in sampled)
         errors = sum(s.decode_errors for s in sampled)
         self.metrics.decoded(decode_ms, frames_decoded, info.duration)
-        warnings = []
+        warnings = notes
         if errors:
             warnings.append(
                 f"{errors} packet(s) of the video failed to decode (damaged or truncated file); "
@@ -156,7 +158,9 @@ class SlowFastHandler(BaseHandler):
             try:
                 parsed = parse_row(row, self._headers(context, idx))
                 options = resolve_request_options(parsed.options, self.options, self.contract.num_classes)
-                videos = [self._prepare(video, options) for video in parsed.videos]
+                # One decode deadline for all videos of the request.
+                deadline = time.monotonic() + self.options.max_decode_seconds
+                videos = [self._prepare(video, options, deadline) for video in parsed.videos]
                 accepted[idx] = (parsed, options, videos)
             except RequestError as error:
                 responses[idx] = self._reject(context, idx, error)

@@ -25,8 +25,9 @@ class ServeOptions:
     together), ``max_views_per_request`` (videos x windows x crops of an answer sent in one
     piece), ``max_streamed_views_per_request`` (the same for a streamed timeline, whose every line
     restarts TorchServe's response timeout), ``max_frame_pixels`` (width x height as declared or
-    decoded), ``max_decode_seconds`` (wall time to decode one request; for a streamed timeline,
-    to decode each window).
+    decoded), ``max_decode_seconds`` (time spent decoding one request; for a streamed timeline,
+    each window). ``max_aspect_ratio``: long/short side of the working frame; a more elongated
+    video is answered from its central region of that aspect (with a warning).
     Compute: ``micro_batch_cpu`` / ``micro_batch_cuda`` views per forward, ``precision``
     (fp16/bf16 autocast on GPU only), ``optimize`` (freeze + optimize_for_inference at load),
     ``cpu_threads`` (0 = cores / minWorkers), ``decode_threads`` (0 = FFmpeg's choice).
@@ -41,6 +42,7 @@ class ServeOptions:
     max_streamed_views_per_request: int = 2048
     max_frame_pixels: int = 8192 * 4352
     max_decode_seconds: float = 30.0
+    max_aspect_ratio: float = 4.0
     micro_batch_cpu: int = 1
     micro_batch_cuda: int = 16
     precision: str = "fp32"
@@ -62,6 +64,8 @@ class ServeOptions:
         if min(self.max_upload_mb, self.max_frame_pixels, self.max_decode_seconds,
                self.max_views_per_request, self.max_streamed_views_per_request) <= 0:
             problems.append("limits must be positive")
+        if not 1.0 <= self.max_aspect_ratio <= 64.0:
+            problems.append("max_aspect_ratio must be in 1..64")
         if self.micro_batch_cpu < 1 or self.micro_batch_cuda < 1:
             problems.append("micro batch sizes must be >= 1")
         if self.precision not in PRECISIONS:

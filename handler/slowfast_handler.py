@@ -95,6 +95,7 @@ class SlowFastHandler(BaseHandler):
             max_frame_pixels=self.options.max_frame_pixels,
             max_decode_seconds=self.options.max_decode_seconds,
             threads=self.options.decode_threads,
+            max_aspect_ratio=self.options.max_aspect_ratio,
         )
         self.metrics = HandlerMetrics(context)
         self.metrics.set_model_name(self.contract.model_name)
@@ -203,8 +204,6 @@ class SlowFastHandler(BaseHandler):
         assert request.options is not None
         sampled_windows = video.decoder.sample_windows(video.plan.windows, self.contract.num_frames)
         for window_index in range(len(video.plan.windows)):
-            if request.streaming:
-                video.decoder.deadline = time.monotonic() + self.options.max_decode_seconds
             started = time.perf_counter()
             sampled = next(sampled_windows)
             video.decode_ms += (time.perf_counter() - started) * 1000
@@ -279,7 +278,7 @@ class SlowFastHandler(BaseHandler):
                 "batch_size": batch_size,
             },
         })
-        warnings = list(video.plan.warnings) + list(getattr(video.decoder, "warnings", []))
+        warnings = list(video.plan.warnings) + list(video.decoder.notes)
         if video.decode_errors:
             warnings.append(
                 f"{video.decode_errors} packet(s) of the video failed to decode (damaged or truncated file); "

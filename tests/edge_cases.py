@@ -18,7 +18,7 @@ from typing import Callable, Dict, Tuple, Union
 import av
 import numpy as np
 
-from tests.synth import make_video, pattern_frame
+from tests.synth import faststart, make_video, pattern_frame
 
 Expected = Union[int, Tuple[int, str]]
 X264_FAST = {"preset": "ultrafast"}
@@ -174,3 +174,76 @@ def build(name: str) -> bytes:
 
 def truncations(data: bytes, fractions=(0.01, 0.3, 0.7, 0.99)) -> Dict[str, bytes]:
     return {f"cut_{int(f * 100)}pct": data[: max(1, int(len(data) * f))] for f in fractions}
+
+
+# -- seek-hostile streams (issue 9) ---------------------------------------------------------
+# Each frame tells which frame it is: flat gray halves, left 4 * (index % 60), right
+# 4 * (index // 60), lossless (steps of 4 survive the RGB -> limited-range YUV round trip).
+# Builders return (file bytes, (index, seconds from the stream's first frame) of every frame in
+# the file, the index of the first frame that can be decoded at all).
+
+SeekHostile = Tuple[bytes, Tuple[Tuple[int, float], ...], int]
+X265_LOSSLESS = "lossless=1:log-level=error"
+
+
+def gray_level(index: int, height: int = 180, width: int = 320) -> np.ndarray:
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[:, : width // 2] = 4 * (index % 60)
+    image[:, width // 2 :] = 4 * (index // 60)
+    return image
+
+
+def frame_index(frame) -> int:
+    """The index ``gray_level`` drew into an (H, W, 3) frame (any size, tensor or array)."""
+    width = frame.shape[1]
+    left, right = frame[:, : width // 4].float().mean(), frame[:, 3 * width // 4 :].float().mean()
+    return int(round(float(left) / 4)) + 60 * int(round(float(right) / 4))
+
+
+def _gray(frames: int, codec: str, container: str, fps: int, first_s: float, options: dict,
+          gop: int = None) -> bytes:
+    tick = Fraction(1, 90000)
+    pts = [round((first_s + i / fps) * 90000) for i in range(frames)]
+    return make_video(frames=frames, width=320, height=180, fps=fps, codec=codec, container=container,
+                      pts=pts, time_base=tick, options=options, gop=gop, frame_source=gray_level)
+
+
+def _times(frames: int, fps: int, first: int = 0) -> Tuple[Tuple[int, float], ...]:
+    return tuple((i, (i - first) / fps) for i in range(first, frames))
+
+
+def _ts_cut_mid_gop() -> SeekHostile:
+    # 8 s of H.264 in TS with a keyframe every 2 s, cut 0.7 s into a GOP: the stream starts with
+    # 1.3 s of frames whose keyframe is gone (no keyframe in the first second).
+    whole = _gray(240, "libx264", "mpegts", 30, 1.48, {"preset": "ultrafast", "qp": "0", "bf": "2"}, gop=60)
+    container = av.open(io.BytesIO(whole))
+    cut_at = next(p.pos for p in container.demux(video=0) if p.pts is not None and p.pts >= round((1.48 + 0.7) * 90000))
+    data = whole[cut_at - cut_at % 188:]
+    return data, _times(240, 30, first=21), 60  # frame 21 (0.7 s) comes first; frame 60 is the keyframe
+
+
+def _mp4_index_past_data() -> SeekHostile:
+    # 10 s with the index first (moov before mdat) cut after 35%: the index lists 300 frames, the
+    # data holds about a third of them.
+    whole = faststart(make_video(frames=300, width=320, height=180, codec="libx264", gop=30,
+                                 frame_source=gray_level, options={"preset": "ultrafast", "qp": "0"}))
+    return whole[: int(len(whole) * 0.35)], _times(300, 30), 0
+
+
+OPEN_GOP = {"preset": "ultrafast", "x265-params": "keyint=30:min-keyint=30:open-gop=1:bframes=3:" + X265_LOSSLESS}
+
+SEEK_HOSTILE: Dict[str, Callable[[], SeekHostile]] = {
+    # The issue's case, smaller: HEVC in MPEG-TS, 5 s at 24 fps, first timestamp 1.48 s, one GOP.
+    "ts_hevc_start_1_48": lambda: (_gray(120, "libx265", "mpegts", 24, 1.48, {"preset": "ultrafast", "x265-params": X265_LOSSLESS}), _times(120, 24), 0),
+    "ts_h264_start_1_48": lambda: (_gray(120, "libx264", "mpegts", 24, 1.48, {"preset": "ultrafast", "qp": "0"}), _times(120, 24), 0),
+    # Open GOPs (CRA pictures with leading B-frames), a keyframe every second.
+    "ts_hevc_open_gop": lambda: (_gray(150, "libx265", "mpegts", 30, 1.48, OPEN_GOP), _times(150, 30), 0),
+    "mp4_hevc_open_gop": lambda: (_gray(150, "libx265", "mp4", 30, 0.0, OPEN_GOP), _times(150, 30), 0),
+    "ts_h264_no_keyframe_first_second": _ts_cut_mid_gop,
+    "mp4_index_past_data": _mp4_index_past_data,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def build_seek_hostile(name: str) -> SeekHostile:
+    return SEEK_HOSTILE[name]()

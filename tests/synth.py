@@ -69,3 +69,21 @@ def make_video(
         for packet in stream.encode():
             output.mux(packet)
     return buffer.getvalue()
+
+
+def faststart(data: bytes) -> bytes:
+    """Remux an MP4 with the index (moov) first, as streaming-friendly encoders write it."""
+    import tempfile
+    from pathlib import Path
+
+    source = av.open(io.BytesIO(data))
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "faststart.mp4"
+        with av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"}) as target:
+            stream = target.add_stream_from_template(source.streams.video[0])
+            for packet in source.demux(source.streams.video[0]):
+                if packet.dts is None:
+                    continue
+                packet.stream = stream
+                target.mux(packet)
+        return path.read_bytes()

@@ -16,8 +16,8 @@ from handler.errors import RequestError
 from export.reference import slowfast_r50_contract
 from handler.protocol import parse_row
 from handler.sampling import clip_windows, instants_between
-from tests.edge_cases import CASES, EXPECTED, build, truncations
-from tests.synth import make_video
+from tests.edge_cases import CASES, EXPECTED, SEEK_HOSTILE, build, build_seek_hostile, frame_index, truncations
+from tests.synth import faststart, make_video
 
 LIMITS = DecodeLimits(max_frame_pixels=8192 * 4352, max_decode_seconds=30)
 CONTRACT = slowfast_r50_contract()  # what the handler samples: the model's contract
@@ -48,40 +48,18 @@ def test_each_input_gets_its_expected_outcome(name):
         assert 400 <= caught.value.status < 500 and len(caught.value.message) > 20
 
 
-@pytest.mark.parametrize("faststart", [False, True])
-def test_truncated_files_answer_or_refuse_cleanly(faststart):
+@pytest.mark.parametrize("index_first", [False, True])
+def test_truncated_files_answer_or_refuse_cleanly(index_first):
     options = {"preset": "ultrafast"}
     whole = make_video(frames=90, codec="libx264", options=options, gop=15, container="mp4")
-    if faststart:
-        whole = _faststart(whole)
+    if index_first:
+        whole = faststart(whole)
     for name, cut in truncations(whole).items():
         try:
             _, (window,) = sample_default(cut)
             assert window.frames.shape[0] == FRAMES, name
         except RequestError as error:
             assert 400 <= error.status < 500, (name, error.status)
-
-
-def _faststart(data: bytes) -> bytes:
-    """Remux with the index (moov) first, as streaming-friendly encoders write it."""
-    import tempfile
-    from pathlib import Path
-
-    source = av.open(io.BytesIO(data))
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "faststart.mp4"
-        _remux(source, path)
-        return path.read_bytes()
-
-
-def _remux(source, path) -> None:
-    with av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"}) as target:
-        stream = target.add_stream_from_template(source.streams.video[0])
-        for packet in source.demux(source.streams.video[0]):
-            if packet.dts is None:
-                continue
-            packet.stream = stream
-            target.mux(packet)
 
 
 def test_corrupt_real_clip_is_answered_from_what_decodes(shared_videos):
@@ -187,3 +165,130 @@ def test_pixel_limit_refuses_large_frames_before_decoding():
         sample_default(data, DecodeLimits(max_frame_pixels=640 * 480 - 1, max_decode_seconds=30))
     assert (caught.value.status, caught.value.reason) == (413, "frame_too_large")
     assert "640x480" in caught.value.message
+
+
+# -- seek-hostile streams (issue 9) -----------------------------------------------------------
+
+
+def _expected_indices(frames, window, num_frames=32, first_decodable=0):
+    """Uniform subsampling of the frames whose time lies in the window; a frame before the first
+    decodable one shows as that one (nothing earlier can be put on screen)."""
+    inside = [i for i, t in frames if window[0] - 1e-4 <= t < window[1] - 1e-4]
+    return [max(inside[k], first_decodable) for k in torch.linspace(0, len(inside) - 1, num_frames).long().tolist()]
+
+
+@pytest.mark.parametrize("clips", [1, 3])
+@pytest.mark.parametrize("name", sorted(SEEK_HOSTILE))
+def test_seek_hostile_streams_sample_the_right_frames(name, clips):
+    data, frames, first_decodable = build_seek_hostile(name)
+    with VideoDecoder(data, LIMITS, 256) as decoder:
+        present = [(i, t) for i, t in frames if t < decoder.info.duration]
+        assert decoder.info.duration == pytest.approx(present[-1][1] + 1 / 30, abs=0.05)
+        windows = clip_windows(decoder.info.duration, WINDOW, clips)
+        for window in windows:
+            got = [frame_index(f) for f in decoder.sample(window, 32).frames]
+            assert got == _expected_indices(present, window, first_decodable=first_decodable), (name, window)
+        if name == "mp4_index_past_data":
+            assert any("index lists 10.00 s" in note for note in decoder.notes), decoder.notes
+
+
+def test_window_that_cannot_be_filled_says_what_was_found():
+    data, frames, _ = build_seek_hostile("ts_h264_start_1_48")
+    with VideoDecoder(data, LIMITS, 256) as decoder:
+        with pytest.raises(RequestError) as caught:
+            decoder.sample((8.0, 10.0), 32)
+    assert (caught.value.status, caught.value.reason) == (422, "no_frames")
+    # Everything that decodes was seen: 120 frames over the 5 s.
+    assert "found 120 frames at 0.00-4.96 s" in caught.value.message, caught.value.message
+
+
+# -- one deadline per request, messages ---------------------------------------------------------
+
+
+def test_one_deadline_is_shared_by_every_video_of_a_request(monkeypatch):
+    import handler.decoding as decoding
+
+    data = make_video(frames=60, width=160, height=96, codec="libx264", options={"preset": "ultrafast"})
+    clock = [1000.0]
+    monkeypatch.setattr(decoding.time, "monotonic", lambda: clock[0])
+    limits = DecodeLimits(max_frame_pixels=10**8, max_decode_seconds=10)
+    deadline = clock[0] + limits.max_decode_seconds
+    with VideoDecoder(data, limits, 256, deadline=deadline) as first:
+        first.sample((0.0, 1.0), 8)
+    clock[0] += 9.0  # the first video took 9 s of the request's 10
+    with VideoDecoder(data, limits, 256, deadline=deadline) as second:
+        second.sample((0.0, 1.0), 8)  # within the shared deadline
+        clock[0] += 1.5
+        with pytest.raises(RequestError) as caught:
+            second.sample((0.0, 1.0), 8)
+    assert (caught.value.status, caught.value.reason) == (422, "decode_timeout")
+    assert "decoding this request took longer than the limit of 10 s" in caught.value.message
+    # Without a deadline a decoder gets its own max_decode_seconds from now.
+    with VideoDecoder(data, limits, 256) as alone:
+        alone.sample((0.0, 1.0), 8)
+
+
+def _mp3_with_cover() -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp3") as output:
+        audio = output.add_stream("libmp3lame", rate=16000)
+        audio.layout = "mono"
+        cover = output.add_stream("mjpeg")
+        cover.width, cover.height, cover.pix_fmt = 64, 64, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        for packet in cover.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")):
+            output.mux(packet)
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+        samples.sample_rate = 16000
+        for packet in [*audio.encode(samples), *audio.encode()]:
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+def test_mp3_with_cover_art_is_named_as_such():
+    data = _mp3_with_cover()
+    assert any(s.disposition & av.stream.Disposition.attached_pic for s in av.open(io.BytesIO(data)).streams.video)
+    with pytest.raises(RequestError) as caught:
+        VideoDecoder(data, LIMITS, 256)
+    assert (caught.value.status, caught.value.reason) == (422, "no_video_stream")
+    message = caught.value.message
+    assert "attached picture (cover art)" in message and "cannot be classified" in message
+    assert "streams: audio, video" not in message
+
+
+# -- aspect-ratio bombs (issue 9) ---------------------------------------------------------------
+
+
+def _strip_source(width, height):
+    def source(i):
+        # A ramp 0..255 along the long side: the central region is near 127.
+        ramp = np.linspace(0, 255, max(width, height)).astype(np.uint8)
+        image = np.repeat(ramp[None, :, None], 3, axis=2) if width >= height else np.repeat(ramp[:, None, None], 3, axis=2)
+        return np.broadcast_to(image, (height, width, 3)).copy()
+    return source
+
+
+@pytest.mark.parametrize("width, height", [(8192, 16), (16, 8192)])
+def test_aspect_ratio_bomb_is_answered_from_its_centre(width, height):
+    data = make_video(frames=40, width=width, height=height, codec="libx264", options={"preset": "ultrafast"},
+                      frame_source=_strip_source(width, height))
+    with VideoDecoder(data, LIMITS, 256) as decoder:
+        sampled = list(decoder.sample_windows(clip_windows(decoder.info.duration, WINDOW, 2), 32))
+        notes = decoder.notes
+    expected = (32, 256, 1024, 3) if width > height else (32, 1024, 256, 3)
+    for window in sampled:
+        assert window.frames.shape == expected  # 4:1 at most, never 131072 x 256
+        assert window.warnings == [notes[0]]
+    long_side = max(width, height)
+    assert notes[0] == (f"the frame is {width}x{height} (aspect {long_side // 16}:1); the central "
+                        f"{'64x16' if width > height else '16x64'} region, aspect 4:1, was used")
+    # The central region: the ramp there is near its middle value (127), not its ends.
+    frame = sampled[0].frames[0].float()
+    assert abs(frame.mean().item() - 127.5) < 3 and frame.max() - frame.min() < 6
+
+
+def test_normal_aspect_ratios_are_not_cropped():
+    data = make_video(frames=10, width=336, height=96, codec="libx264", options={"preset": "ultrafast"})  # 3.5:1
+    with VideoDecoder(data, LIMITS, 256) as decoder:
+        window = decoder.sample((0.0, 0.3), 4)
+        assert window.frames.shape == (4, 256, 896, 3) and not window.warnings and not decoder.notes

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
@@ -23,12 +22,13 @@ from handler.decoding import DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.metrics import HandlerMetrics
 from handler.options import RequestOptions, ServeOptions, resolve_request_options
-from handler.plan import VideoPlan, check_requested_views, plan_videos
+from handler.plan import check_requested_views, plan_videos
 from handler.protocol import (
     PLAIN, ModelInfo, ParsedRequest, check_upload_size, parse_row, render_embedding, render_response,
     render_window, stream_line, top_predictions, window_line,
 )
 from handler.run import WindowJob, WindowScores, mean_scores, run_windows
+from handler.work import RequestWork, VideoWork
 from handler.runtime import ModelRuntime, choose_device, cpu_thread_count
 
 log = logging.getLogger(__name__)
@@ -37,38 +37,6 @@ try:
     from ts.handler_utils.utils import send_intermediate_predict_response
 except ImportError:  # unit tests without TorchServe's worker utilities
     send_intermediate_predict_response = None  # type: ignore[assignment]
-
-
-@dataclass
-class _Video:
-    """One opened video of a request, its plan, and the scores of its windows as they come."""
-
-    decoder: VideoDecoder
-    plan: VideoPlan
-    scores: List[WindowScores] = field(default_factory=list)
-    decode_ms: float = 0.0
-    frames_decoded: int = 0
-    decode_errors: int = 0
-
-
-@dataclass
-class _Request:
-    """One request of the batch on its way through the path; ``error`` set once it failed."""
-
-    index: int
-    parsed: Optional[ParsedRequest] = None
-    options: Optional[RequestOptions] = None
-    videos: List[_Video] = field(default_factory=list)
-    error: Optional[RequestError] = None
-    streamed: int = 0
-
-    @property
-    def streaming(self) -> bool:
-        return self.options is not None and self.options.stream
-
-    @property
-    def views(self) -> int:
-        return sum(video.plan.views for video in self.videos)
 
 
 class SlowFastHandler(BaseHandler):
@@ -129,8 +97,8 @@ class SlowFastHandler(BaseHandler):
 
     # -- parse and plan ----------------------------------------------------------------------
 
-    def _prepare(self, index: int, row: Any, context: Any) -> _Request:
-        request = _Request(index)
+    def _prepare(self, index: int, row: Any, context: Any) -> RequestWork:
+        request = RequestWork(index)
         try:
             request.parsed = parse_row(row, self._headers(context, index))
             request.options = resolve_request_options(request.parsed.options, self.options, self.contract.num_classes)
@@ -142,7 +110,7 @@ class SlowFastHandler(BaseHandler):
             deadline = time.monotonic() + self.options.max_decode_seconds
             for video in request.parsed.videos:
                 decoder = VideoDecoder(video, self.limits, self.contract.short_side, deadline=deadline)
-                request.videos.append(_Video(decoder, plan=None))  # type: ignore[arg-type]
+                request.videos.append(VideoWork(decoder, plan=None))  # type: ignore[arg-type]
             plans = plan_videos(
                 [video.decoder.info.duration for video in request.videos], self.contract, request.options, self.options
             )
@@ -163,7 +131,7 @@ class SlowFastHandler(BaseHandler):
 
     # -- decode and run ----------------------------------------------------------------------
 
-    def _run(self, requests: List[_Request], context: Any) -> None:
+    def _run(self, requests: List[RequestWork], context: Any) -> None:
         # Short requests first: a long timeline in the same batch then delays no one's first forward.
         ordered = sorted((r for r in requests if r.error is None), key=lambda r: r.views)
         by_key = {request.index: request for request in ordered}
@@ -183,10 +151,10 @@ class SlowFastHandler(BaseHandler):
                     request.error = RequestError(503, "inference_failed", "the model failed on this batch; retry")
 
     @staticmethod
-    def _complete(request: _Request) -> bool:
+    def _complete(request: RequestWork) -> bool:
         return all(len(video.scores) == len(video.plan.windows) for video in request.videos)
 
-    def _jobs(self, requests: List[_Request]) -> Iterator[WindowJob]:
+    def _jobs(self, requests: List[RequestWork]) -> Iterator[WindowJob]:
         """Windows of every request, decoded one by one as the model needs them.
 
         A decoding failure ends that request (its error is recorded) and no other."""
@@ -200,7 +168,7 @@ class SlowFastHandler(BaseHandler):
                 log.exception("request %d failed while decoding", request.index)
                 request.error = RequestError(500, "internal_error", "the server failed to process this video")
 
-    def _video_jobs(self, request: _Request, video_index: int, video: _Video) -> Iterator[WindowJob]:
+    def _video_jobs(self, request: RequestWork, video_index: int, video: VideoWork) -> Iterator[WindowJob]:
         assert request.options is not None
         sampled_windows = video.decoder.sample_windows(video.plan.windows, self.contract.num_frames)
         for window_index in range(len(video.plan.windows)):
@@ -231,7 +199,7 @@ class SlowFastHandler(BaseHandler):
     def _embedding(vector: torch.Tensor, options: RequestOptions) -> torch.Tensor:
         return torch.nn.functional.normalize(vector, dim=0) if options.normalize else vector
 
-    def _stream_window(self, request: _Request, video: _Video, scores: WindowScores, context: Any) -> None:
+    def _stream_window(self, request: RequestWork, video: VideoWork, scores: WindowScores, context: Any) -> None:
         assert request.options is not None
         window_index = scores.key[2]
         entry = self._window_entry(request.options, video.plan.windows[window_index], scores)
@@ -243,7 +211,7 @@ class SlowFastHandler(BaseHandler):
         request_id = context.request_ids[request.index]
         send_intermediate_predict_response({request.index: line}, {request.index: request_id}, "window", 200, context)
 
-    def _answer(self, request: _Request, video: _Video, batch_size: int, total_ms: float) -> Dict[str, Any]:
+    def _answer(self, request: RequestWork, video: VideoWork, batch_size: int, total_ms: float) -> Dict[str, Any]:
         options = request.options
         assert options is not None
         probabilities, embedding = mean_scores(video.scores)
@@ -288,7 +256,7 @@ class SlowFastHandler(BaseHandler):
             answer["warnings"] = warnings
         return answer
 
-    def _render(self, request: _Request, context: Any, batch_size: int, total_ms: float) -> Any:
+    def _render(self, request: RequestWork, context: Any, batch_size: int, total_ms: float) -> Any:
         if request.error is not None:
             return self._reject(context, request, request.error)
         assert request.parsed is not None
@@ -297,7 +265,7 @@ class SlowFastHandler(BaseHandler):
         body = render_response(request.parsed, self.model, answers)
         return stream_line(body) if request.streaming else body
 
-    def _reject(self, context: Any, request: _Request, error: RequestError) -> Any:
+    def _reject(self, context: Any, request: RequestWork, error: RequestError) -> Any:
         # Under the stock kserve envelope the rows are one request's instances, not requests:
         # statuses exist per request only.
         requests_in_batch = len(getattr(context, "request_ids", None) or {}) or 1

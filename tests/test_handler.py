@@ -7,6 +7,7 @@ through the model.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -118,3 +119,40 @@ def test_micro_batches_bound_the_forward_size(model_dir, shared_videos, monkeypa
     context.headers = {0: {"crops": "3"}, 1: {"crops": "1"}}
     instance.handle([{"body": video}, {"body": video}], context)
     assert seen == [2, 2] and sum(seen) == 4  # 3 + 1 views in chunks of at most 2
+
+
+def test_streamed_timeline_sends_a_line_per_window_then_the_full_answer(handler, model_dir, shared_videos):
+    import json
+
+    video = (shared_videos / "tv__WUzgd7C1pWA.mp4").read_bytes()
+    headers = {0: {"timeline": "true", "stream": "true", "output": "both", "start": "2", "end": "9"}}
+    (final,), context = handle(handler, model_dir, [{"body": video}], headers)
+    assert isinstance(final, str) and final.endswith("\n") and not context.statuses
+    answer = json.loads(final)
+    lines = [json.loads(line) for line in context.streamed[0]]
+    assert [line["window"]["index"] for line in lines] == [0, 1, 2] and lines[0]["window"]["of"] == 3
+    assert [line["window"]["start"] for line in lines] == [entry["start"] for entry in answer["timeline"]]
+    assert answer["timeline"][0]["start"] == 2.0 and answer["timeline"][-1]["end"] <= 9.0
+    assert len(answer["timeline"][1]["embedding"]) == answer["embedding"]["dim"] == 2304
+    assert lines[1]["window"]["predictions"] == answer["timeline"][1]["predictions"]
+
+
+def test_request_over_the_budget_is_refused_before_decoding(handler, model_dir, monkeypatch):
+    from handler import slowfast_handler as module
+
+    opened = []
+    monkeypatch.setattr(module, "VideoDecoder", lambda *a, **k: opened.append(a))
+    rows = [{"body": json.dumps({"instances": [{"data": "AAAA"}] * 12, "parameters": {"clips": 10, "crops": 3}}).encode()}]
+    (response,), context = handle(handler, model_dir, rows)
+    assert context.statuses[0][0] == 413 and response["reason"] == "over_budget" and not opened
+    assert "360 views" in response["message"]
+
+
+def test_handler_module_defines_one_class_as_torchserve_requires():
+    # TorchServe's model_loader refuses a handler module with several classes (the worker dies).
+    import inspect
+
+    from handler import slowfast_handler as module
+
+    defined = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+    assert defined == [SlowFastHandler]

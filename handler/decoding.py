@@ -8,7 +8,7 @@ to RGB, scaled (and, for extreme aspect ratios, cropped) to the working size ins
 
 Seeks are verified, not trusted: when a seek lands after the point asked for (MPEG-TS, open GOPs,
 streams without keyframe flags, broken indexes) the decoder backs off further and finally decodes
-from the first byte of the file, within the request's deadline. Audio is never decoded. Every
+from the first byte of the file, within the request's decoding budget. Audio is never decoded. Every
 problem with the input becomes a ``RequestError`` with a 4xx status.
 """
 
@@ -21,8 +21,9 @@ import itertools
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import av
 import numpy as np
@@ -69,6 +70,61 @@ class DecodeLimits:
     max_decode_seconds: float
     threads: int = 0
     max_aspect_ratio: float = 4.0
+
+
+T = TypeVar("T")
+
+
+class DecodeBudget:
+    """Wall time a request may spend *inside* its decoders, shared by all its videos.
+
+    Only time spent opening, probing and sampling counts: decoding is lazy (each window is
+    decoded when the model needs it), so a plain deadline would also count the forwards of the
+    batch in between and refuse requests for the model's slowness. ``per_window``: the budget
+    starts again after each window handed out (a streamed timeline, whose every line the client
+    receives as it is computed).
+    """
+
+    def __init__(self, seconds: float, per_window: bool = False) -> None:
+        self.seconds = float(seconds)
+        self.per_window = per_window
+        self.spent = 0.0
+        self._since: Optional[float] = None
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Count the time of the ``with`` body (re-entrant: only the outermost one counts)."""
+        if self._since is not None:
+            yield
+            return
+        self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.spent += time.monotonic() - self._since
+            self._since = None
+
+    def timed(self, items: Iterable[T]) -> Iterator[T]:
+        """``items`` with the time spent producing each counted (and reset per window if asked)."""
+        iterator = iter(items)
+        while True:
+            with self.running():
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+            yield item
+            if self.per_window:
+                self.spent = 0.0
+
+    def check(self) -> None:
+        """422 ``decode_timeout`` once the time counted exceeds the budget."""
+        running = time.monotonic() - self._since if self._since is not None else 0.0
+        if self.spent + running > self.seconds:
+            what = "one window of this streamed timeline" if self.per_window else "this request"
+            raise RequestError(
+                422, "decode_timeout", f"decoding {what} took longer than the limit of {self.seconds:g} s",
+            )
 
 
 @dataclass(frozen=True)
@@ -143,17 +199,23 @@ def _rotation_of(frame: av.VideoFrame) -> int:
 class VideoDecoder:
     """An opened video held in memory; sample windows of frames from it.
 
-    ``deadline`` is an absolute ``time.monotonic()`` by which the whole request must be decoded
-    (shared by every video of one request); default: now + ``limits.max_decode_seconds``.
+    ``budget``: the decoding time allowed, shared by every video of one request (default: its
+    own ``limits.max_decode_seconds``); only time inside this decoder counts against it.
     Use as a context manager. ``info`` is available after construction; ``notes`` collects
     sentences for the answer's warnings (truncated file, cropped frames); ``stats`` counts work.
     """
 
-    def __init__(self, data: bytes, limits: DecodeLimits, short_side: int, deadline: Optional[float] = None) -> None:
+    def __init__(
+        self, data: bytes, limits: DecodeLimits, short_side: int, budget: Optional[DecodeBudget] = None
+    ) -> None:
+        self._budget = budget or DecodeBudget(limits.max_decode_seconds)
+        with self._budget.running():
+            self._setup(data, limits, short_side)
+
+    def _setup(self, data: bytes, limits: DecodeLimits, short_side: int) -> None:
         self._data = data
         self._limits = limits
         self._short_side = short_side
-        self._deadline = time.monotonic() + limits.max_decode_seconds if deadline is None else deadline
         self.stats = DecodeStats()
         self.notes: List[str] = []
         self._converter = FrameConverter()
@@ -319,11 +381,7 @@ class VideoDecoder:
         return max(1e-4, TIME_TOLERANCE_FRAMES * self.info.frame_interval)
 
     def _check_deadline(self) -> None:
-        if time.monotonic() > self._deadline:
-            raise RequestError(
-                422, "decode_timeout",
-                f"decoding this request took longer than the limit of {self._limits.max_decode_seconds:g} s",
-            )
+        self._budget.check()
 
     def _seek(self, seconds: float) -> None:
         """Seek to the keyframe at or before ``seconds`` (absolute stream time), as the index says."""
@@ -502,8 +560,7 @@ class VideoDecoder:
             else:
                 runs.append([window])
         self._mark = (self.stats.frames_decoded, self.stats.errors)
-        for run in runs:
-            yield from self._decode_run(self._plans(run, num_frames))
+        return self._budget.timed(window for run in runs for window in self._decode_run(self._plans(run, num_frames)))
 
     def _plans(self, run: List[Tuple[float, float]], num_frames: int) -> List[_Plan]:
         """Target instants of each window of a run, from one demux pass over the run's packets."""

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.decoding import DecodeLimits, VideoDecoder
+from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.metrics import HandlerMetrics
 from handler.options import RequestOptions, ServeOptions, resolve_request_options
@@ -106,10 +106,10 @@ class SlowFastHandler(BaseHandler):
                 raise RequestError(400, "bad_option", "stream applies to plain requests, not KServe envelopes")
             check_upload_size(request.parsed.videos, self.options.max_upload_bytes)
             check_requested_views(len(request.parsed.videos), request.options, self.options)
-            # One deadline for all the videos of a request (per window for a streamed timeline).
-            deadline = time.monotonic() + self.options.max_decode_seconds
+            # One decoding budget for all the videos of a request (per window for a streamed timeline).
+            budget = DecodeBudget(self.options.max_decode_seconds, per_window=request.streaming)
             for video in request.parsed.videos:
-                decoder = VideoDecoder(video, self.limits, self.contract.short_side, deadline=deadline)
+                decoder = VideoDecoder(video, self.limits, self.contract.short_side, budget=budget)
                 request.videos.append(VideoWork(decoder, plan=None))  # type: ignore[arg-type]
             plans = plan_videos(
                 [video.decoder.info.duration for video in request.videos], self.contract, request.options, self.options

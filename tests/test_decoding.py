@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 from fractions import Fraction
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from handler.decoding import DecodeLimits, VideoDecoder
+from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from export.reference import slowfast_r50_contract
 from handler.protocol import parse_row
@@ -205,27 +206,48 @@ def test_window_that_cannot_be_filled_says_what_was_found():
 # -- one deadline per request, messages ---------------------------------------------------------
 
 
-def test_one_deadline_is_shared_by_every_video_of_a_request(monkeypatch):
+def test_one_decoding_budget_is_shared_by_every_video_of_a_request(monkeypatch):
     import handler.decoding as decoding
 
     data = make_video(frames=60, width=160, height=96, codec="libx264", options={"preset": "ultrafast"})
     clock = [1000.0]
     monkeypatch.setattr(decoding.time, "monotonic", lambda: clock[0])
     limits = DecodeLimits(max_frame_pixels=10**8, max_decode_seconds=10)
-    deadline = clock[0] + limits.max_decode_seconds
-    with VideoDecoder(data, limits, 256, deadline=deadline) as first:
+    budget = DecodeBudget(limits.max_decode_seconds)
+    with VideoDecoder(data, limits, 256, budget=budget) as first:
+        with budget.running():
+            clock[0] += 9.0  # the first video took 9 s of the request's 10
         first.sample((0.0, 1.0), 8)
-    clock[0] += 9.0  # the first video took 9 s of the request's 10
-    with VideoDecoder(data, limits, 256, deadline=deadline) as second:
-        second.sample((0.0, 1.0), 8)  # within the shared deadline
-        clock[0] += 1.5
-        with pytest.raises(RequestError) as caught:
-            second.sample((0.0, 1.0), 8)
+    clock[0] += 500.0  # time outside the decoders (the model's forwards) does not count
+    with VideoDecoder(data, limits, 256, budget=budget) as second:
+        second.sample((0.0, 1.0), 8)  # within the shared budget
+        with budget.running():
+            clock[0] += 1.5
+            with pytest.raises(RequestError) as caught:
+                second.sample((0.0, 1.0), 8)
     assert (caught.value.status, caught.value.reason) == (422, "decode_timeout")
     assert "decoding this request took longer than the limit of 10 s" in caught.value.message
-    # Without a deadline a decoder gets its own max_decode_seconds from now.
+    # Without a budget a decoder gets its own max_decode_seconds.
     with VideoDecoder(data, limits, 256) as alone:
         alone.sample((0.0, 1.0), 8)
+
+
+def test_a_streamed_timeline_budget_starts_again_at_each_window(monkeypatch):
+    import handler.decoding as decoding
+
+    data = make_video(frames=90, width=160, height=96, codec="libx264", options={"preset": "ultrafast"})
+    clock = [1000.0]
+    monkeypatch.setattr(decoding.time, "monotonic", lambda: clock[0])
+    windows = [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
+    for per_window, expected in ((True, 3), (False, 2)):
+        budget = DecodeBudget(5.0, per_window=per_window)
+        got = 0
+        with VideoDecoder(data, DecodeLimits(max_frame_pixels=10**8, max_decode_seconds=5), 256, budget=budget) as decoder:
+            with pytest.raises(RequestError) if not per_window else contextlib.nullcontext():
+                for _ in decoder.sample_windows(windows, 8):
+                    got += 1
+                    budget.spent += 4.0  # each window took 4 s of decoding
+        assert got == expected, per_window
 
 
 def _mp3_with_cover() -> bytes:

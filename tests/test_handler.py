@@ -156,3 +156,26 @@ def test_handler_module_defines_one_class_as_torchserve_requires():
 
     defined = [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
     assert defined == [SlowFastHandler]
+
+
+def test_videos_of_one_request_share_one_decoding_budget_and_requests_do_not(handler, model_dir, shared_videos, monkeypatch):
+    import base64
+
+    from handler import slowfast_handler as module
+
+    budgets = []
+    real = module.VideoDecoder
+
+    def spy(data, limits, short_side, budget=None):
+        budgets.append(budget)
+        return real(data, limits, short_side, budget=budget)
+
+    monkeypatch.setattr(module, "VideoDecoder", spy)
+    clip = base64.b64encode((shared_videos / "ii__realshort.mp4").read_bytes()).decode()
+    two = {"body": json.dumps({"instances": [{"data": clip}, {"data": clip}]}).encode()}
+    (answer, other), context = handle(handler, model_dir, [two, dict(two)])
+    assert not context.statuses and len(answer["predictions"]) == 2
+    assert len(budgets) == 4 and budgets[0] is budgets[1] and budgets[2] is budgets[3]
+    assert budgets[0] is not budgets[2] and budgets[0].seconds == handler.options.max_decode_seconds
+    # Only time inside the decoders was counted: far less than the request took end to end.
+    assert 0 < budgets[0].spent < sum(v["timings_ms"]["handler_total"] for v in answer["predictions"]) / 1000

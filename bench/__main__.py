@@ -10,7 +10,9 @@ stderr. Sections:
 3. the model-only optimized forward (the floor) and HTTP end-to-end latency through a real,
    isolated TorchServe;
 4. throughput of N concurrent clients against model-only throughput at the best micro-batch;
-5. cost growth: one default clip from 10 s, 60 s and 600 s videos, time and worker peak RSS.
+5. cost growth: one default clip from 10 s, 60 s and 600 s videos, time and worker peak RSS;
+6. a streamed timeline of the 600 s video at the default stride (bench/features.py);
+7. an embedding request against a labels request of the same clip.
 
 Run it alone on the machine: anything else on the cores is measured too.
 """
@@ -33,8 +35,8 @@ DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 MAR = REPO / "model_store" / "slowfast_r50.mar"
 PT = REPO / "build" / "slowfast_r50.pt"
 THROUGHPUT_CLIP = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 clip
-SECTIONS = ("stages", "model", "latency", "throughput", "growth")
-SERVED = ("latency", "throughput", "growth")
+SECTIONS = ("stages", "model", "latency", "throughput", "growth", "timeline", "embedding")
+SERVED = ("latency", "throughput", "growth", "timeline", "embedding")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
 
@@ -147,6 +149,11 @@ def main(argv: List[str]) -> int:
         notes.append(f"no real clips found under {clipmod.SHARED_VIDEOS}: the real-clip rows are missing")
         progress("warning: " + notes[-1])
     growth_specs = [SynthSpec(s, 1280, 720, 30, 250, "ultrafast", "pattern_noise") for s in args.growth_seconds]
+    timeline_spec = SynthSpec(8.0 if args.quick else 600.0, 1280, 720, 30, 250, "ultrafast", "pattern_noise")
+    timeline_clip = None if "timeline" not in args.sections else {
+        "name": clipmod.synthesized(timeline_spec).name, "path": clipmod.synthesized(timeline_spec),
+        "seconds": timeline_spec.seconds, "frames": timeline_spec.frames,
+    }
     growth_clips = [] if "growth" not in args.sections else [
         {"name": clipmod.synthesized(spec).name, "path": clipmod.synthesized(spec), "seconds": spec.seconds,
          "kind": "growth"} for spec in growth_specs
@@ -183,6 +190,7 @@ def main(argv: List[str]) -> int:
 
     # -- through TorchServe ------------------------------------------------------------------
     if serving:
+        from bench import features
         from bench import served as servedmod
 
         http: Dict[str, Any] = {}
@@ -199,6 +207,10 @@ def main(argv: List[str]) -> int:
                 http["throughput"] = servedmod.throughput(served, tp_clip, args.clients, args.per_client, args.warmup)
             if "growth" in args.sections:
                 http["growth"] = servedmod.growth(served, growth_clips, args.growth_reps, args.warmup)
+            if timeline_clip:
+                http["timeline"] = features.timeline(served, timeline_clip, handler.contract.num_frames)
+            if "embedding" in args.sections:
+                http["embedding"] = features.embedding_cost(served, tp_clip, args.growth_reps * 2, args.warmup)
 
     results["targets"] = report.evaluate(results, config)
     try:

@@ -128,7 +128,9 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
                 f"the handler adds one); RSS before its requests: {short['worker_rss_before_mb']} -> "
                 f"{long_['worker_rss_before_mb']} MB",
             ))
-    return targets
+    from bench import features  # its targets live beside its measurements
+
+    return targets + features.targets(results)
 
 
 # -- the printed table ---------------------------------------------------------------------------
@@ -216,6 +218,9 @@ def render(results: Dict[str, Any]) -> str:
                          fmt_ms(g["handler_ms"]["decode"]["median"]), str(g["frames_decoded"]),
                          str(g["worker_rss_before_mb"]), str(g["worker_peak_rss_mb"])])
         lines += _table(["video", "MB", "e2e ms", "decode", "frames", "RSS before MB", "peak RSS MB"], rows)
+    from bench import features
+
+    lines += features.render(results)
     targets = results.get("targets", [])
     if targets:
         lines.append("")

@@ -88,3 +88,20 @@ def test_served_sections(quick_run: Dict[str, Any]) -> None:
         assert _positive(video["worker_peak_rss_mb"]) and video["worker_peak_rss_mb"] >= 100
         assert _positive(video["e2e_ms"]["median"])
     assert _positive(growth["time_ratio"]) and _positive(growth["peak_rss_ratio"])
+
+
+def test_timeline_and_embedding_sections(quick_run: Dict[str, Any]) -> None:
+    timeline = quick_run["http"]["timeline"]
+    # 8 s at the default stride (64/30 s): 3 windows, a line each plus the full answer.
+    assert timeline["windows"] == 3 and timeline["lines"] == 4
+    assert timeline["frames_sampled"] == 3 * 32
+    # One pass: no frame decoded twice, and the windows span most of the video's frames.
+    assert timeline["frames_sampled"] / 2 <= timeline["frames_decoded"] <= timeline["video_frames"] == 240
+    assert 0 < timeline["first_line_s"] <= timeline["total_s"]
+    assert _positive(timeline["decode_preprocess_over_forwards"]) and _positive(timeline["peak_rss_ratio"])
+    embedding = quick_run["http"]["embedding"]
+    assert _positive(embedding["labels"]["p50"]) and _positive(embedding["embedding_over_labels"])
+    names = " ".join(t["name"] for t in quick_run["targets"])
+    for expected in ("timeline decode+preprocess", "timeline worker peak RSS", "timeline single pass",
+                     "embedding request / labels request"):
+        assert expected in names

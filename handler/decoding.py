@@ -15,6 +15,7 @@ problem with the input becomes a ``RequestError`` with a 4xx status.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
 import io
 import itertools
@@ -61,8 +62,8 @@ TRUNCATION_SLACK_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """``max_frame_pixels``: width x height, declared or decoded. ``max_decode_seconds``: wall time
-    to decode one request (the default deadline). ``max_aspect_ratio``: long/short side of the
+    """``max_frame_pixels``: width x height, declared or decoded. ``max_decode_seconds``: time spent
+    decoding one request (the default ``DecodeBudget``). ``max_aspect_ratio``: long/short side of the
     working frame; beyond it the central region of that aspect is used."""
 
     max_frame_pixels: int
@@ -140,20 +141,63 @@ def _rotation_of(frame: av.VideoFrame) -> int:
         return 0
 
 
+class DecodeBudget:
+    """Seconds of decoding one request may spend, shared by every video of the request.
+
+    Only time inside a decoder counts: decoding is lazy, so the model's forwards between windows
+    (30 of them for clips=10, crops=3) and the other requests of a batch run while no decoder does,
+    and must not use up the budget (a wall-clock deadline refused such requests as decode_timeout).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.spent = 0.0
+        self._since: Optional[float] = None
+
+    @contextlib.contextmanager
+    def charging(self) -> Iterator[None]:
+        """Count the time spent in this block (nested blocks count once)."""
+        if self._since is not None:
+            yield
+            return
+        self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.spent += time.monotonic() - self._since
+            self._since = None
+
+    def exceeded(self) -> bool:
+        running = time.monotonic() - self._since if self._since is not None else 0.0
+        return self.spent + running > self.seconds
+
+    def restart(self) -> None:
+        """A fresh budget (each window of a streamed timeline gets its own)."""
+        self.spent = 0.0
+        if self._since is not None:
+            self._since = time.monotonic()
+
+
 class VideoDecoder:
     """An opened video held in memory; sample windows of frames from it.
 
-    ``deadline`` is an absolute ``time.monotonic()`` by which the whole request must be decoded
-    (shared by every video of one request); default: now + ``limits.max_decode_seconds``.
+    ``budget`` is the request's decoding time (shared by every video of one request); default:
+    a budget of ``limits.max_decode_seconds`` for this video alone.
     Use as a context manager. ``info`` is available after construction; ``notes`` collects
     sentences for the answer's warnings (truncated file, cropped frames); ``stats`` counts work.
     """
 
-    def __init__(self, data: bytes, limits: DecodeLimits, short_side: int, deadline: Optional[float] = None) -> None:
+    def __init__(
+        self, data: bytes, limits: DecodeLimits, short_side: int, budget: Optional[DecodeBudget] = None
+    ) -> None:
         self._data = data
         self._limits = limits
         self._short_side = short_side
-        self._deadline = time.monotonic() + limits.max_decode_seconds if deadline is None else deadline
+        self.budget = budget if budget is not None else DecodeBudget(limits.max_decode_seconds)
+        with self.budget.charging():
+            self._setup(data)
+
+    def _setup(self, data: bytes) -> None:
         self.stats = DecodeStats()
         self.notes: List[str] = []
         self._converter = FrameConverter()
@@ -319,7 +363,7 @@ class VideoDecoder:
         return max(1e-4, TIME_TOLERANCE_FRAMES * self.info.frame_interval)
 
     def _check_deadline(self) -> None:
-        if time.monotonic() > self._deadline:
+        if self.budget.exceeded():
             raise RequestError(
                 422, "decode_timeout",
                 f"decoding this request took longer than the limit of {self._limits.max_decode_seconds:g} s",
@@ -503,7 +547,16 @@ class VideoDecoder:
                 runs.append([window])
         self._mark = (self.stats.frames_decoded, self.stats.errors)
         for run in runs:
-            yield from self._decode_run(self._plans(run, num_frames))
+            with self.budget.charging():
+                plans = self._plans(run, num_frames)
+            decoded = self._decode_run(plans)
+            while True:
+                # Charged while decoding, not while the caller holds the window (its forwards).
+                with self.budget.charging():
+                    window = next(decoded, None)
+                if window is None:
+                    break
+                yield window
 
     def _plans(self, run: List[Tuple[float, float]], num_frames: int) -> List[_Plan]:
         """Target instants of each window of a run, from one demux pass over the run's packets."""

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.decoding import DecodeLimits, VideoDecoder
+from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.metrics import HandlerMetrics
 from handler.options import RequestOptions, ServeOptions, resolve_request_options
@@ -109,10 +109,10 @@ class SlowFastHandler(BaseHandler):
                 raise RequestError(400, "bad_option", "stream applies to plain requests, not KServe envelopes")
             check_upload_size(request.parsed.videos, self.options.max_upload_bytes)
             check_requested_views(len(request.parsed.videos), request.options, self.options)
-            # One deadline for all the videos of a request (per window for a streamed timeline).
-            deadline = time.monotonic() + self.options.max_decode_seconds
+            # One decoding budget for all the videos of a request (per window for a streamed timeline).
+            budget = DecodeBudget(self.options.max_decode_seconds)
             for video in request.parsed.videos:
-                decoder = VideoDecoder(video, self.limits, self.contract.short_side, deadline=deadline)
+                decoder = VideoDecoder(video, self.limits, self.contract.short_side, budget=budget)
                 request.videos.append(VideoWork(decoder, plan=None))  # type: ignore[arg-type]
             plans = plan_videos(
                 [video.decoder.info.duration for video in request.videos], self.contract, request.options, self.options
@@ -180,6 +180,8 @@ class SlowFastHandler(BaseHandler):
             video.decode_ms += (time.perf_counter() - started) * 1000
             video.frames_decoded += sampled.frames_decoded
             video.decode_errors += sampled.decode_errors
+            if request.streaming:
+                video.decoder.budget.restart()
             yield WindowJob((request.index, video_index, window_index), self._to_device(sampled.frames), request.options.crops)
         self.metrics.decoded(video.decode_ms, video.frames_decoded, video.decoder.info.duration)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from handler.decoding import DecodeLimits, VideoDecoder
+from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from export.reference import slowfast_r50_contract
 from handler.protocol import parse_row
@@ -202,30 +202,54 @@ def test_window_that_cannot_be_filled_says_what_was_found():
     assert "found 120 frames at 0.00-4.96 s" in caught.value.message, caught.value.message
 
 
-# -- one deadline per request, messages ---------------------------------------------------------
+# -- one decoding budget per request, messages ---------------------------------------------------------
 
 
-def test_one_deadline_is_shared_by_every_video_of_a_request(monkeypatch):
+def test_one_budget_is_shared_by_every_video_of_a_request(monkeypatch):
     import handler.decoding as decoding
 
     data = make_video(frames=60, width=160, height=96, codec="libx264", options={"preset": "ultrafast"})
     clock = [1000.0]
     monkeypatch.setattr(decoding.time, "monotonic", lambda: clock[0])
     limits = DecodeLimits(max_frame_pixels=10**8, max_decode_seconds=10)
-    deadline = clock[0] + limits.max_decode_seconds
-    with VideoDecoder(data, limits, 256, deadline=deadline) as first:
+    budget = DecodeBudget(limits.max_decode_seconds)
+    with VideoDecoder(data, limits, 256, budget=budget) as first:
+        with budget.charging():
+            clock[0] += 9.0  # the first video took 9 s of the request's 10
         first.sample((0.0, 1.0), 8)
-    clock[0] += 9.0  # the first video took 9 s of the request's 10
-    with VideoDecoder(data, limits, 256, deadline=deadline) as second:
-        second.sample((0.0, 1.0), 8)  # within the shared deadline
-        clock[0] += 1.5
-        with pytest.raises(RequestError) as caught:
-            second.sample((0.0, 1.0), 8)
+    with VideoDecoder(data, limits, 256, budget=budget) as second:
+        second.sample((0.0, 1.0), 8)  # within the shared budget
+        with budget.charging():
+            clock[0] += 1.5
+            with pytest.raises(RequestError) as caught:
+                second.sample((0.0, 1.0), 8)
     assert (caught.value.status, caught.value.reason) == (422, "decode_timeout")
     assert "decoding this request took longer than the limit of 10 s" in caught.value.message
-    # Without a deadline a decoder gets its own max_decode_seconds from now.
+    # Without a budget a decoder gets its own max_decode_seconds.
     with VideoDecoder(data, limits, 256) as alone:
         alone.sample((0.0, 1.0), 8)
+
+
+def test_time_between_windows_is_not_charged(monkeypatch):
+    """The forwards between windows (30 for clips=10, crops=3) are not decoding: only decoder time counts."""
+    import handler.decoding as decoding
+
+    data = make_video(frames=90, width=160, height=96, codec="libx264", options={"preset": "ultrafast"})
+    clock = [1000.0]
+    monkeypatch.setattr(decoding.time, "monotonic", lambda: clock[0])
+    budget = DecodeBudget(10)
+    with VideoDecoder(data, DecodeLimits(max_frame_pixels=10**8, max_decode_seconds=10), 256, budget=budget) as video:
+        windows = video.sample_windows([(0.0, 0.5), (1.0, 1.5), (2.0, 2.5)], 4)
+        for _ in range(3):
+            next(windows)
+            clock[0] += 60.0  # a minute of model forwards while the caller holds the window
+        assert budget.spent == 0.0 and not budget.exceeded()
+    # Time inside the decoder does count (read through the same clock).
+    with budget.charging():
+        clock[0] += 10.5
+    assert budget.exceeded()
+    budget.restart()
+    assert budget.spent == 0.0 and not budget.exceeded()
 
 
 def _mp3_with_cover() -> bytes:

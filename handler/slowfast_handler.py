@@ -30,6 +30,7 @@ from handler.protocol import (
 from handler.run import WindowJob, WindowScores, mean_scores, run_windows
 from handler.work import RequestWork, VideoWork
 from handler.runtime import ModelRuntime, choose_device, cpu_thread_count
+from handler.server_config import require_config_file
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class SlowFastHandler(BaseHandler):
     """Video (raw body, multipart or KServe JSON) -> top-k Kinetics-400 actions, embeddings, timelines."""
 
     def initialize(self, context: Any) -> None:
+        # First: a frontend on TorchServe's built-in defaults (no config.properties) must not serve.
+        require_config_file()
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
         self.manifest = context.manifest
@@ -177,6 +180,8 @@ class SlowFastHandler(BaseHandler):
             video.decode_ms += (time.perf_counter() - started) * 1000
             video.frames_decoded += sampled.frames_decoded
             video.decode_errors += sampled.decode_errors
+            if request.streaming:
+                video.decoder.budget.restart()
             yield WindowJob((request.index, video_index, window_index), self._to_device(sampled.frames), request.options.crops)
         self.metrics.decoded(video.decode_ms, video.frames_decoded, video.decoder.info.duration)
 

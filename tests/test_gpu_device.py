@@ -62,18 +62,22 @@ class _RecordedLoad:
         is_cuda = device.type == "cuda"
         return SimpleNamespace(
             contract=self.contract, device=device,
+            name=f"torchscript-{device.type}",
             micro_batch=options.micro_batch_cuda if is_cuda else options.micro_batch_cpu,
         )
 
 
 @pytest.fixture
-def fake_contract() -> SimpleNamespace:
-    return SimpleNamespace(model_name="slowfast_r50", short_side=256)
+def fake_contract() -> Any:
+    """The real contract object (not a look-alike), so the handler reads every field it would in a worker."""
+    from export.reference import slowfast_r50_contract
+
+    return slowfast_r50_contract()
 
 
 @pytest.mark.parametrize("gpu_id", [0, 1, 3])
 def test_initialize_places_model_on_assigned_gpu(
-    gpu_id: int, tmp_path: Path, fake_contract: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+    gpu_id: int, tmp_path: Path, fake_contract: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     load = _RecordedLoad(fake_contract)
@@ -94,7 +98,7 @@ def test_initialize_places_model_on_assigned_gpu(
 
 
 def test_initialize_cpu_worker_when_no_gpu_assigned(
-    tmp_path: Path, fake_contract: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_contract: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host, but this worker got none
     load = _RecordedLoad(fake_contract)
@@ -113,7 +117,7 @@ def test_initialize_cpu_worker_when_no_gpu_assigned(
 
 
 def test_initialize_gpu_id_without_cuda_falls_back_to_cpu(
-    tmp_path: Path, fake_contract: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_contract: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     load = _RecordedLoad(fake_contract)

@@ -63,3 +63,14 @@ def contract(built: Dict[str, Path]):
 
     _, loaded = load_with_contract(built["pt"])
     return loaded
+
+
+@pytest.fixture(scope="session")
+def non_flat_model_dir(shared_videos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory holding ``slowfast_r50.pt`` exported from a checkpoint whose answers depend
+    on the input (tests/checkpoints.py): for tests that judge probabilities or embeddings."""
+    from tests.checkpoints import export_non_flat
+
+    directory = tmp_path_factory.mktemp("non_flat_model")
+    export_non_flat(directory, shared_videos)
+    return directory

@@ -1,0 +1,87 @@
+"""A SlowFast checkpoint whose answers depend on the input, for tests that judge answers.
+
+No machine here reaches the model zoo, and pytorchvideo's random initialization answers every
+input alike: nearly flat or saturated probabilities, features dominated by one common direction
+(cosine ~0.998 between any two clips). Errors in preprocessing or in a runtime hide in that.
+This checkpoint recalibrates every BatchNorm's statistics on real clips (so each channel varies
+with the input instead of drifting in scale through 50 layers), centres the projection on the
+clips' mean feature and scales it so the logits spread over a few units: top-1 probabilities
+well below 1 that differ from clip to clip, and features whose cosine tells clips apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+
+# Real clips the statistics are taken from (tests judging answers should use others).
+CALIBRATION_CLIPS = ("mb__trim-buck-bunny.webm", "ii__realshort.mp4", "tv__RATRACE_wave_f_nm_np1_fr_goo_37.avi")
+LOGIT_SPREAD = 0.6  # typical std of a clip's logits over classes: top-1 probabilities ~0.2-0.8
+
+
+def calibration_pathways(videos: Path) -> List[List[torch.Tensor]]:
+    """``[slow (1,3,8,256,256), fast (1,3,32,256,256)]`` float32 per calibration clip (reference pipeline)."""
+    from tests.reference_pipeline import reference_pathways
+
+    out = []
+    for name in CALIBRATION_CLIPS:
+        slow, fast = reference_pathways(str(videos / name), (0.0, 64 / 30))
+        out.append([slow[None], fast[None]])
+    return out
+
+
+def write_non_flat_checkpoint(path: Path, calibration: Sequence[List[torch.Tensor]], seed: int = 7) -> Path:
+    """Save a model-zoo layout state dict (``{"model_state": ...}``) of SlowFast R50 to ``path``."""
+    from export.build import build_slowfast_r50
+
+    model = build_slowfast_r50(None, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                # pytorchvideo zero-initializes each block's last BN scale: residual branches then add nothing.
+                module.weight.copy_(torch.empty(module.weight.shape).uniform_(0.8, 1.2, generator=generator))
+                module.bias.zero_()
+                module.reset_running_stats()
+                module.momentum = None  # cumulative average over the calibration clips
+                module.train()
+        for pathways in calibration:
+            model([p.clone() for p in pathways])  # the model rewrites its input list in place
+        model.eval()
+        head = model.blocks[-1]
+        features = []
+        hook = head.dropout.register_forward_pre_hook(lambda _m, inputs: features.append(inputs[0]))
+        for pathways in calibration:
+            model([p.clone() for p in pathways])
+        hook.remove()
+        feature = torch.cat([f.reshape(f.shape[0], f.shape[1], -1).mean(-1) for f in features])  # (N, 2304)
+        weight = head.proj.weight  # (400, 2304)
+        # A clip's logits are W (f - mean); f varies by about the calibration clips' spread.
+        spread = (weight.pow(2) @ feature.var(0)).sqrt().mean()
+        scale = LOGIT_SPREAD / float(spread)
+        head.proj.bias.copy_(-scale * (weight @ feature.mean(0)))
+        weight.mul_(scale)
+    torch.save({"model_state": model.state_dict()}, path)
+    return path
+
+
+def export_non_flat(directory: Path, videos: Path) -> Path:
+    """Script and save the non-flat checkpoint as ``python -m export`` does; returns the ``.pt``.
+
+    The exporter's parity checks (eager vs scripted, several batch sizes) are skipped: they are
+    tests/test_export.py's job and take most of an export's time."""
+    import dataclasses
+
+    from export.build import build_slowfast_r50
+    from export.checkpoint import weights_origin
+    from export.reference import slowfast_r50_contract
+    from export.save import save_with_contract
+    from export.scriptable import script_slowfast
+
+    checkpoint = str(write_non_flat_checkpoint(directory / "non_flat.pyth", calibration_pathways(videos)))
+    contract = dataclasses.replace(slowfast_r50_contract(), weights=weights_origin(checkpoint, 0))
+    output = directory / "slowfast_r50.pt"
+    save_with_contract(script_slowfast(build_slowfast_r50(checkpoint)), contract, output)
+    return output

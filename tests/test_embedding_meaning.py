@@ -1,0 +1,72 @@
+"""Embeddings mean something: judged with a checkpoint whose features depend on the input.
+
+Through the handler in-process (parse -> decode -> run -> render, as served): the same clip gives
+the same vector, different real clips are told apart, and a mirrored clip stays closer to its
+original than any other clip is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+
+from handler.slowfast_handler import SlowFastHandler
+from harness.context import FakeContext
+from tests.synth import mirrored
+
+ORIGINAL = "tv__WUzgd7C1pWA.mp4"
+OTHERS = ("tv__basketball.mp4", "tv__v_SoccerJuggling_g23_c01.avi")
+
+
+@pytest.fixture(scope="module")
+def embed(non_flat_model_dir: Path):
+    handler = SlowFastHandler()
+    handler.initialize(FakeContext(non_flat_model_dir, 1))
+
+    def run(video: bytes) -> Dict:
+        context = FakeContext(non_flat_model_dir, 1)
+        context.headers = {0: {"output": "both"}}
+        answer = handler.handle([{"body": video}], context)[0]
+        assert not context.statuses, answer
+        return answer
+
+    return run
+
+
+def cosine(a: Dict, b: Dict) -> float:
+    x, y = torch.tensor(a["embedding"]["values"]), torch.tensor(b["embedding"]["values"])
+    return float(torch.nn.functional.cosine_similarity(x, y, dim=0))
+
+
+@pytest.fixture(scope="module")
+def answers(embed, shared_videos: Path) -> Dict[str, Dict]:
+    original = (shared_videos / ORIGINAL).read_bytes()
+    out = {name: embed((shared_videos / name).read_bytes()) for name in (ORIGINAL,) + OTHERS}
+    out["again"] = embed(original)
+    out["mirrored"] = embed(mirrored(original))
+    return out
+
+
+def test_the_checkpoint_answers_are_not_flat(answers):
+    # Otherwise the comparisons below would prove nothing.
+    tops = [answers[name]["predictions"][0]["probability"] for name in (ORIGINAL,) + OTHERS]
+    assert max(tops) > 20 / 400, tops
+
+
+def test_the_same_clip_twice_gives_the_same_vector(answers):
+    assert answers["again"]["embedding"]["values"] == answers[ORIGINAL]["embedding"]["values"]
+    assert answers[ORIGINAL]["embedding"]["dim"] == 2304
+
+
+def test_different_clips_are_told_apart(answers):
+    for other in OTHERS:
+        assert cosine(answers[ORIGINAL], answers[other]) < 0.99, other
+
+
+def test_a_mirrored_clip_is_closer_to_its_original_than_other_clips(answers):
+    mirrored_cosine = cosine(answers[ORIGINAL], answers["mirrored"])
+    assert mirrored_cosine > max(cosine(answers[ORIGINAL], answers[other]) for other in OTHERS)
+    assert mirrored_cosine < 1.0  # it is a different input

@@ -180,8 +180,6 @@ class SlowFastHandler(BaseHandler):
             video.decode_ms += (time.perf_counter() - started) * 1000
             video.frames_decoded += sampled.frames_decoded
             video.decode_errors += sampled.decode_errors
-            if request.streaming:
-                video.decoder.budget.restart()
             yield WindowJob((request.index, video_index, window_index), self._to_device(sampled.frames), request.options.crops)
         self.metrics.decoded(video.decode_ms, video.frames_decoded, video.decoder.info.duration)
 

@@ -19,6 +19,11 @@ HOOK       := client/activate-hook.sh
 WORKERS    ?= 2
 VIDEO      ?= ../shared/videos/tv__WUzgd7C1pWA.mp4
 TOPK       ?= 5
+# Another server than config.properties' (all optional): URL=inference address for predict,
+# MANAGEMENT_URL for scale, KEY_FILE=its key_file.json.
+URL        ?=
+MANAGEMENT_URL ?=
+KEY_FILE   ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
@@ -97,10 +102,10 @@ bench: $(MAR)
 	$(PY) -m bench $(BENCH_ARGS)
 
 scale:
-	@$(PY) -m client.server scale --workers $(WORKERS)
+	@$(PY) -m client.server scale --workers $(WORKERS) $(if $(MANAGEMENT_URL),--url $(MANAGEMENT_URL)) $(if $(KEY_FILE),--key-file $(KEY_FILE))
 
 predict:
-	@$(PY) -m client "$(VIDEO)" --topk $(TOPK)
+	@$(PY) -m client "$(VIDEO)" --topk $(TOPK) $(if $(URL),--url $(URL)) $(if $(KEY_FILE),--key-file $(KEY_FILE))
 
 kserve: $(MAR)
 	$(PY) -m deploy.kserve.build

@@ -1,8 +1,8 @@
-"""``python -m client VIDEO [--url URL] [--topk K] [--clips N]``: see client/predict.py."""
+"""``python -m client PATH... [options]``: see client/cli.py."""
 
 import sys
 
-from client.predict import main
+from client.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -111,10 +111,16 @@ def status() -> int:
     return 0
 
 
-def scale(workers: int, timeout_s: float) -> int:
-    keys = read_keys(REPO)
+def scale(workers: int, timeout_s: float, url: Optional[str] = None, key_file: Optional[Path] = None) -> int:
+    """PUT min_worker=max_worker=``workers`` (synchronous) on this repo's server, or on ``url`` with
+    the management key of ``key_file``."""
+    try:
+        keys = read_keys(key_file.parent, key_file.name) if key_file else read_keys(REPO)
+    except KeyFileError as exc:
+        print(f"cannot read the management key: {exc}", file=sys.stderr)
+        return 1
     reply = requests.put(
-        f"{management_url()}/models/{MODEL}",
+        f"{(url or management_url()).rstrip('/')}/models/{MODEL}",
         params={"min_worker": workers, "max_worker": max(workers, 1), "synchronous": "true"},
         headers=keys.management_header(),
         timeout=timeout_s,
@@ -133,6 +139,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     scale_cmd = sub.add_parser("scale")
     scale_cmd.add_argument("--workers", type=int, required=True)
     scale_cmd.add_argument("--timeout", type=float, default=300)
+    scale_cmd.add_argument("--url", default=None, help="management address (default: config.properties)")
+    scale_cmd.add_argument("--key-file", type=Path, default=None, help="key_file.json (default: the repo's)")
     args = parser.parse_args(argv)
     if args.command == "start":
         return start(args.timeout)
@@ -140,7 +148,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return stop()
     if args.command == "status":
         return status()
-    return scale(args.workers, args.timeout)
+    return scale(args.workers, args.timeout, args.url, args.key_file)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from typing import List
 
 import pytest
 
+import client.endpoint as ep
 import client.predict as cp
 from harness.torchserve import REPO, LocalTorchServe
 
@@ -19,9 +20,9 @@ KEYS = {"management": {"key": "mgmt-key"}, "inference": {"key": "inf-key"}, "API
 def run_client(*args: str, env_token: str = "") -> subprocess.CompletedProcess:
     import os
 
-    env = {k: v for k, v in os.environ.items() if k != cp.TOKEN_ENV}
+    env = {k: v for k, v in os.environ.items() if k != ep.TOKEN_ENV}
     if env_token:
-        env[cp.TOKEN_ENV] = env_token
+        env[ep.TOKEN_ENV] = env_token
     return subprocess.run([sys.executable, "-m", "client", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -30,36 +31,36 @@ def run_client(*args: str, env_token: str = "") -> subprocess.CompletedProcess:
 
 
 def test_predictions_url() -> None:
-    assert cp.predictions_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080/predictions/slowfast_r50"
-    assert cp.predictions_url("127.0.0.1:9000/", "m") == "http://127.0.0.1:9000/predictions/m"
-    assert cp.predictions_url("https://h/predictions/x") == "https://h/predictions/x"
-    with pytest.raises(cp.ClientError):
-        cp.predictions_url("ftp://host/x")
+    assert ep.predictions_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080/predictions/slowfast_r50"
+    assert ep.predictions_url("127.0.0.1:9000/", "m") == "http://127.0.0.1:9000/predictions/m"
+    assert ep.predictions_url("https://h/predictions/x") == "https://h/predictions/x"
+    with pytest.raises(ep.ClientError):
+        ep.predictions_url("ftp://host/x")
 
 
 @pytest.mark.parametrize("url,local", [("http://127.0.0.1:8080", True), ("http://localhost:1", True),
                                        ("http://[::1]:8080", True), ("http://10.0.0.5:8080", False),
                                        ("https://serve.example.com", False)])
 def test_is_local(url: str, local: bool) -> None:
-    assert cp.is_local(url) is local
+    assert ep.is_local(url) is local
 
 
 def test_token_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "key_file.json").write_text(json.dumps(KEYS))
-    monkeypatch.setattr(cp, "REPO", tmp_path)
-    monkeypatch.delenv(cp.TOKEN_ENV, raising=False)
+    monkeypatch.setattr(ep, "REPO", tmp_path)
+    monkeypatch.delenv(ep.TOKEN_ENV, raising=False)
     local, remote = "http://127.0.0.1:8080/predictions/m", "http://10.1.2.3:8080/predictions/m"
-    assert cp.resolve_token(local, None, None) == "inf-key"  # the repo's key file, inference key
-    assert cp.resolve_token(remote, None, None) is None  # never sent to another machine
-    assert cp.resolve_token(remote, "explicit", None) == "explicit"
-    monkeypatch.setenv(cp.TOKEN_ENV, "from-env")
-    assert cp.resolve_token(local, None, None) == "from-env"
-    assert cp.resolve_token(local, "explicit", None) == "explicit"
-    monkeypatch.delenv(cp.TOKEN_ENV)
-    with pytest.raises(cp.ClientError, match="cannot read the inference key"):
-        cp.resolve_token(local, None, tmp_path / "missing.json")
+    assert ep.resolve_token(local, None, None) == "inf-key"  # the repo's key file, inference key
+    assert ep.resolve_token(remote, None, None) is None  # never sent to another machine
+    assert ep.resolve_token(remote, "explicit", None) == "explicit"
+    monkeypatch.setenv(ep.TOKEN_ENV, "from-env")
+    assert ep.resolve_token(local, None, None) == "from-env"
+    assert ep.resolve_token(local, "explicit", None) == "explicit"
+    monkeypatch.delenv(ep.TOKEN_ENV)
+    with pytest.raises(ep.ClientError, match="cannot read the inference key"):
+        ep.resolve_token(local, None, tmp_path / "missing.json")
     (tmp_path / "key_file.json").unlink()
-    assert cp.resolve_token(local, None, None) is None
+    assert ep.resolve_token(local, None, None) is None
 
 
 def test_format_table() -> None:
@@ -130,47 +131,25 @@ def test_bad_video_exits_with_the_handlers_message(server: LocalTorchServe, shar
     assert "HTTP 422" in done.stderr and "no_video_stream" in done.stderr and "no video stream" in done.stderr
 
 
-def test_resends_once_when_the_worker_died(tmp_path: Path) -> None:
-    """A 5xx "Worker died." / "Worker scaled down." is resent (--retries, default 1); other errors are not."""
-    import http.server
-    import threading
+def test_resends_when_the_worker_died_and_never_after_a_4xx(tmp_path: Path) -> None:
+    """A 5xx "Worker died." / "Worker scaled down." and a 503 are resent, at most --retries attempts
+    in all; a 4xx is answered at once."""
+    from tests.fake_torchserve import FakeTorchServe, error, ok
 
-    answers = [(507, {"code": 507, "type": "InternalServerException", "message": "Worker died."}),
-               (200, {"predictions": [{"label": "texting", "index": 355, "probability": 0.5}]}),
-               (500, {"code": 500, "type": "InternalServerException", "message": "Worker scaled down."}),
-               (500, {"code": 500, "type": "InternalServerException", "message": "Worker scaled down."}),
-               (503, {"code": 503, "reason": "inference_failed", "message": "the model failed on this batch; retry"})]
-    seen = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(self.headers.get("Authorization"))
-            status, body = answers.pop(0)
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    answers = [error(507, "InternalServerException", "Worker died.", torchserve=True), ok(),
+               error(500, "InternalServerException", "Worker scaled down.", torchserve=True),
+               error(503, "inference_failed", "the model failed on this batch; retry"),
+               error(422, "no_video_stream", "the file has no video stream")]
+    with FakeTorchServe(lambda request: answers.pop(0)) as fake:
         clip = tmp_path / "x.mp4"
         clip.write_bytes(b"\x00" * 16)
-        url = f"http://127.0.0.1:{httpd.server_address[1]}"
-        done = run_client(str(clip), "--url", url, "--token", "k")
+        args = ["--url", fake.url, "--token", "k", "--backoff", "0.01"]
+        done = run_client(str(clip), *args)
         assert done.returncode == 0, done.stderr
-        assert "Worker died" in done.stderr and "texting" in done.stdout
-        done = run_client(str(clip), "--url", url, "--token", "k")  # died twice: gives up after one resend
-        assert done.returncode == 1 and "HTTP 500" in done.stderr and "Worker scaled down" in done.stderr
-        done = run_client(str(clip), "--url", url, "--token", "k")  # the handler's 503: not resent
+        assert "Worker died" in done.stderr and "resending" in done.stderr and "texting" in done.stdout
+        done = run_client(str(clip), *args, "--retries", "2")  # scaled down, then 503: two attempts spent
         assert done.returncode == 1 and "HTTP 503" in done.stderr and "inference_failed" in done.stderr
-        assert answers == [] and seen == ["Bearer k"] * 5
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+        assert "Worker scaled down" in done.stderr  # the first attempt's note
+        done = run_client(str(clip), *args)  # the handler's 422: not resent
+        assert done.returncode == 1 and "HTTP 422" in done.stderr and "no_video_stream" in done.stderr
+        assert answers == [] and [r.headers["authorization"] for r in fake.requests] == ["Bearer k"] * 5

@@ -1,0 +1,132 @@
+"""Where to send requests and with which token: the inference URL, the management URL, their keys.
+
+Tokens: an explicit option, else an environment variable, else -- only when the URL is on this
+machine (127.0.0.1 / localhost / ::1) -- TorchServe's key_file.json (the repo root by default,
+``--key-file`` to point elsewhere). A key file is never used for a remote URL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+from client.config import repo_property
+from client.keys import KEY_FILE, KeyFileError, Keys, read_keys
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "slowfast_r50"
+TOKEN_ENV = "SLOWFAST_TOKEN"
+MANAGEMENT_TOKEN_ENV = "SLOWFAST_MANAGEMENT_TOKEN"
+TORCHSERVE_MANAGEMENT_PORT = 8081
+
+
+class ClientError(RuntimeError):
+    """Anything that stops the client; the message is what the user sees."""
+
+
+def default_url() -> str:
+    """The inference address of this repo's config.properties (what `make start` serves)."""
+    return repo_property("inference_address", "http://127.0.0.1:8080")
+
+
+def _parse(url: str):
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ClientError(f"not an http(s) URL: {url!r}")
+    return parsed
+
+
+def predictions_url(url: str, model: str = MODEL) -> str:
+    """``http://host:port`` -> ``http://host:port/predictions/<model>``; a full URL is kept."""
+    parsed = _parse(url)
+    base = parsed.geturl().rstrip("/")
+    if "/predictions/" in parsed.path:
+        return base
+    return f"{base}/predictions/{model}"
+
+
+def management_url(inference_url: str) -> str:
+    """The management API that goes with an inference URL: this repo's when it is this repo's
+    server, else the same host on TorchServe's default management port."""
+    parsed = _parse(inference_url)
+    ours = _parse(default_url())
+    if (parsed.hostname, parsed.port) == (ours.hostname, ours.port):
+        return repo_property("management_address", "http://127.0.0.1:8081")
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{parsed.scheme}://{host}:{TORCHSERVE_MANAGEMENT_PORT}"
+
+
+def is_local(url: str) -> bool:
+    host = (urlparse(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _local_keys(url: str, key_file: Optional[Path]) -> Optional[Keys]:
+    if not is_local(url):
+        return None
+    path = Path(key_file) if key_file else REPO / KEY_FILE
+    try:
+        return read_keys(path.parent, path.name)
+    except KeyFileError:
+        if key_file:  # asked for explicitly: say why it did not work
+            raise ClientError(f"cannot read the inference key from {path}") from None
+        return None
+
+
+def resolve_token(url: str, token: Optional[str], key_file: Optional[Path]) -> Optional[str]:
+    """Inference key: explicit > $SLOWFAST_TOKEN > local key file (loopback URLs only) > None."""
+    if token:
+        return token
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    keys = _local_keys(url, key_file)
+    return keys.inference if keys else None
+
+
+def resolve_management_token(url: str, token: Optional[str], key_file: Optional[Path]) -> Optional[str]:
+    """Management key: explicit > $SLOWFAST_MANAGEMENT_TOKEN > local key file (loopback only) > None."""
+    if token:
+        return token
+    if os.environ.get(MANAGEMENT_TOKEN_ENV):
+        return os.environ[MANAGEMENT_TOKEN_ENV]
+    try:
+        keys = _local_keys(url, key_file)
+    except ClientError:
+        return None  # the inference key's lookup already said what is wrong with the file
+    return keys.management if keys else None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A model's predictions URL and management URL, each with its token (None: send none)."""
+
+    url: str
+    token: Optional[str]
+    management_url: str
+    management_token: Optional[str]
+    model: str = MODEL
+
+
+def resolve_endpoint(
+    url: Optional[str], model: str = MODEL, token: Optional[str] = None, key_file: Optional[Path] = None,
+    management: Optional[str] = None, management_token: Optional[str] = None,
+) -> Endpoint:
+    """Everything the client needs to reach a model, from the command line's values (None: defaults)."""
+    predictions = predictions_url(url or default_url(), model)
+    manage = (management or management_url(predictions)).rstrip("/")
+    return Endpoint(
+        url=predictions,
+        token=resolve_token(predictions, token, key_file),
+        management_url=manage,
+        management_token=resolve_management_token(manage, management_token, key_file),
+        model=model,
+    )

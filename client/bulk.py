@@ -23,15 +23,17 @@ FALLBACK_CONCURRENCY = 4  # model-config.yaml's batchSize with one worker
 
 
 def server_concurrency(transport: Transport, note: Callable[[str], None]) -> int:
-    """batchSize x workers as the management API reports them, else FALLBACK_CONCURRENCY (said in ``note``)."""
+    """batchSize x workers as the management API reports them, else FALLBACK_CONCURRENCY; says which in ``note``."""
     try:
         model = transport.model_description()
         workers = len(model.get("workers") or []) or int(model.get("minWorkers") or 1)
-        return max(1, int(model.get("batchSize") or 1) * workers)
+        batch = int(model.get("batchSize") or 1)
     except (requests.RequestException, ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
         note(f"note: cannot ask {transport.endpoint.management_url} for the model's batch size and workers "
              f"({exc.__class__.__name__}); sending {FALLBACK_CONCURRENCY} at a time (--concurrency to choose)")
         return FALLBACK_CONCURRENCY
+    note(f"sending {batch * workers} at a time (batchSize {batch} x {workers} worker(s))")
+    return max(1, batch * workers)
 
 
 def send_file(transport: Transport, path: Path, fields: Mapping[str, str]) -> Tuple[Outcome, float]:

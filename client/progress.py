@@ -56,9 +56,9 @@ class Tally:
     def summary(self) -> str:
         wall = time.monotonic() - self.started
         failed = sum(self.failures.values())
-        lines = [f"answered {self.answered}, failed {failed}"
-                 + (f", skipped {self.skipped} already answered (--resume)" if self.skipped else "")
-                 + f", {self.total} to send; {wall:.1f} s, {self.rate():.2f} clips/s"]
+        lines = [f"answered {self.answered}, failed {failed} of {self.total} sent"
+                 + (f" ({self.skipped} skipped: already answered, --resume)" if self.skipped else "")
+                 + f"; {wall:.1f} s, {self.rate():.2f} clips/s"]
         if self.latencies_ms:
             lines.append(f"latency p50 {percentile(self.latencies_ms, 0.5) / 1000:.2f} s, "
                          f"p95 {percentile(self.latencies_ms, 0.95) / 1000:.2f} s (per answered clip, retries included)")
@@ -112,6 +112,6 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.shown != self.tally.done:
+        elif self.shown != self.tally.done and self.tally.total:
             self._line(self.clock())
 

@@ -96,8 +96,9 @@ def test_connection_errors_are_retried_then_recorded() -> None:
 
 def test_default_concurrency_is_batch_size_times_workers() -> None:
     with FakeTorchServe(by_content, describe=[{"batchSize": 3, "workers": [{}, {}]}], management_token="mk") as fake:
-        assert server_concurrency(Transport(endpoint(fake.url)), print) == 6
         notes: List[str] = []
+        assert server_concurrency(Transport(endpoint(fake.url)), notes.append) == 6
+        assert notes.pop() == "sending 6 at a time (batchSize 3 x 2 worker(s))"
         wrong_key = Transport(Endpoint(f"{fake.url}/predictions/m", "k", fake.url, "wrong", "m"))
         assert server_concurrency(wrong_key, notes.append) == FALLBACK_CONCURRENCY
         assert "--concurrency" in notes[0]
@@ -149,7 +150,7 @@ def test_bulk_writes_one_flushed_line_per_input_and_a_summary(tmp_path: Path, ca
     assert all(line["elapsed_ms"] >= 0 for line in lines) and len(fake.requests) == 8
     # not a terminal: plain progress lines, then the summary
     assert "progress: 7/7 clips (100%), 2 failed" in stderr and "\r" not in stderr
-    assert "answered 5, failed 2" in stderr and "clips/s" in stderr and "p50" in stderr and "p95" in stderr
+    assert "answered 5, failed 2 of 7 sent" in stderr and "clips/s" in stderr and "p50" in stderr and "p95" in stderr
     assert "failed     2  no_video_stream" in stderr
     assert "Worker died" in stderr and "resending" in stderr
 
@@ -180,7 +181,7 @@ def test_resume_sends_only_what_is_missing(tmp_path: Path, capsys) -> None:
         fake.requests.clear()
         broken.clear()
         code, _, stderr = run(capsys, str(tmp_path / "v"), "--out", str(out), "--resume", *common)
-    assert code == 0 and "skipped 4 already answered" in stderr
+    assert code == 0 and "(4 skipped: already answered" in stderr
     assert sorted(r.body for r in fake.requests) == sorted(p.read_bytes() for p in paths[4:])
     lines = read_lines(out)
     assert sorted(line["path"] for line in lines[:4]) == sorted(str(p) for p in paths[:4])  # kept, in place

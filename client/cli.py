@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--overwrite", action="store_true", help="start --out afresh when it exists")
     where.add_argument("--json", action="store_true", help="one video: print the server's JSON instead of a table")
     where.add_argument("--csv", type=Path, default=None, help="timeline: one row per window and rank to this CSV")
-    where.add_argument("--plot", type=Path, default=None, help="timeline: chart of the top classes over time (PNG)")
+    where.add_argument("--plot", type=Path, default=None, help="timeline: chart of the top classes over time (PNG; asks the server for "
+                            "20 labels a window so the lines are whole, shows --topk in the table)")
     where.add_argument("--plot-classes", type=int, default=5, help="timeline chart: how many classes (default: 5)")
     where.add_argument("--progress-interval", type=float, default=10.0,
                        help="seconds between progress lines when not on a terminal (default: 10)")
@@ -142,6 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the lines written so far are complete; --resume continues", file=sys.stderr)
+        print("interrupted" + ("" if single else ": the lines written so far are complete; --resume continues"),
+              file=sys.stderr)
         return 130
 

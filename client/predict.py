@@ -89,7 +89,11 @@ def run_one(args: argparse.Namespace, transport: Transport) -> int:
     """``python -m client VIDEO [...]``: print the answer for one video; 0 when answered."""
     output = output_of(args)
     if args.timeline:
-        answer = timeline.follow_stream(transport.stream(read_video(args.paths[0]), request_fields(args, stream=True)))
+        fields = request_fields(args, stream=True)
+        if args.plot is not None:
+            fields["topk"] = str(max(args.topk, timeline.PLOT_TOPK))
+        full = timeline.follow_stream(transport.stream(read_video(args.paths[0]), fields))
+        answer = timeline.keep_top(full, args.topk)
     else:
         answer = predict(transport, args.paths[0], request_fields(args))
     name = str(args.paths[0])
@@ -110,7 +114,7 @@ def run_one(args: argparse.Namespace, transport: Transport) -> int:
         print(f"wrote {args.csv}", file=sys.stderr)
     if args.plot is not None:
         weights = answer.get("weights", "?")
-        timeline.plot_timeline(answer, args.plot, title=f"{Path(name).name}: top classes over time",
+        timeline.plot_timeline(full, args.plot, title=f"{Path(name).name}: top classes over time",
                                classes=args.plot_classes,
                                note=f"{answer.get('model', '')}, weights: {weights}, runtime: {answer.get('runtime', '?')}")
         print(f"wrote {args.plot}", file=sys.stderr)

@@ -16,6 +16,9 @@ from tqdm import tqdm
 
 from client.endpoint import ClientError
 
+# A chart asks for this many labels per window, so a plotted class's line rarely breaks where it
+# drops out of the window's top-k; the table and CSV keep the top-k asked for.
+PLOT_TOPK = 20
 PLOT_SIZE_IN = (10.0, 4.8)
 PLOT_DPI = 100  # with PLOT_SIZE_IN: a 1000 x 480 pixel PNG
 CSV_COLUMNS = ("start", "end", "rank", "label", "index", "probability")
@@ -118,7 +121,7 @@ def plot_timeline(answer: Dict[str, Any], path: Path, title: str = "", classes: 
                   for e in entries]
         ax.plot(centres, values, marker="o", markersize=4, linewidth=1.8, label=label)
     ax.set_xlim(entries[0]["start"], entries[-1]["end"])
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
     ax.set_xlabel("time in the video (s); each point is a window, at its centre")
     ax.set_ylabel("probability")
     ax.grid(True, alpha=0.3)
@@ -126,9 +129,19 @@ def plot_timeline(answer: Dict[str, Any], path: Path, title: str = "", classes: 
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False, title="top classes")
     if note:
         fig.text(0.01, 0.01, note, fontsize=8, color="0.35")
-    fig.subplots_adjust(left=0.07, right=0.76, top=0.92, bottom=0.16)
+    fig.subplots_adjust(left=0.09, right=0.76, top=0.92, bottom=0.16)
     fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)
+
+
+def keep_top(answer: Dict[str, Any], k: int) -> Dict[str, Any]:
+    """The answer with at most ``k`` labels in its predictions and in each window's."""
+    trimmed = {**answer, "predictions": (answer.get("predictions") or [])[:k]}
+    trimmed["timeline"] = [{**e, "predictions": e["predictions"][:k]} if "predictions" in e else e
+                           for e in answer["timeline"]]
+    if "predictions" not in answer:
+        del trimmed["predictions"]
+    return trimmed
 
 
 def window_embeddings(answer: Dict[str, Any]) -> Sequence[Sequence[float]]:

@@ -278,9 +278,10 @@ def test_timeline_streams_then_prints_table_csv_and_chart(tmp_path: Path, capsys
     video = tmp_path / "v.mp4"
     video.write_bytes(MP4_HEAD)
     with FakeTorchServe(timeline_reply) as fake:
-        code, stdout, stderr = run(capsys, str(video), "--timeline", "--stride", "2.1333", "--url", fake.url,
+        code, stdout, stderr = run(capsys, str(video), "--timeline", "--stride", "2.1333", "--url", fake.url, "--topk", "1",
                                    "--token", "k", "--csv", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "t.png"))
     assert code == 0 and fake.requests[0].headers["stride"] == "2.1333"
+    assert fake.requests[0].headers["topk"] == "20"  # the chart's lines; the table and CSV keep --topk 1
     assert [line.split()[:2] for line in stderr.splitlines() if line.startswith("window")] == \
         [["window", "1/3"], ["window", "2/3"], ["window", "3/3"]]
     table = stdout.splitlines()
@@ -289,7 +290,7 @@ def test_timeline_streams_then_prints_table_csv_and_chart(tmp_path: Path, capsys
     with open(tmp_path / "t.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     expected = [(e["start"], e["end"], rank, p["label"], p["index"], p["probability"])
-                for e in TIMELINE for rank, p in enumerate(e["predictions"], 1)]
+                for e in TIMELINE for rank, p in enumerate(e["predictions"][:1], 1)]
     assert [(float(r["start"]), float(r["end"]), int(r["rank"]), r["label"], int(r["index"]), float(r["probability"]))
             for r in rows] == expected
     with Image.open(tmp_path / "t.png") as image:

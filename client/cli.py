@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from client.bulk import run_bulk, server_concurrency
+from client.bulk import pending, run_bulk, server_concurrency
 from client.endpoint import MODEL, TOKEN_ENV, ClientError, default_url, resolve_endpoint
 from client.inputs import discover
 from client.keys import KEY_FILE
@@ -109,8 +109,13 @@ def run_many(args: argparse.Namespace, transport: Transport) -> int:
     inputs = discover([str(p) for p in args.paths], args.glob, args.from_list)
     if not inputs:
         raise ClientError("no videos found in the paths given")
-    concurrency = args.concurrency or server_concurrency(transport, lambda m: print(m, file=sys.stderr))
     writer = ResultsWriter(args.out, resume=args.resume, stream=sys.stdout)
+    if args.concurrency:
+        concurrency = args.concurrency
+    elif pending(inputs, writer):
+        concurrency = server_concurrency(transport, lambda m: print(m, file=sys.stderr))
+    else:
+        concurrency = 1  # nothing to send: no need to ask the server
     try:
         tally = run_bulk(inputs, transport, request_fields(args), writer, concurrency,
                          lambda t: Progress(t, interval=args.progress_interval))

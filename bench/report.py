@@ -156,7 +156,8 @@ def _runtime_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             f"{h['preprocess']['median']:.0f} + outside the handler {h['outside_handler']['median']:.0f} ms",
         ))
     if "server_start_s" in http:
-        conversion = f"conversion {runtimes['convert_s']:.1f} s in-process" if runtimes else "conversion included"
+        convert_s = (runtimes or {}).get("convert_s")
+        conversion = f"conversion {convert_s:.1f} s in-process" if convert_s else "conversion included"
         targets.append(_target(
             "worker start to READY, OpenVINO conversion included [s]", http["server_start_s"], "<=", 30.0,
             f"TorchServe start to the worker READY with a fresh model dir ({conversion}); "

@@ -7,8 +7,9 @@ stderr. Sections:
    10 s 720p H.264 clip (GOP 250) and the real clips of ../shared/videos;
 2. the reference pipeline (pytorchvideo EncodedVideo + the hub tutorial's transforms) on the
    same clip and window, interleaved with ours;
-3. the model-only optimized forward (the floor) and HTTP end-to-end latency through a real,
-   isolated TorchServe;
+3. the model-only forward of the default runtime (the floor) and HTTP end-to-end latency through a real,
+   isolated TorchServe; beside it, every CPU runtime and precision side by side (frozen
+   TorchScript fp32, OpenVINO f32 and bf16, two views at once) and OpenVINO's conversion time;
 4. throughput of N concurrent clients against model-only throughput at the best micro-batch;
 5. cost growth: one default clip from 10 s, 60 s and 600 s videos, time and worker peak RSS;
 6. a streamed timeline of the 600 s video at the default stride (bench/features.py);
@@ -35,7 +36,7 @@ DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 MAR = REPO / "model_store" / "slowfast_r50.mar"
 PT = REPO / "build" / "slowfast_r50.pt"
 THROUGHPUT_CLIP = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 clip
-SECTIONS = ("stages", "model", "latency", "throughput", "growth", "timeline", "embedding")
+SECTIONS = ("stages", "model", "runtimes", "latency", "throughput", "growth", "timeline", "embedding")
 SERVED = ("latency", "throughput", "growth", "timeline", "embedding")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
@@ -176,9 +177,9 @@ def main(argv: List[str]) -> int:
         notes.append("quick mode: one repetition, short clips; the figures are not measurements")
 
     # -- in-process: stages, reference, model-only ------------------------------------------
-    progress(f"loading the handler in-process ({args.pt.name}, freeze + optimize_for_inference) ...")
+    progress(f"loading the handler in-process ({args.pt.name}, as model-config.yaml says) ...")
     handler = InProcessHandler(args.pt)
-    progress(f"  loaded in {handler.load_s:.1f} s")
+    progress(f"  loaded in {handler.load_s:.1f} s: runtime {handler.runtime.name}")
     results["meta"]["machine"]["torch_threads"] = __import__("torch").get_num_threads()
     results["stages"] = {}
     if "stages" in args.sections:
@@ -187,6 +188,11 @@ def main(argv: List[str]) -> int:
         progress(f"model-only forward at micro-batch sizes {args.batches}")
         results["stages"]["model_only"] = stages.model_only(
             handler, args.batches, args.reps, args.warmup, eager=not args.quick)
+    if "runtimes" in args.sections:
+        from bench import runtimes
+
+        progress(f"CPU runtimes side by side (default here: {handler.runtime.name})")
+        results["runtimes"] = runtimes.compare(handler, args.pt, args.reps, args.warmup, quick=args.quick)
 
     # -- through TorchServe ------------------------------------------------------------------
     if serving:
@@ -201,6 +207,7 @@ def main(argv: List[str]) -> int:
         tp_clip = next((c for c in real if c["name"] == THROUGHPUT_CLIP), None) or (real[0] if real else synth_clip)
         with servedmod.Served(args.mar) as served:
             http["server_start_s"] = round(served.start_s, 2)
+            http["worker_runtime_log"] = served.runtime_log()
             if "latency" in args.sections:
                 http["latency"] = servedmod.latency(served, handler, latency_clips, args.http_reps, args.warmup)
             if "throughput" in args.sections:

@@ -2,7 +2,7 @@
 
 ``handle`` goes through ``SlowFastHandler.handle`` exactly as a worker does (parse, decode,
 sample, preprocess, forward, answer), so the per-stage figures are the handler's own
-``timings_ms``. The model is the same .pt, frozen and optimized at load as in a worker.
+``timings_ms``. The model is the same .pt, loaded by the runtime a worker would choose.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class InProcessHandler:
         return [fast.index_select(2, slow_index).contiguous(), fast]
 
     def forward_ms(self, pathways: List[torch.Tensor]) -> float:
-        """One optimized forward (with the handler's softmax), ms: the model-only floor."""
+        """One forward of the worker's runtime (with the softmax), ms: the model-only floor."""
         started = time.perf_counter()
         self.runtime.infer(pathways)
         return (time.perf_counter() - started) * 1000

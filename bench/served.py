@@ -51,6 +51,12 @@ class Served:
         self.server.stop()
         self._tmp.cleanup()
 
+    def runtime_log(self) -> List[str]:
+        """The worker's lines about its CPU runtime: the choice and why, conversion or cache, fallback."""
+        path = self.server.log_dir / "model_log.log"
+        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        return [line.split(" - ", 1)[-1] for line in lines if "CPU runtime" in line or "cpu_runtime" in line]
+
     def worker_pid(self) -> Optional[int]:
         workers = [w for w in self.server.workers() if w.get("status") == "READY"]
         return int(workers[0]["pid"]) if workers and workers[0].get("pid") else None

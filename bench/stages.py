@@ -126,6 +126,7 @@ def model_only(handler: InProcessHandler, batches: List[int], reps: int, warmup:
         "best_micro_batch": int(best),
         "best_clips_per_s": throughput[best],
         "torch_threads": torch.get_num_threads(),
+        "runtime": handler.runtime.name,
     }
 
 

@@ -9,6 +9,9 @@ from typing import Any, Mapping, Optional
 from handler.errors import RequestError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+CPU_RUNTIMES = ("openvino", "torchscript")
+# OpenVINO's names; auto = bf16 where the CPU computes bf16 natively, else f32.
+CPU_PRECISIONS = ("auto", "f32", "bf16")
 CROP_CHOICES = (1, 3)
 
 
@@ -31,6 +34,9 @@ class ServeOptions:
     Compute: ``micro_batch_cpu`` / ``micro_batch_cuda`` views per forward, ``precision``
     (fp16/bf16 autocast on GPU only), ``optimize`` (freeze + optimize_for_inference at load),
     ``cpu_threads`` (0 = cores / minWorkers), ``decode_threads`` (0 = FFmpeg's choice).
+    CPU runtime: ``cpu_runtime`` (openvino, falling back to torchscript if it fails, or
+    torchscript), ``cpu_precision`` (OpenVINO's inference precision: auto, f32, bf16),
+    ``cpu_streams`` (OpenVINO infer requests run in parallel on a micro-batch's views).
     """
 
     topk: int = 5
@@ -50,6 +56,9 @@ class ServeOptions:
     cpu_threads: int = 0
     decode_threads: int = 0
     warmup: bool = True
+    cpu_runtime: str = "openvino"
+    cpu_precision: str = "auto"
+    cpu_streams: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -72,6 +81,12 @@ class ServeOptions:
             problems.append(f"precision must be one of {PRECISIONS}")
         if self.cpu_threads < 0 or self.decode_threads < 0:
             problems.append("thread counts must be >= 0")
+        if self.cpu_runtime not in CPU_RUNTIMES:
+            problems.append(f"cpu_runtime must be one of {CPU_RUNTIMES}")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            problems.append(f"cpu_precision must be one of {CPU_PRECISIONS}")
+        if not 1 <= self.cpu_streams <= 64:
+            problems.append("cpu_streams must be in 1..64")
         if problems:
             raise ConfigError("model-config handler section: " + "; ".join(problems))
 

@@ -91,8 +91,22 @@ class ModelRuntime:
     def load(cls, path: Path, device: torch.device, options: ServeOptions, workers: int = 1) -> "ModelRuntime":
         """Load the scripted model for ``device``, optimized, warmed up (``options.warmup``).
 
-        ``workers``: workers sharing this host's cores (sizes the CPU thread pool).
+        ``workers``: workers sharing this host's cores (sizes the CPU thread pool). CPU workers
+        with ``cpu_runtime: openvino`` get ``OpenVinoRuntime`` (same interface) unless OpenVINO
+        cannot import, convert or compile the model: then TorchScript, with a warning.
         """
+        if device.type == "cpu" and options.cpu_runtime == "openvino":
+            try:
+                from handler.runtime_openvino import OpenVinoRuntime
+
+                return OpenVinoRuntime.load(path, options, workers)  # type: ignore[return-value]
+            except ContractError:
+                raise  # the .pt itself is wrong: TorchScript would refuse it too
+            except Exception as exc:  # never a dead worker: the TorchScript path serves the same .pt
+                log.warning(
+                    "cpu_runtime openvino failed (%s: %s); falling back to TorchScript fp32",
+                    type(exc).__name__, exc, exc_info=True,
+                )
         module, contract = read_model(path, device)
         is_cuda = device.type == "cuda"
         autocast_dtype = None

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
+
+# Before BaseHandler: TorchServe's base_handler imports openvino.torch when OpenVINO is installed,
+# and the opt-out must be in place before any openvino code runs.
+import handler.telemetry  # noqa: F401,I001
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
@@ -56,7 +60,7 @@ class SlowFastHandler(BaseHandler):
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_thread_count(self.options, workers))
         serialized = (self.manifest or {}).get("model", {}).get("serializedFile", "slowfast_r50.pt")
-        self.runtime = ModelRuntime.load(model_dir / serialized, self.device, self.options)
+        self.runtime = ModelRuntime.load(model_dir / serialized, self.device, self.options, workers=workers)
         self.contract = self.runtime.contract
         self.model = ModelInfo(
             name=self.contract.model_name, labels=self.contract.labels, weights=self.contract.weights,

@@ -50,7 +50,8 @@ def test_meta_and_targets(quick_run: Dict[str, Any]) -> None:
             assert target.get("bound"), f"a missed target must say what bounds it: {target['name']}"
     names = " ".join(t["name"] for t in targets)
     for expected in ("decode+preprocess / forward", "speed-up vs reference", "HTTP e2e",
-                     "served throughput", "time growth", "peak RSS growth"):
+                     "served throughput", "time growth", "peak RSS growth", "default CPU runtime forward",
+                     "HTTP p50 / frozen-TorchScript forward", "worker start to READY"):
         assert expected in names
 
 
@@ -71,6 +72,16 @@ def test_stages_and_reference(quick_run: Dict[str, Any]) -> None:
         assert clip["video"]["frames_decoded"] >= 1
     model = quick_run["stages"]["model_only"]
     assert _positive(model["best_clips_per_s"]) and str(model["best_micro_batch"]) in model["forward_ms"]
+
+
+def test_runtimes_side_by_side(quick_run: Dict[str, Any]) -> None:
+    runtimes = quick_run["runtimes"]
+    rows = runtimes["variants"]
+    assert rows[runtimes["baseline"]]["runtime"] == "torchscript-fp32"
+    assert {row["runtime"] for row in rows.values()} >= {"torchscript-fp32", "openvino-f32"}
+    assert rows[runtimes["default_variant"]]["runtime"] == runtimes["default_runtime"]
+    for row in rows.values():
+        assert _positive(row["forward_ms"]["median"]) and _positive(row["vs_baseline"]) and _positive(row["load_s"])
 
 
 def test_served_sections(quick_run: Dict[str, Any]) -> None:

@@ -57,8 +57,8 @@ class _RecordedLoad:
         self.calls: List[Dict[str, Any]] = []
         self.contract = contract
 
-    def __call__(self, path: Path, device: torch.device, options: Any) -> SimpleNamespace:
-        self.calls.append({"path": Path(path), "device": device, "options": options})
+    def __call__(self, path: Path, device: torch.device, options: Any, workers: int = 1) -> SimpleNamespace:
+        self.calls.append({"path": Path(path), "device": device, "options": options, "workers": workers})
         is_cuda = device.type == "cuda"
         return SimpleNamespace(
             contract=self.contract, device=device,
@@ -114,6 +114,7 @@ def test_initialize_cpu_worker_when_no_gpu_assigned(
     assert [call["device"] for call in load.calls] == [torch.device("cpu")]
     assert handler.runtime.micro_batch == handler.options.micro_batch_cpu
     assert threads == [4]  # 8 cores shared by minWorkers=2
+    assert load.calls[0]["workers"] == 2  # OpenVINO sizes its threads from the same count
 
 
 def test_initialize_gpu_id_without_cuda_falls_back_to_cpu(
@@ -164,7 +165,9 @@ def test_initialize_real_model_on_cpu(built: Dict[str, Path], tmp_path: Path, mo
     handler = handler_module.SlowFastHandler()
     handler.initialize(fake_context(model_dir, None, min_workers=1))
     assert handler.device == torch.device("cpu")
-    assert next(iter(handler.runtime.module.parameters()), torch.zeros(1)).device.type == "cpu"
+    # The default CPU runtime (OpenVINO) unless it failed and TorchScript took over, on CPU either way.
+    module = getattr(handler.runtime, "module", None)
+    assert handler.runtime.name.startswith("openvino-") or next(module.parameters()).device.type == "cpu"
 
 
 class _FakeScripted:
@@ -210,7 +213,13 @@ def test_gpu_runtime_runs_autocast_channels_last_and_returns_float32_cpu(
     real_dummy = runtime_module.dummy_pathways
     monkeypatch.setattr(runtime_module, "dummy_pathways",
                         lambda c, device, batch=1: asked.append(device) or real_dummy(c, torch.device("cpu"), batch))
-    options = ServeOptions(precision=precision, optimize=False, warmup=True)
+    options = ServeOptions(precision=precision, optimize=False, warmup=True, cpu_runtime="openvino")
+    from handler.runtime_openvino import OpenVinoRuntime
+
+    def not_on_gpu(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("cpu_runtime applies to CPU workers only: GPU workers keep torch")
+
+    monkeypatch.setattr(OpenVinoRuntime, "load", not_on_gpu)
 
     runtime = runtime_module.ModelRuntime.load(Path("model.pt"), torch.device("cuda:1"), options, workers=2)
 

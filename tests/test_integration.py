@@ -117,8 +117,11 @@ def test_multi_view_request_lists_its_windows(server, shared_videos):
     video = (shared_videos / "tv__basketball.mp4").read_bytes()
     answer = server.predict(video, headers={"clips": "3", "crops": "3"}).json()
     assert answer["views"] == 9 and len(answer["windows"]) == 3
-    starts = [w[0] for w in answer["windows"]]
-    assert starts == sorted(starts) and starts[0] < 2.5 and starts[-1] > 6.5  # spread over 11.1 s
+    # pytorchvideo's ConstantClipsPerVideoSampler: clip i starts at (duration - window) * i / clips.
+    duration, window = answer["video"]["duration_s"], 64 / 30
+    expected = [(duration - window) * i / 3 for i in range(3)]
+    assert [w[0] for w in answer["windows"]] == pytest.approx(expected, abs=1e-3)
+    assert all(b - a == pytest.approx(window, abs=1e-3) for a, b in answer["windows"])
 
 
 def test_synthesized_corpus_answers_and_no_worker_dies(server, shared_videos):

@@ -1,12 +1,20 @@
-"""A SlowFast checkpoint whose answers depend on the input, for tests that judge answers.
+"""SlowFast checkpoints whose answers depend on the input, for tests that judge answers.
+
+Two, for two questions:
+- ``export_perturbed``: BN statistics perturbed and the projection scaled (the recipe of issue 10):
+  peaked, clip-dependent probabilities with a trained network's numerics (no cancellation), for
+  comparing runtimes and precisions (tests/test_runtime_fidelity.py);
+- ``export_non_flat``: BN recalibrated on real clips, for judging what embeddings mean.
 
 No machine here reaches the model zoo, and pytorchvideo's random initialization answers every
 input alike: nearly flat or saturated probabilities, features dominated by one common direction
 (cosine ~0.998 between any two clips). Errors in preprocessing or in a runtime hide in that.
-This checkpoint recalibrates every BatchNorm's statistics on real clips (so each channel varies
+The calibrated checkpoint recalibrates every BatchNorm's statistics on real clips (so each channel varies
 with the input instead of drifting in scale through 50 layers), centres the projection on the
 clips' mean feature and scales it so the logits spread over a few units: top-1 probabilities
-well below 1 that differ from clip to clip, and features whose cosine tells clips apart.
+well below 1 that differ from clip to clip, and features whose cosine tells clips apart. Its
+logits are small differences of large features, so low precisions lose more on it than on a
+trained network: bf16 moves its probabilities by up to 0.02 where the perturbed one moves 0.0005.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import torch
 
 # Real clips the statistics are taken from (tests judging answers should use others).
 CALIBRATION_CLIPS = ("mb__trim-buck-bunny.webm", "ii__realshort.mp4", "tv__RATRACE_wave_f_nm_np1_fr_goo_37.avi")
+PROJECTION_SCALE = 40.0  # the perturbed checkpoint's: top-1 ~0.06 on real clips (uniform: 0.0025)
 LOGIT_SPREAD = 0.6  # typical std of a clip's logits over classes: top-1 probabilities ~0.2-0.8
 
 
@@ -84,4 +93,35 @@ def export_non_flat(directory: Path, videos: Path) -> Path:
     contract = dataclasses.replace(slowfast_r50_contract(), weights=weights_origin(checkpoint, 0))
     output = directory / "slowfast_r50.pt"
     save_with_contract(script_slowfast(build_slowfast_r50(checkpoint)), contract, output)
+    return output
+
+
+def perturbed_slowfast(seed: int = 0) -> torch.nn.Module:
+    """The eager network (eval mode) with perturbed BN running stats and a scaled projection."""
+    from export.build import build_slowfast_r50
+
+    model = build_slowfast_r50(seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                channels = module.running_var.shape
+                module.running_var.mul_(torch.empty(channels).uniform_(0.5, 2.0, generator=generator))
+                module.running_mean.add_(0.1 * torch.randn(channels, generator=generator))
+        projection = model.blocks[-1].proj
+        projection.weight.mul_(PROJECTION_SCALE)
+        projection.bias.copy_(0.5 * torch.randn(projection.bias.shape, generator=generator))
+    return model.eval()
+
+
+def export_perturbed(output: Path, seed: int = 0) -> Path:
+    """Script the perturbed network and save it with its contract (export's own steps)."""
+    import dataclasses
+
+    from export.reference import slowfast_r50_contract
+    from export.save import save_with_contract
+    from export.scriptable import script_slowfast
+
+    contract = dataclasses.replace(slowfast_r50_contract(), weights=f"perturbed test checkpoint (seed {seed})")
+    save_with_contract(script_slowfast(perturbed_slowfast(seed)), contract, output)
     return output

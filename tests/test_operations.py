@@ -52,8 +52,9 @@ class Outcome:
     error: str = ""
 
 
-def post(server: LocalTorchServe, session: requests.Session, clip: str, data: bytes, timeout: float = 600) -> Outcome:
-    headers = {"Content-Type": "application/octet-stream", **server.keys.inference_header()}
+def post(server: LocalTorchServe, session: requests.Session, clip: str, data: bytes, timeout: float = 600,
+         options: Optional[Dict[str, str]] = None) -> Outcome:
+    headers = {"Content-Type": "application/octet-stream", **server.keys.inference_header(), **(options or {})}
     started = time.perf_counter()
     try:
         reply = session.post(server.predictions_url, data=data, headers=headers, timeout=timeout)
@@ -335,11 +336,13 @@ def test_worker_crash_recovery(built, clip_bytes, tmp_path: Path) -> None:
         assert pid in ours, "the describe API's worker PID is not a process of this TorchServe"
 
         in_flight: List[Outcome] = []
-        threads = [threading.Thread(target=lambda: in_flight.append(post(server, requests.Session(), clip, clip_bytes[clip])))
-                   for _ in range(4)]
+        # 10 windows each: the batch keeps the worker busy for several seconds on any runtime.
+        heavy = {"clips": "10"}
+        threads = [threading.Thread(target=lambda: in_flight.append(
+            post(server, requests.Session(), clip, clip_bytes[clip], options=heavy))) for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(1.0)  # the batch (4 requests, ~1 s of model time each) is in the worker
+        time.sleep(1.0)  # the batch (4 requests x 10 forwards) is in the worker
         killed_at = time.perf_counter()
         os.kill(pid, signal.SIGKILL)
         # requests sent while the worker is down wait in the queue for the new one

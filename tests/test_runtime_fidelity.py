@@ -1,7 +1,7 @@
 """Every CPU runtime and precision a worker can choose answers like TorchScript fp32 (issues 10, 12).
 
 On real clips from ../shared/videos, preprocessed as the handler does, with a checkpoint whose
-answers are not flat (tests/checkpoints.py): top-5 labels equal and in the same order, max
+answers are not flat (tests/checkpoints.py, ``export_perturbed``): top-5 labels equal and in the same order, max
 |Δ probability| <= 0.005 over all classes, embedding cosine similarity >= 0.999, and each
 embedding closer to its own clip's than to another clip's. The reference is the scripted
 module as exported (not frozen, fp32). The clips run as one micro-batch, so OpenVINO's dynamic
@@ -18,6 +18,7 @@ import torch
 
 from handler.options import ServeOptions
 from handler.runtime import ModelRuntime, read_model
+from tests.checkpoints import export_perturbed
 from tests.test_reference_parity import ours as window_views
 
 MAX_PROBABILITY_DIFF = 0.005
@@ -35,8 +36,8 @@ Answer = Tuple[torch.Tensor, torch.Tensor]  # probabilities (B, classes), embedd
 
 
 @pytest.fixture(scope="module")
-def nonflat_pt(non_flat_model_dir: Path) -> Path:
-    return non_flat_model_dir / "slowfast_r50.pt"
+def nonflat_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_perturbed(tmp_path_factory.mktemp("perturbed") / "slowfast_r50.pt")
 
 
 class Clips:

@@ -34,6 +34,7 @@ from handler.protocol import (
 from handler.run import WindowJob, WindowScores, mean_scores, run_windows
 from handler.work import RequestWork, VideoWork
 from handler.runtime import ModelRuntime, choose_device, cpu_thread_count
+from handler.heap import fix_mmap_threshold
 from handler.server_config import require_config_file
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class SlowFastHandler(BaseHandler):
     def initialize(self, context: Any) -> None:
         # First: a frontend on TorchServe's built-in defaults (no config.properties) must not serve.
         require_config_file()
+        # Before any video is decoded: per-window buffers must not fragment the heap (handler/heap.py).
+        fix_mmap_threshold()
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
         self.manifest = context.manifest

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="management key (default: $SLOWFAST_MANAGEMENT_TOKEN, else the local key file)")
     server.add_argument("--concurrency", type=int, default=None,
                         help="requests in flight (default: the model's batchSize x workers, from the management API)")
-    server.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one answer (default: 300)")
+    server.add_argument("--timeout", type=float, default=400.0, help="seconds to wait for one answer (default: 400, above the server's responseTimeout of 360)")
     server.add_argument("--retries", type=int, default=3,
                         help="attempts per input, resending after connection errors, 503, 507 and a worker that "
                              "died or was scaled down, with backoff; never after a 4xx (default: 3)")

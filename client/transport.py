@@ -91,7 +91,7 @@ class Transport:
     """
 
     endpoint: Endpoint
-    timeout: float = 300.0
+    timeout: float = 400.0
     attempts: int = 3
     backoff: float = 1.0
     max_backoff: float = 30.0

@@ -325,7 +325,7 @@ def test_worker_rss_flat_after_hundreds_of_requests(server: LocalTorchServe, cli
 
 def test_worker_crash_recovery(built, clip_bytes, tmp_path: Path) -> None:
     """SIGKILL the worker of a separate TorchServe mid-batch: it comes back and serves again."""
-    clip = "ii__realshort.mp4"
+    clip = "tv__WUzgd7C1pWA.mp4"  # 10.9 s: clips=10 gives 10 distinct windows
     with LocalTorchServe(built["mar"], tmp_path / "crash") as server:
         with requests.Session() as session:
             before = post(server, session, clip, clip_bytes[clip])
@@ -340,9 +340,14 @@ def test_worker_crash_recovery(built, clip_bytes, tmp_path: Path) -> None:
         heavy = {"clips": "10"}
         threads = [threading.Thread(target=lambda: in_flight.append(
             post(server, requests.Session(), clip, clip_bytes[clip], options=heavy))) for _ in range(4)]
+        worker_process = psutil.Process(pid)
+        cpu_before = sum(worker_process.cpu_times()[:2])
         for t in threads:
             t.start()
-        time.sleep(1.0)  # the batch (4 requests x 10 forwards) is in the worker
+        # Kill once the worker is computing the batch (4 requests x 10 forwards, seconds of work).
+        busy_deadline = time.monotonic() + 60
+        while sum(worker_process.cpu_times()[:2]) - cpu_before < 0.5 and time.monotonic() < busy_deadline:
+            time.sleep(0.05)
         killed_at = time.perf_counter()
         os.kill(pid, signal.SIGKILL)
         # requests sent while the worker is down wait in the queue for the new one

@@ -19,11 +19,6 @@ from bench.report import _target
 from bench.util import fmt_ms, peak_rss_mb, percentile, progress, ratio, reset_peak_rss, summary
 
 
-def _post(served: Any, video: bytes, headers: Dict[str, str], stream: bool = False) -> Any:
-    merged = {"Content-Type": "application/octet-stream", **served.server.keys.inference_header(), **headers}
-    return served._session().post(served.server.predictions_url, data=video, headers=merged, stream=stream, timeout=3600)
-
-
 def _peak_mb(pid: Optional[int], run: Callable[[], Any]) -> Tuple[Any, Optional[float]]:
     """(result of ``run()``, the worker's peak RSS in MB while it ran, or None)."""
     reset = bool(pid) and reset_peak_rss(pid)
@@ -42,7 +37,7 @@ def timeline(served: Any, clip: Dict[str, Any], num_frames: int) -> Dict[str, An
         started = time.perf_counter()
         arrivals: List[float] = []
         lines: List[Dict[str, Any]] = []
-        with _post(served, video, {"timeline": "true", "stream": "true"}, stream=True) as reply:
+        with served.post(video, {"timeline": "true", "stream": "true"}, stream=True) as reply:
             if reply.status_code != 200:
                 raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:300]}")
             for raw in reply.iter_lines():
@@ -92,11 +87,7 @@ def embedding_cost(served: Any, clip: Dict[str, Any], reps: int, warmup: int) ->
     times: Dict[str, List[float]] = {"labels": [], "embedding": []}
     for rep in range(warmup + reps):
         for output in times:
-            started = time.perf_counter()
-            reply = _post(served, video, {"output": output})
-            elapsed = (time.perf_counter() - started) * 1000
-            if reply.status_code != 200:
-                raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:300]}")
+            elapsed = served.predict(video, {"output": output})["e2e_ms"]
             if rep >= warmup:
                 times[output].append(elapsed)
     out: Dict[str, Any] = {"clip": clip["name"]}

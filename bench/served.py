@@ -67,11 +67,15 @@ class Served:
             session = self._local.session = requests.Session()
         return session
 
-    def predict(self, video: bytes) -> Dict[str, Any]:
+    def post(self, video: bytes, headers: Optional[Dict[str, str]] = None, stream: bool = False) -> requests.Response:
+        """One raw-body request with the inference token and request-option ``headers``."""
+        merged = {"Content-Type": "application/octet-stream", **self.server.keys.inference_header(), **(headers or {})}
+        return self._session().post(self.server.predictions_url, data=video, headers=merged, stream=stream, timeout=3600)
+
+    def predict(self, video: bytes, headers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
         """One request; returns the body plus ``e2e_ms`` (client-side wall time, upload included)."""
-        headers = {"Content-Type": "application/octet-stream", **self.server.keys.inference_header()}
         started = time.perf_counter()
-        reply = self._session().post(self.server.predictions_url, data=video, headers=headers, timeout=600)
+        reply = self.post(video, headers)
         e2e_ms = (time.perf_counter() - started) * 1000
         if reply.status_code != 200:
             raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:300]}")

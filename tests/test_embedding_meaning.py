@@ -13,8 +13,7 @@ from typing import Dict
 import pytest
 import torch
 
-from handler.slowfast_handler import SlowFastHandler
-from harness.context import FakeContext
+from bench.inproc import InProcessHandler
 from tests.synth import mirrored
 
 ORIGINAL = "tv__WUzgd7C1pWA.mp4"
@@ -23,17 +22,8 @@ OTHERS = ("tv__basketball.mp4", "tv__v_SoccerJuggling_g23_c01.avi")
 
 @pytest.fixture(scope="module")
 def embed(non_flat_model_dir: Path):
-    handler = SlowFastHandler()
-    handler.initialize(FakeContext(non_flat_model_dir, 1))
-
-    def run(video: bytes) -> Dict:
-        context = FakeContext(non_flat_model_dir, 1)
-        context.headers = {0: {"output": "both"}}
-        answer = handler.handle([{"body": video}], context)[0]
-        assert not context.statuses, answer
-        return answer
-
-    return run
+    handler = InProcessHandler(non_flat_model_dir / "slowfast_r50.pt")  # raises if a request is refused
+    return lambda video: handler.handle(video, {"output": "both"})
 
 
 def cosine(a: Dict, b: Dict) -> float:

@@ -30,33 +30,23 @@ SCRIPT = r"""
 import json, os, sys
 from pathlib import Path
 import handler.slowfast_handler as module
-from harness.context import FakeContext
+from bench.inproc import InProcessHandler
 
-def status():
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
+def peak_mb():
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 if os.environ.get("NO_HEAP_FIX"):
     module.fix_mmap_threshold = lambda: False
-model_dir, video_path = Path(sys.argv[1]), Path(sys.argv[2])
-handler = module.SlowFastHandler()
-handler.initialize(FakeContext(model_dir, 1))
-video = video_path.read_bytes()
-
-def ask(headers):
-    context = FakeContext(model_dir, 1)
-    context.headers = {0: headers}
-    answer = handler.handle([{"body": video}], context)[0]
-    assert not context.statuses, answer
-    return answer
-
-ask({})
+handler = InProcessHandler(Path(sys.argv[1]) / "slowfast_r50.pt")
+video = Path(sys.argv[2]).read_bytes()
+handler.handle(video)
 Path("/proc/self/clear_refs").write_text("5")
-ask({})
-single = status()["VmHWM"]
+handler.handle(video)
+single = peak_mb()
 Path("/proc/self/clear_refs").write_text("5")
-ask({"timeline": "true", "stream": "true"})
-print(json.dumps({"single_peak_mb": single, "timeline_peak_mb": status()["VmHWM"]}))
+handler.handle(video, {"timeline": "true", "stream": "true"})
+print(json.dumps({"single_peak_mb": single, "timeline_peak_mb": peak_mb()}))
 """
 
 

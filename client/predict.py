@@ -77,8 +77,9 @@ def format_embedding(body: Dict[str, Any], video: str) -> str:
 
 def embedding_matrix(body: Dict[str, Any]) -> np.ndarray:
     """(1, dim) for one answer, or (windows, dim) for a timeline's per-window embeddings; float32."""
-    if body.get("timeline") and timeline.window_embeddings(body):
-        return np.asarray(timeline.window_embeddings(body), dtype=np.float32)
+    windows = timeline.window_embeddings(body) if body.get("timeline") else []
+    if windows:
+        return np.asarray(windows, dtype=np.float32)
     values = embedding_of(body)
     if values is None:
         raise ClientError("the answer carries no embedding")

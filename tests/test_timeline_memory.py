@@ -3,7 +3,7 @@
 The handler runs in a subprocess (fresh heap, its own /proc/self/status): one default request on a
 60 s video, then a timeline over the whole video (28 windows). The timeline's peak resident memory
 (VmHWM, reset before it) must stay within a few windows' worth of the single clip's. A control
-run without the handler's heap setting (handler/heap.py) shows the growth this guards against.
+run without the handler's heap setting (handler/heap.py) prints the growth this guards against.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from tests.synth import make_video
 
 REPO = Path(__file__).resolve().parent.parent
-# Growth allowed over the single clip's peak (measured: 0-1 MB; without the fix 197-257 MB).
+# Growth allowed over the single clip's peak (measured: 0-1 MB; without the fix 24-257 MB).
 ALLOWED_GROWTH_MB = 60
 
 if not sys.platform.startswith("linux"):
@@ -72,8 +72,9 @@ def test_a_timeline_peaks_like_a_single_clip(built, long_video: Path, tmp_path: 
     with_fix = peaks(tmp_path, long_video, heap_fix=True)
     growth = with_fix["timeline_peak_mb"] - with_fix["single_peak_mb"]
     assert growth < ALLOWED_GROWTH_MB, with_fix
-    # The control: without the fixed threshold the heap grows with the number of windows.
+    # For comparison only: without the fixed threshold the heap usually grows ~200-260 MB here, but
+    # how much depends on which allocator arena each thread's buffers land in (24 MB seen once),
+    # so it is printed, not asserted.
     without = peaks(tmp_path, long_video, heap_fix=False)
     print(f"\n[memory] 28-window timeline over a single clip's peak: {growth:.0f} MB with the fixed mmap "
           f"threshold, {without['timeline_peak_mb'] - without['single_peak_mb']:.0f} MB without")
-    assert without["timeline_peak_mb"] - without["single_peak_mb"] > 2 * ALLOWED_GROWTH_MB, without

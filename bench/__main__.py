@@ -30,11 +30,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List
 
-from bench.util import REPO, machine, progress
+from bench.util import machine, progress
+from harness.paths import MAR, PT, REPO
 
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
-MAR = REPO / "model_store" / "slowfast_r50.mar"
-PT = REPO / "build" / "slowfast_r50.pt"
 THROUGHPUT_CLIP = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 clip
 SECTIONS = ("stages", "model", "runtimes", "latency", "throughput", "growth", "timeline", "embedding")
 SERVED = ("latency", "throughput", "growth", "timeline", "embedding")
@@ -124,7 +123,7 @@ def main(argv: List[str]) -> int:
     from bench import clips as clipmod
     from bench import report, stages
     from bench.clips import SynthSpec
-    from bench.inproc import InProcessHandler
+    from harness.inproc import InProcessHandler
 
     serving = any(x in SERVED for x in args.sections)
     for needed in (args.pt,) + ((args.mar,) if serving else ()):

@@ -15,20 +15,19 @@ Clips are cached under ``build/bench-cache/`` keyed by every parameter, so rerun
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import av
 import numpy as np
 
-from bench.util import REPO, progress
+from bench.util import progress
+from harness.synth import make_video
+from harness.paths import REPO, SHARED_VIDEOS
 
 CACHE = REPO / "build" / "bench-cache"
-SHARED_VIDEOS = REPO.parent / "shared" / "videos"
 CACHE_VERSION = 1
 NOISE_PATCH, NOISE_STD = 96, 24
 GRAIN = 4
@@ -88,47 +87,40 @@ def encode(spec: SynthSpec, seed: int = 0) -> bytes:
     wide_y, wide_u, wide_v = _planes(spec, rng)
     h, w = spec.height, spec.width
     square = max(8, min(h, w) // 6) // 2 * 2
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as output:
-        stream = output.add_stream("libx264", rate=spec.fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.gop_size = spec.gop
+    planes = np.empty((h * 3 // 2, w), dtype=np.uint8)
+    noise = grain = None
+    if spec.content == "texture":
+        # Sensor-like grain, fresh each frame (8 patterns cycled, each an offset -2..+2).
+        grain = rng.integers(-GRAIN, GRAIN + 1, size=(8, h, w), dtype=np.int8).astype(np.uint8)
+    if spec.content == "pattern_noise":
+        # Fresh-looking grain in one patch (30 precomputed patches, cycled: farther apart than
+        # any reference frame), so the bitrate is that of ordinary 720p footage (~1.3 Mbit/s).
+        noise = rng.normal(128, NOISE_STD, size=(30, NOISE_PATCH, NOISE_PATCH)).clip(16, 235).astype(np.uint8)
+
+    def frame(i: int) -> np.ndarray:
+        pan = (3 * i) if spec.content == "texture" else 0
+        planes[:h] = wide_y[:, pan : pan + w]
+        chroma = planes[h:].reshape(h // 2, w)  # u then v, each (h/2, w/2), stored row-packed
+        u = wide_u[:, pan // 2 : pan // 2 + w // 2]
+        v = wide_v[:, pan // 2 : pan // 2 + w // 2]
+        chroma.reshape(-1)[: u.size] = u.reshape(-1)
+        chroma.reshape(-1)[u.size :] = v.reshape(-1)
+        x = (i * 4) % max(2, w - square) // 2 * 2
+        y = h // 5 // 2 * 2
+        planes[y : y + square, x : x + square] = 235
+        if noise is not None:
+            planes[h - NOISE_PATCH - 16 : h - 16, 16 : 16 + NOISE_PATCH] = noise[i % len(noise)]
+        if grain is not None:
+            np.add(planes[:h], grain[i % len(grain)], out=planes[:h], casting="unsafe")
+        return planes
+
+    return make_video(
+        frames=spec.frames, width=w, height=h, fps=spec.fps, gop=spec.gop, frame_source=frame, frame_format="yuv420p",
+        pts=range(spec.frames), time_base=Fraction(1, spec.fps),
         # Fixed GOP: no scene-cut keyframes, so keyframes fall every `gop` frames exactly.
-        stream.options = {"preset": spec.preset, "sc_threshold": "0",
-                          "x264-params": f"keyint={spec.gop}:min-keyint={spec.gop}:scenecut=0"}
-        stream.time_base = Fraction(1, spec.fps)
-        planes = np.empty((h * 3 // 2, w), dtype=np.uint8)
-        noise = grain = None
-        if spec.content == "texture":
-            # Sensor-like grain, fresh each frame (8 patterns cycled, each an offset -2..+2).
-            grain = rng.integers(-GRAIN, GRAIN + 1, size=(8, h, w), dtype=np.int8).astype(np.uint8)
-        if spec.content == "pattern_noise":
-            # Fresh-looking grain in one patch (30 precomputed patches, cycled: farther apart than
-            # any reference frame), so the bitrate is that of ordinary 720p footage (~1.3 Mbit/s).
-            noise = rng.normal(128, NOISE_STD, size=(30, NOISE_PATCH, NOISE_PATCH)).clip(16, 235).astype(np.uint8)
-        for i in range(spec.frames):
-            pan = (3 * i) if spec.content == "texture" else 0
-            planes[:h] = wide_y[:, pan : pan + w]
-            chroma = planes[h:].reshape(h // 2, w)  # u then v, each (h/2, w/2), stored row-packed
-            u = wide_u[:, pan // 2 : pan // 2 + w // 2]
-            v = wide_v[:, pan // 2 : pan // 2 + w // 2]
-            chroma.reshape(-1)[: u.size] = u.reshape(-1)
-            chroma.reshape(-1)[u.size :] = v.reshape(-1)
-            x = (i * 4) % max(2, w - square) // 2 * 2
-            y = h // 5 // 2 * 2
-            planes[y : y + square, x : x + square] = 235
-            if noise is not None:
-                planes[h - NOISE_PATCH - 16 : h - 16, 16 : 16 + NOISE_PATCH] = noise[i % len(noise)]
-            if grain is not None:
-                np.add(planes[:h], grain[i % len(grain)], out=planes[:h], casting="unsafe")
-            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
-            frame.pts = i
-            frame.time_base = Fraction(1, spec.fps)
-            for packet in stream.encode(frame):
-                output.mux(packet)
-        for packet in stream.encode():
-            output.mux(packet)
-    return buffer.getvalue()
+        options={"preset": spec.preset, "sc_threshold": "0",
+                 "x264-params": f"keyint={spec.gop}:min-keyint={spec.gop}:scenecut=0"},
+    )
 
 
 def synthesized(spec: SynthSpec) -> Path:

@@ -16,12 +16,13 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from bench.report import _target
-from bench.util import fmt_ms, peak_rss_mb, percentile, progress, ratio, reset_peak_rss, summary
+from bench.util import fmt_ms, percentile, progress, ratio, summary
+from harness.memory import peak_rss_mb, reset_peak
 
 
 def _peak_mb(pid: Optional[int], run: Callable[[], Any]) -> Tuple[Any, Optional[float]]:
     """(result of ``run()``, the worker's peak RSS in MB while it ran, or None)."""
-    reset = bool(pid) and reset_peak_rss(pid)
+    reset = bool(pid) and reset_peak(pid)
     result = run()
     return result, (round(peak_rss_mb(pid), 1) if reset else None)
 

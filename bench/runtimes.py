@@ -17,9 +17,8 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from bench.inproc import InProcessHandler
+from harness.inproc import InProcessHandler
 from bench.util import progress, ratio, summary
-from handler.options import ServeOptions
 from handler.runtime import ModelRuntime
 
 BASELINE = "torchscript-fp32 mb1"

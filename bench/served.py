@@ -17,10 +17,9 @@ from typing import Any, Dict, List, Optional
 
 import requests
 
-from bench.inproc import InProcessHandler
-from bench.util import (
-    RssSampler, peak_rss_mb, percentile, progress, ratio, reset_peak_rss, rss_mb, summary,
-)
+from harness.inproc import InProcessHandler
+from harness.memory import RssSampler, peak_rss_mb, reset_peak, rss_mb
+from bench.util import percentile, progress, ratio, summary
 
 
 class Served:
@@ -167,7 +166,7 @@ def growth(served: Served, clips: List[Dict[str, Any]], reps: int, warmup: int =
         video = clip["path"].read_bytes()
         progress(f"growth: {clip['name']} ({len(video) / 2**20:.1f} MB, {warmup} warm-up + {reps} requests)")
         before = rss_mb(pid) if pid else None
-        hwm_reset = bool(pid) and reset_peak_rss(pid)
+        hwm_reset = bool(pid) and reset_peak(pid)
         # A sampler only where the kernel's peak mark cannot be reset (it costs a little CPU).
         sampler = RssSampler(pid) if (pid and not hwm_reset) else None
         bodies = []

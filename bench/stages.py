@@ -13,8 +13,8 @@ from typing import Any, Dict, List
 
 import torch
 
-from bench.inproc import InProcessHandler
-from bench.reference import ReferencePipeline
+from harness.inproc import InProcessHandler
+from harness.reference import ReferencePipeline
 from bench.util import progress, ratio, summary
 
 STAGES = ("decode", "preprocess", "inference", "postprocess", "handler_total")

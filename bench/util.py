@@ -1,4 +1,4 @@
-"""Small helpers shared by the benchmark sections: progress to stderr, statistics, RSS."""
+"""Small helpers shared by the benchmark sections: progress to stderr, statistics."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Sequence
 
-REPO = Path(__file__).resolve().parent.parent
+
 _T0 = time.monotonic()
 
 
@@ -76,62 +75,6 @@ def machine() -> Dict[str, object]:
         "torch": torch.__version__,
         "platform": platform.platform(),
     }
-
-
-# -- resident memory of a process (the TorchServe worker) -----------------------------------
-
-def _status_kb(pid: int, field: str) -> Optional[int]:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def rss_mb(pid: int) -> Optional[float]:
-    kb = _status_kb(pid, "VmRSS")
-    return None if kb is None else kb / 1024
-
-
-def reset_peak_rss(pid: int) -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of ``pid`` to its current RSS (Linux >= 4.0)."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb(pid: int) -> Optional[float]:
-    kb = _status_kb(pid, "VmHWM")
-    return None if kb is None else kb / 1024
-
-
-class RssSampler:
-    """Polls a process's RSS every ``interval`` s in a thread: a peak where VmHWM cannot be reset."""
-
-    def __init__(self, pid: int, interval: float = 0.005) -> None:
-        self.pid, self.interval = pid, interval
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            value = rss_mb(self.pid)
-            if value is not None:
-                self.peak = max(self.peak, value)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def fmt_ms(value: float) -> str:

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from client.config import repo_property
+from client.config import REPO, repo_property
 from client.keys import KEY_FILE, KeyFileError, Keys, read_keys
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL = "slowfast_r50"
 TOKEN_ENV = "SLOWFAST_TOKEN"
 MANAGEMENT_TOKEN_ENV = "SLOWFAST_MANAGEMENT_TOKEN"

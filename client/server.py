@@ -19,9 +19,8 @@ from urllib.parse import urlparse
 import requests
 
 from client.keys import KeyFileError, read_keys
-from client.config import repo_property
+from client.config import REPO, repo_property
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL = "slowfast_r50"
 
 

@@ -22,8 +22,8 @@ import requests
 
 from client.config import read_properties
 from client.keys import KeyFileError, Keys, read_keys
+from harness.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL = "slowfast_r50"
 
 

@@ -32,7 +32,7 @@ LOGIT_SPREAD = 0.6  # typical std of a clip's logits over classes: top-1 probabi
 
 def calibration_pathways(videos: Path) -> List[List[torch.Tensor]]:
     """``[slow (1,3,8,256,256), fast (1,3,32,256,256)]`` float32 per calibration clip (reference pipeline)."""
-    from tests.reference_pipeline import reference_pathways
+    from harness.reference import reference_pathways
 
     out = []
     for name in CALIBRATION_CLIPS:

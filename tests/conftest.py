@@ -9,15 +9,10 @@ from typing import Dict, Iterator
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-VIDEOS = SHARED / "videos"
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.paths import MAR, PT, REPO, SHARED_VIDEOS as VIDEOS  # noqa: E402
 from harness.torchserve import LocalTorchServe  # noqa: E402
-
-PT = REPO / "build" / "slowfast_r50.pt"
-MAR = REPO / "model_store" / "slowfast_r50.mar"
 
 
 def read_manifest() -> Dict[str, Dict[str, str]]:

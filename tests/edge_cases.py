@@ -18,7 +18,7 @@ from typing import Callable, Dict, Tuple, Union
 import av
 import numpy as np
 
-from tests.synth import faststart, make_video, pattern_frame
+from harness.synth import faststart, make_video, pattern_frame
 
 Expected = Union[int, Tuple[int, str]]
 X264_FAST = {"preset": "ultrafast"}
@@ -63,18 +63,8 @@ def _non_utf8_metadata() -> bytes:
 
 
 def _h264_with_title(title: str) -> bytes:
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="matroska") as output:
-        output.metadata["title"] = title
-        stream = output.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-        stream.options = X264_FAST
-        for i in range(20):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pattern_frame(i, 120, 160), format="rgb24")):
-                output.mux(packet)
-        for packet in stream.encode():
-            output.mux(packet)
-    return buffer.getvalue()
+    return make_video(frames=20, width=160, height=120, container="matroska", options=X264_FAST,
+                      metadata={"title": title})
 
 
 def _huge_declared(side: int) -> bytes:

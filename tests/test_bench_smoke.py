@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 import pytest
+from harness.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.integration  # starts its own TorchServe on free loopback ports
 

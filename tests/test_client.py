@@ -12,7 +12,8 @@ import pytest
 
 import client.endpoint as ep
 import client.predict as cp
-from harness.torchserve import REPO, LocalTorchServe
+from harness.paths import REPO
+from harness.torchserve import LocalTorchServe
 
 KEYS = {"management": {"key": "mgmt-key"}, "inference": {"key": "inf-key"}, "API": {"key": "api-key"}}
 

@@ -23,7 +23,8 @@ import numpy as np
 import psutil
 import pytest
 
-from harness.torchserve import REPO, LocalTorchServe
+from harness.paths import REPO
+from harness.torchserve import LocalTorchServe
 
 pytestmark = pytest.mark.integration
 

@@ -15,13 +15,13 @@ source geometry reaches memory only through decoding and the working frame.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import pytest
 
-from tests.synth import make_video
+from harness.memory import peak_bytes, reset_peak, rss_bytes
+from harness.synth import make_video
 
 pytestmark = pytest.mark.integration
 
@@ -31,21 +31,6 @@ X264_FAST = {"preset": "ultrafast"}
 
 if not sys.platform.startswith("linux"):
     pytest.skip("VmHWM and clear_refs are Linux /proc features", allow_module_level=True)
-
-
-def status_kib(pid: int) -> Dict[str, int]:
-    """VmRSS and VmHWM of ``pid`` in bytes (from /proc/<pid>/status, where they are in kB)."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            fields[name] = int(value.split()[0]) * 1024
-    return fields
-
-
-def reset_peak(pid: int) -> None:
-    # Linux >= 4.0: "5" resets the peak resident set size (VmHWM) to the current RSS.
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def strip_source(width: int, height: int):
@@ -62,12 +47,12 @@ def measure(server, video: bytes, headers: Mapping[str, str]) -> Dict[str, objec
     assert pids, "no READY worker"
     idle = {}
     for pid in pids:
-        reset_peak(pid)
-        idle[pid] = status_kib(pid)["VmRSS"]
+        assert reset_peak(pid)
+        idle[pid] = rss_bytes(pid)
         # The reset really took: the peak starts at the current RSS (within a page or two of noise).
-        assert status_kib(pid)["VmHWM"] - idle[pid] < 64 * 2**20
+        assert peak_bytes(pid) - idle[pid] < 64 * 2**20
     reply = server.predict(video, headers=dict(headers), timeout=600)
-    growth = {pid: status_kib(pid)["VmHWM"] - idle[pid] for pid in pids}
+    growth = {pid: peak_bytes(pid) - idle[pid] for pid in pids}
     return {"reply": reply, "growth": max(growth.values()), "idle": idle}
 
 
@@ -93,10 +78,10 @@ def check_bounded(
 def test_peak_is_reset_per_request(server) -> None:
     """The measurement itself: clear_refs brings VmHWM back down to VmRSS on the live worker."""
     pid = server.workers()[0]["pid"]
-    before = status_kib(pid)
-    reset_peak(pid)
-    after = status_kib(pid)
-    assert after["VmHWM"] <= before["VmHWM"] and after["VmHWM"] - after["VmRSS"] < 64 * 2**20
+    before = peak_bytes(pid)
+    assert reset_peak(pid)
+    after = peak_bytes(pid)
+    assert after <= before and after - rss_bytes(pid) < 64 * 2**20
 
 
 def bomb(width: int, height: int) -> bytes:

@@ -25,8 +25,8 @@ import pytest
 
 from client.config import read_properties
 from deploy.kserve.build import LOCAL_ONLY, OVERLAY
+from harness.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 ABSENT = object()
 SIZE_UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 

@@ -13,8 +13,8 @@ from typing import Dict
 import pytest
 import torch
 
-from bench.inproc import InProcessHandler
-from tests.synth import mirrored
+from harness.inproc import InProcessHandler
+from harness.synth import mirrored
 
 ORIGINAL = "tv__WUzgd7C1pWA.mp4"
 OTHERS = ("tv__basketball.mp4", "tv__v_SoccerJuggling_g23_c01.avi")

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.edge_cases import CASES, EXPECTED, build, truncations
-from tests.synth import make_video
+from harness.synth import make_video
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import List
 
 import pytest
+from harness.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 FAKE_PYTHON = """#!/bin/sh
 # Stand-in for .venv/bin/python: log the call, create what --output names.

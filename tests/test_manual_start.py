@@ -29,9 +29,9 @@ import pytest
 import requests
 
 from handler.server_config import FRONTEND_CLASS
-from tests.synth import make_video
+from harness.synth import make_video
+from harness.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL = "slowfast_r50"
 PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc inference": 7070, "grpc management": 7071}
 

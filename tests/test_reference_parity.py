@@ -19,7 +19,7 @@ from handler.decoding import DecodeLimits, VideoDecoder
 from handler.sampling import clip_windows
 from handler.transforms import crop_offsets
 from handler.transforms import crop_and_normalize, pack_pathways
-from tests.reference_pipeline import reference_pathways
+from harness.reference import reference_pathways
 
 LEVEL = 1 / (255 * 0.225)  # one 8-bit level in normalized units
 # Clip -> allowed mean |difference| in 8-bit levels.

@@ -25,8 +25,8 @@ from export.save import save_with_contract
 from handler.options import ConfigError, ServeOptions
 from handler.runtime import ModelRuntime, dummy_pathways
 from handler.runtime_openvino import OpenVinoRuntime, choose_precision, cpu_flags
+from harness.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 CLASSES, EMBEDDING = 5, 6
 
 

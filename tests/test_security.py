@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from client.config import read_properties
-from harness.torchserve import REPO, LocalTorchServe
+from harness.paths import REPO
+from harness.torchserve import LocalTorchServe
 
 pytestmark = pytest.mark.integration
 

@@ -29,9 +29,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
-from client.config import read_properties
+from client.config import REPO, read_properties
 
-REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BASE_CONFIG = REPO / "config.properties"
 OVERLAY = HERE / "config.properties"

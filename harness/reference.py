@@ -1,4 +1,6 @@
-"""The reference pipeline: pytorchvideo's ``EncodedVideo`` + the hub tutorial's transforms for slowfast_r50.
+"""The one reference pipeline: pytorchvideo's ``EncodedVideo`` + the hub tutorial's transforms for slowfast_r50.
+
+Tests compare the handler's inputs to it; the benchmark times it beside the handler.
 
 From https://pytorch.org/hub/facebookresearch_pytorchvideo_slowfast/ :
 ``EncodedVideo.get_clip(start, start + 64/30)`` then ``ApplyTransformToKey("video",
@@ -7,7 +9,8 @@ ShortSideScale(256), CenterCropVideo(256), PackPathway(alpha=4)]))``.
 
 Two deliberate deviations, both in the reference's favour: the video is opened from bytes
 already in memory (as our handler gets it), and audio is not decoded (``decode_audio=False``;
-the tutorial's ``from_path`` default decodes it).
+the tutorial's ``from_path`` default decodes it). ``from_path`` itself reads the whole file
+into memory before opening it, so opening bytes changes nothing else.
 """
 
 from __future__ import annotations
@@ -15,21 +18,22 @@ from __future__ import annotations
 import io
 import sys
 import time
-from typing import List, Tuple
+from pathlib import Path
+from typing import List, Tuple, Union
 
 import torch
 
 
-def _import_pytorchvideo():
-    # pytorchvideo 0.1.5 imports torchvision.transforms.functional_tensor, gone from torchvision
-    # >= 0.17; its functions live in torchvision.transforms.functional now.
-    if "torchvision.transforms.functional_tensor" not in sys.modules:
-        try:
-            import torchvision.transforms.functional_tensor  # noqa: F401
-        except ImportError:
-            import torchvision.transforms.functional as functional
+def alias_functional_tensor() -> None:
+    """pytorchvideo 0.1.5 imports ``torchvision.transforms.functional_tensor``, gone from torchvision
+    >= 0.17; its functions live in ``torchvision.transforms.functional`` now."""
+    import torchvision.transforms.functional as functional
 
-            sys.modules["torchvision.transforms.functional_tensor"] = functional
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", functional)
+
+
+def _import_pytorchvideo():
+    alias_functional_tensor()
     import warnings
 
     with warnings.catch_warnings():
@@ -62,7 +66,7 @@ class PackPathway(torch.nn.Module):
 class ReferencePipeline:
     """``run(video_bytes, start, end)`` -> the model's ``[slow, fast]`` input (batch dim added)."""
 
-    def __init__(self, num_frames: int = 32, side: int = 256, crop: int = 256, alpha: int = 4,
+    def __init__(self, *, num_frames: int = 32, side: int = 256, crop: int = 256, alpha: int = 4,
                  mean: Tuple[float, ...] = (0.45,) * 3, std: Tuple[float, ...] = (0.225,) * 3) -> None:
         (EncodedVideo, ApplyTransformToKey, ShortSideScale, UniformTemporalSubsample, Compose, Lambda,
          CenterCropVideo, NormalizeVideo) = _import_pytorchvideo()
@@ -96,3 +100,10 @@ class ReferencePipeline:
 
     def run(self, video: bytes, start: float, end: float) -> List[torch.Tensor]:
         return self.run_timed(video, start, end)[2]
+
+
+def reference_pathways(path: Union[str, Path], window: Tuple[float, float]) -> List[torch.Tensor]:
+    """``[slow (3,T/a,256,256), fast (3,T,256,256)]`` float32 of the file at ``path`` for ``window``
+    (seconds), as the tutorial computes them for slowfast_r50 (no batch dimension)."""
+    slow, fast = ReferencePipeline().run(Path(path).read_bytes(), window[0], window[1])
+    return [slow[0], fast[0]]

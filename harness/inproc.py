@@ -14,11 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 import yaml
 
-from bench.util import REPO
 from harness.context import FakeContext, NullMetricsCache
-
-PT = REPO / "build" / "slowfast_r50.pt"
-MODEL_CONFIG = REPO / "model-config.yaml"
+from harness.paths import MODEL_CONFIG, PT
 
 
 class InProcessHandler:

@@ -1,10 +1,15 @@
-"""Synthesize test videos with PyAV: moving patterns whose content we know, in any codec/container."""
+"""The one video synthesizer of tests and benchmark: frames whose content we know, in any codec/container.
+
+``make_video`` encodes frames from ``pattern_frame`` (or any ``frame_source``) and returns the
+file's bytes; ``faststart`` and ``mirrored`` derive variants from a file. The benchmark's larger
+clips (bench/clips.py) are ``make_video`` with YUV frame sources of their own.
+"""
 
 from __future__ import annotations
 
 import io
 from fractions import Fraction
-from typing import Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import av
 import numpy as np
@@ -39,15 +44,20 @@ def make_video(
     time_base: Optional[Fraction] = None,
     options: Optional[dict] = None,
     seed: int = 0,
-    frame_source=None,
+    frame_source: Optional[Callable[[int], np.ndarray]] = None,
+    frame_format: str = "rgb24",
+    metadata: Optional[Mapping[str, str]] = None,
 ) -> bytes:
     """Encode ``frames`` pattern frames and return the file's bytes.
 
     ``pts`` (in ``time_base`` units) gives explicit timestamps, e.g. for variable frame rate.
-    ``frame_source(i) -> (H, W, 3) uint8`` replaces the default pattern.
+    ``frame_source(i)`` replaces the default pattern: an (H, W, 3) uint8 array in ``rgb24``, or
+    with ``frame_format="yuv420p"`` the (H * 3/2, W) planes (no colour conversion per frame).
+    ``metadata``: container tags (e.g. ``{"title": ...}``).
     """
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container) as output:
+        output.metadata.update(metadata or {})
         stream = output.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if time_base is not None:
@@ -60,7 +70,7 @@ def make_video(
             stream.options = dict(options)
         for i in range(frames):
             image = frame_source(i) if frame_source else pattern_frame(i, height, width, seed)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(image, format=frame_format if frame_source else "rgb24")
             if pts is not None:
                 frame.pts = int(pts[i])
                 frame.time_base = time_base or Fraction(1, fps)

@@ -1,30 +1,45 @@
-"""Command-line flags -> the request options the server reads (handler/options.py), as headers.
+"""Command-line flags -> the request options the server reads, as headers.
 
-The video goes as the raw body; TorchServe gives handlers no query string, so each option travels
-as a header of its own name (``topk: 10``), which the handler reads like a multipart field.
+The flags come from the server's own table of request options (``handler.options.REQUEST_OPTIONS``):
+one flag per option, with its type, choices and help. The video goes as the raw body; TorchServe
+gives handlers no query string, so each option travels as a header of its own name (``topk: 10``),
+which the handler reads like a multipart field.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Dict
+from typing import Any, Dict
 
-OUTPUTS = ("labels", "embedding", "both")
+from handler.options import REQUEST_OPTIONS, RequestOption
+
+_TYPES = {"int": int, "seconds": float}
+
+
+def _help(option: RequestOption) -> str:
+    if option.client_default is not None:
+        return f"{option.help} (default: {option.client_default})"
+    if option.default is not None and option.kind != "bool":
+        return f"{option.help} (server default: {option.default})"
+    if option.unset:
+        return f"{option.help} (server default: {option.unset})"
+    return option.help
 
 
 def add_request_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("request options (passed to the server as they are)")
-    group.add_argument("--topk", type=int, default=5, help="labels per answer (default: 5)")
-    group.add_argument("--clips", type=int, default=None, help="temporal windows to average (server default: 1)")
-    group.add_argument("--crops", type=int, choices=(1, 3), default=None, help="spatial crops per window")
-    group.add_argument("--output", choices=OUTPUTS, default=None,
-                       help="labels (default), embedding (the 2,304-value SlowFast feature) or both")
+    for option in REQUEST_OPTIONS:
+        if not option.client:
+            continue
+        flag = f"--{option.name}"
+        if option.kind == "bool":
+            group.add_argument(flag, action="store_true", help=_help(option))
+        elif option.kind == "choice":
+            kind = type(option.choices[0])
+            group.add_argument(flag, type=kind, choices=option.choices, default=option.client_default, help=_help(option))
+        else:
+            group.add_argument(flag, type=_TYPES[option.kind], default=option.client_default, help=_help(option))
     group.add_argument("--embedding", action="store_true", help="same as --output embedding")
-    group.add_argument("--normalize", action="store_true", help="L2-normalise the embedding")
-    group.add_argument("--timeline", action="store_true", help="a window every --stride seconds, each with its own answer")
-    group.add_argument("--stride", type=float, default=None, help="timeline step in seconds (server default: 64/30)")
-    group.add_argument("--start", type=float, default=None, help="look from this second on")
-    group.add_argument("--end", type=float, default=None, help="look up to this second")
 
 
 def output_of(args: argparse.Namespace) -> str:
@@ -34,20 +49,22 @@ def output_of(args: argparse.Namespace) -> str:
     return args.output or ("embedding" if args.embedding else "labels")
 
 
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def request_fields(args: argparse.Namespace, stream: bool = False) -> Dict[str, str]:
     """The options a request carries, as header name -> text (only those the user set)."""
-    fields: Dict[str, str] = {"topk": str(args.topk)}
-    for name in ("clips", "crops", "stride", "start", "end"):
-        value = getattr(args, name)
-        if value is not None:
-            fields[name] = f"{value:g}" if isinstance(value, float) else str(value)
-    output = output_of(args)
-    if output != "labels":
-        fields["output"] = output
-    if args.normalize:
-        fields["normalize"] = "true"
-    if args.timeline:
-        fields["timeline"] = "true"
-    if stream:
-        fields["stream"] = "true"
+    given: Dict[str, Any] = {option.name: getattr(args, option.name, None) for option in REQUEST_OPTIONS}
+    given["output"] = output_of(args)
+    given["stream"] = stream
+    fields: Dict[str, str] = {}
+    for option in REQUEST_OPTIONS:
+        value = given[option.name]
+        # A flag left at the server's default is not sent (booleans: only when set).
+        if value is None or value is False or (option.name == "output" and value == option.default):
+            continue
+        fields[option.name] = _as_text(value)
     return fields

@@ -1,10 +1,15 @@
-"""Handler settings (from the model config) and per-request options (from fields or headers)."""
+"""Per-request options (from fields, headers or KServe parameters) and the deployment's settings.
+
+``REQUEST_OPTIONS`` declares each request option once; ``resolve_request_options`` reads a
+request's raw values into ``RequestOptions``. ``ServeOptions`` holds the ``handler:`` section of
+model-config.yaml: request defaults, limits and compute settings.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 from handler.errors import RequestError
 
@@ -12,7 +17,78 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 CPU_RUNTIMES = ("openvino", "torchscript")
 # OpenVINO's names; auto = bf16 where the CPU computes bf16 natively, else f32.
 CPU_PRECISIONS = ("auto", "f32", "bf16")
-CROP_CHOICES = (1, 3)
+
+
+# -- the request options, declared once ------------------------------------------------------
+
+# Seconds: a stride or span outside this is a typo, not a request.
+MAX_SECONDS = 24 * 3600.0
+DEFAULT_TOPK = 5
+# Each ``output`` a request may ask for, and the output kinds (handler/render.py) it renders.
+OUTPUTS: Mapping[str, Tuple[str, ...]] = {
+    "labels": ("labels",),
+    "embedding": ("embedding",),
+    "both": ("labels", "embedding"),
+}
+
+
+@dataclass(frozen=True)
+class RequestOption:
+    """One request option, declared once: the handler's reader and header names, the client's flag
+    and the README's option table all come from this.
+
+    ``kind``: ``int``, ``bool``, ``seconds`` (a float in 0..MAX_SECONDS) or ``choice`` (one of
+    ``choices``, read as the type of the first). ``default``: the value when a request does not
+    say (None: unset, meaning ``unset``); with ``configurable`` the deployment's ``handler:``
+    section (``ServeOptions``) may change it. ``high``: the name of the limit bounding an ``int``
+    (``num_classes`` from the model, else a ``ServeOptions`` field). ``client_default``: what the
+    client sends when its user does not say (None: nothing). ``client``: the client has a flag.
+    """
+
+    name: str
+    kind: str
+    help: str
+    default: Any = None
+    configurable: bool = False
+    choices: Tuple[Any, ...] = ()
+    choice_words: Tuple[str, ...] = ()
+    low: int = 1
+    high: str = ""
+    unset: str = ""
+    client_default: Any = None
+    client: bool = True
+
+    @property
+    def headers(self) -> Tuple[str, str]:
+        """Header names carrying it (lower case): ``topk`` or ``x-topk``."""
+        return self.name, f"x-{self.name}"
+
+
+REQUEST_OPTIONS: Tuple[RequestOption, ...] = (
+    RequestOption("topk", "int", "labels per answer", default=DEFAULT_TOPK, configurable=True, high="num_classes",
+                  client_default=DEFAULT_TOPK),
+    RequestOption("clips", "int", "temporal windows to average", default=1, configurable=True, high="max_clips"),
+    RequestOption("crops", "choice", "spatial crops per window", default=1, configurable=True, choices=(1, 3),
+                  choice_words=("1 (center)", "3 (left/center/right)")),
+    RequestOption("output", "choice", "labels, embedding (the SlowFast feature) or both", default="labels",
+                  choices=tuple(OUTPUTS)),
+    RequestOption("normalize", "bool", "L2-normalise the embedding", default=False),
+    RequestOption("timeline", "bool", "a window every stride seconds, each with its own answer", default=False),
+    RequestOption("stride", "seconds", "timeline step in seconds", unset="one window length"),
+    RequestOption("start", "seconds", "look from this second on", unset="the video's start"),
+    RequestOption("end", "seconds", "look up to this second", unset="the video's end"),
+    RequestOption("stream", "bool", "send a timeline as JSON lines, one per window as computed", default=False,
+                  client=False),
+)
+REQUEST_OPTION_NAMES = tuple(option.name for option in REQUEST_OPTIONS)
+
+
+
+def request_option(name: str) -> RequestOption:
+    return next(option for option in REQUEST_OPTIONS if option.name == name)
+
+
+# -- the deployment's settings --------------------------------------------------------------
 
 
 class ConfigError(ValueError):
@@ -39,9 +115,9 @@ class ServeOptions:
     ``cpu_streams`` (OpenVINO infer requests run in parallel on a micro-batch's views).
     """
 
-    topk: int = 5
-    clips: int = 1
-    crops: int = 1
+    topk: int = request_option("topk").default
+    clips: int = request_option("clips").default
+    crops: int = request_option("crops").default
     max_clips: int = 10
     max_upload_mb: float = 200.0
     max_views_per_request: int = 48
@@ -66,8 +142,8 @@ class ServeOptions:
             problems.append("max_clips must be in 1..64")
         if not 1 <= self.clips <= self.max_clips:
             problems.append(f"clips must be in 1..{self.max_clips}")
-        if self.crops not in CROP_CHOICES:
-            problems.append(f"crops must be one of {CROP_CHOICES}")
+        if self.crops not in request_option("crops").choices:
+            problems.append(f"crops must be one of {request_option('crops').choices}")
         if self.topk < 1:
             problems.append("topk must be >= 1")
         if min(self.max_upload_mb, self.max_frame_pixels, self.max_decode_seconds,
@@ -148,19 +224,15 @@ def _config_value(name: str, value: Any, kind: type) -> Any:
     return str(value).strip()
 
 
-OUTPUTS = ("labels", "embedding", "both")
-# Seconds: a stride or span outside this is a typo, not a request.
-MAX_SECONDS = 24 * 3600.0
-
+# -- what one request asks for -----------------------------------------------------------------
 
 @dataclass(frozen=True)
 class RequestOptions:
-    """What one request asks for.
+    """What one request asks for (the fields are ``REQUEST_OPTIONS``, which documents them).
 
-    ``topk`` labels; ``clips`` windows spread over the video, or with ``timeline`` a window every
-    ``stride`` seconds (None = one window length); ``start``/``end`` limit either to a part of the
-    video (seconds, None = its start/end); ``crops`` per window; ``output`` labels, embedding or
-    both (``normalize``: L2-normalised embedding); ``stream``: one JSON line per window as computed.
+    ``clips`` windows spread over the video, or with ``timeline`` a window every ``stride``
+    seconds (None = one window length); ``start``/``end`` limit either to a part of the video
+    (seconds, None = its start/end); ``stream``: one JSON line per window as computed.
     """
 
     topk: int
@@ -175,15 +247,17 @@ class RequestOptions:
     stream: bool = False
 
     @property
+    def kinds(self) -> Tuple[str, ...]:
+        """The output kinds to render (handler/render.py), in answer order."""
+        return OUTPUTS[self.output]
+
+    @property
     def wants_labels(self) -> bool:
-        return self.output in ("labels", "both")
+        return "labels" in self.kinds
 
     @property
     def wants_embedding(self) -> bool:
-        return self.output in ("embedding", "both")
-
-
-REQUEST_OPTION_NAMES = ("topk", "clips", "crops", "output", "normalize", "timeline", "stride", "start", "end", "stream")
+        return "embedding" in self.kinds
 
 
 def _text(raw: Any) -> str:
@@ -192,13 +266,17 @@ def _text(raw: Any) -> str:
     return str(raw).strip()
 
 
+def _bad(message: str) -> RequestError:
+    return RequestError(400, "bad_option", message)
+
+
 def _read_int(name: str, raw: Any) -> int:
     if isinstance(raw, bool):
-        raise RequestError(400, "bad_option", f"option {name} must be an integer, got {raw!r}")
+        raise _bad(f"option {name} must be an integer, got {raw!r}")
     try:
         return int(_text(raw))
     except ValueError:
-        raise RequestError(400, "bad_option", f"option {name} must be an integer, got {_text(raw)[:40]!r}") from None
+        raise _bad(f"option {name} must be an integer, got {_text(raw)[:40]!r}") from None
 
 
 def _read_bool(name: str, raw: Any) -> bool:
@@ -207,7 +285,7 @@ def _read_bool(name: str, raw: Any) -> bool:
     text = _text(raw).lower()
     if text in _TRUE or text in _FALSE:
         return text in _TRUE
-    raise RequestError(400, "bad_option", f"option {name} must be true or false, got {text[:40]!r}")
+    raise _bad(f"option {name} must be true or false, got {text[:40]!r}")
 
 
 def _read_seconds(name: str, raw: Any) -> float:
@@ -216,42 +294,55 @@ def _read_seconds(name: str, raw: Any) -> float:
     except ValueError:
         value = math.nan
     if not 0 <= value <= MAX_SECONDS:
-        raise RequestError(
-            400, "bad_option", f"option {name} must be a number of seconds in 0..{MAX_SECONDS:g}, got {_text(raw)[:40]!r}"
-        )
+        raise _bad(f"option {name} must be a number of seconds in 0..{MAX_SECONDS:g}, got {_text(raw)[:40]!r}")
     return value
 
 
-_READERS = {
-    "topk": _read_int, "clips": _read_int, "crops": _read_int,
-    "normalize": _read_bool, "timeline": _read_bool, "stream": _read_bool,
-    "stride": _read_seconds, "start": _read_seconds, "end": _read_seconds,
-    "output": lambda name, raw: _text(raw).lower(),
-}
+def _read_choice(option: RequestOption, raw: Any) -> Any:
+    value = _read_int(option.name, raw) if isinstance(option.choices[0], int) else _text(raw).lower()
+    if value not in option.choices:
+        words = option.choice_words or tuple(str(choice) for choice in option.choices)
+        shown = value if isinstance(value, int) else repr(value[:40])
+        raise _bad(f"{option.name} must be one of {', '.join(words)}, got {shown}")
+    return value
+
+
+def read_option(option: RequestOption, raw: Any, highs: Mapping[str, int]) -> Any:
+    """``raw`` (text, bytes, or a JSON value) as ``option``'s value; 400 naming what is wrong.
+
+    ``highs``: the limits an ``int`` option's ``high`` may name (``num_classes``, ``max_clips``)."""
+    if option.kind == "int":
+        value = _read_int(option.name, raw)
+        if not option.low <= value <= highs[option.high]:
+            raise _bad(f"{option.name} must be in {option.low}..{highs[option.high]}, got {value}")
+        return value
+    if option.kind == "bool":
+        return _read_bool(option.name, raw)
+    if option.kind == "seconds":
+        return _read_seconds(option.name, raw)
+    if option.kind == "choice":
+        return _read_choice(option, raw)
+    raise ValueError(f"option {option.name}: unknown kind {option.kind!r}")
 
 
 def resolve_request_options(
     given: Mapping[str, Any], defaults: ServeOptions, num_classes: int
 ) -> RequestOptions:
     """Validate the options a request gave (field, header or KServe parameter) over the defaults."""
-    values = {name: _READERS[name](name, given[name]) for name in REQUEST_OPTION_NAMES if given.get(name) is not None}
+    highs = {"num_classes": num_classes, "max_clips": defaults.max_clips}
+    values = {
+        option.name: read_option(option, given[option.name], highs)
+        for option in REQUEST_OPTIONS if given.get(option.name) is not None
+    }
     resolved = replace(
         RequestOptions(topk=min(defaults.topk, num_classes), clips=defaults.clips, crops=defaults.crops), **values
     )
-    if not 1 <= resolved.topk <= num_classes:
-        raise RequestError(400, "bad_option", f"topk must be in 1..{num_classes}, got {resolved.topk}")
-    if not 1 <= resolved.clips <= defaults.max_clips:
-        raise RequestError(400, "bad_option", f"clips must be in 1..{defaults.max_clips}, got {resolved.clips}")
-    if resolved.crops not in CROP_CHOICES:
-        raise RequestError(400, "bad_option", f"crops must be 1 (center) or 3 (left/center/right), got {resolved.crops}")
-    if resolved.output not in OUTPUTS:
-        raise RequestError(400, "bad_option", f"output must be one of {', '.join(OUTPUTS)}, got {resolved.output[:40]!r}")
     if resolved.timeline and "clips" in values:
-        raise RequestError(400, "bad_option", "clips and timeline exclude each other: a timeline has a window every stride seconds")
+        raise _bad("clips and timeline exclude each other: a timeline has a window every stride seconds")
     if not resolved.timeline and resolved.stride is not None:
-        raise RequestError(400, "bad_option", "stride applies to a timeline: add timeline=true")
+        raise _bad("stride applies to a timeline: add timeline=true")
     if resolved.stride is not None and resolved.stride <= 0:
-        raise RequestError(400, "bad_option", "stride must be > 0 seconds")
+        raise _bad("stride must be > 0 seconds")
     if resolved.start is not None and resolved.end is not None and resolved.end <= resolved.start:
-        raise RequestError(400, "bad_option", f"end ({resolved.end:g} s) must be after start ({resolved.start:g} s)")
+        raise _bad(f"end ({resolved.end:g} s) must be after start ({resolved.start:g} s)")
     return resolved

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from handler.errors import RequestError
-from handler.options import REQUEST_OPTION_NAMES
+from handler.options import REQUEST_OPTION_NAMES, REQUEST_OPTIONS
 
 PLAIN = "plain"
 KSERVE_V1 = "kserve_v1"
@@ -54,11 +54,12 @@ def _lower_headers(headers: Optional[Mapping[str, Any]]) -> Dict[str, str]:
 
 
 def options_from_headers(headers: Mapping[str, str]) -> Dict[str, str]:
+    """Raw option values from (lower-cased) request headers, by option name."""
     found = {}
-    for name in REQUEST_OPTION_NAMES:
-        for key in (name, f"x-{name}"):
+    for option in REQUEST_OPTIONS:
+        for key in option.headers:
             if key in headers:
-                found[name] = headers[key]
+                found[option.name] = headers[key]
     return found
 
 

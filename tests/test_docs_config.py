@@ -25,6 +25,7 @@ import pytest
 
 from client.config import read_properties
 from deploy.kserve.build import LOCAL_ONLY, OVERLAY
+from handler.options import REQUEST_OPTIONS, RequestOption, ServeOptions
 from harness.paths import REPO
 
 ABSENT = object()
@@ -145,3 +146,55 @@ def test_a_wrong_statement_is_caught(tmp_path: Path) -> None:
     assert bad == ["allowed_urls", "disable_token_authorization", "enable_envvars_config", "max_request_size", "metrics_mode"]
     assert "token_expiration_min" not in {c.key for c in found}
 
+
+
+# -- the README's table of request options: the handler's own table (handler/options.py) ---------
+
+
+def stated_values(option: RequestOption, num_classes: int) -> str:
+    """How the README's "Values (default)" cell starts for ``option``, from its declaration."""
+    shown = lambda value: f"`{value}`" if isinstance(value, str) else str(value).lower()  # noqa: E731
+    if option.kind == "int":
+        highs = {"num_classes": num_classes, "max_clips": ServeOptions().max_clips}
+        values = f"{option.low}..{highs[option.high]}"
+    elif option.kind == "choice":
+        values = ", ".join(shown(choice) for choice in option.choices)
+    elif option.kind == "bool":
+        values = "true/false"
+    else:
+        values = "seconds"
+    return values if option.default is None else f"{values} ({shown(option.default)})"
+
+
+def readme_option_rows(text: str) -> Dict[str, str]:
+    """Option name -> its "Values (default)" cell, from the table headed ``| Option | Values (default) |``."""
+    rows: Dict[str, str] = {}
+    inside = False
+    for line in text.splitlines():
+        cells = _cells(line) if line.startswith("|") else []
+        if cells[:2] == ["Option", "Values (default)"]:
+            inside = True
+        elif inside and not cells:
+            break
+        elif inside and not set(cells[0]) <= set("-: "):
+            for name in re.findall(r"`([a-z_]+)`", cells[0]):
+                rows[name] = cells[1]
+    return rows
+
+
+def test_the_readme_states_every_request_option_as_declared() -> None:
+    from export.reference import slowfast_r50_contract
+
+    rows = readme_option_rows((REPO / "README.md").read_text())
+    assert sorted(rows) == sorted(option.name for option in REQUEST_OPTIONS)
+    num_classes = slowfast_r50_contract().num_classes
+    wrong = [f"{option.name}: README says {rows[option.name]!r}, declared {stated_values(option, num_classes)!r}"
+             for option in REQUEST_OPTIONS if not rows[option.name].startswith(stated_values(option, num_classes))]
+    assert wrong == [], "\n".join(wrong)
+
+
+def test_a_wrong_option_row_is_caught() -> None:
+    table = "| Option | Values (default) | What |\n| --- | --- | --- |\n| `topk` | 1..400 (10) | labels |\n\nafter\n"
+    rows = readme_option_rows(table)
+    assert rows == {"topk": "1..400 (10)"}
+    assert not rows["topk"].startswith(stated_values(REQUEST_OPTIONS[0], 400))

@@ -1,6 +1,6 @@
 """Model-only forward of every CPU runtime and precision, side by side in one process (issue 10).
 
-Each variant is loaded through ``ModelRuntime.load`` as a worker would load it (its name says what
+Each variant is loaded through ``load_runtime`` as a worker would load it (its name says what
 actually runs, so a silent fallback shows), then the repetitions are interleaved across the
 variants so that a change in the machine's load hits them all alike. Also timed: OpenVINO's
 conversion of the .pt and the read of the cached IR (what a worker start costs with and without
@@ -19,7 +19,7 @@ import torch
 
 from harness.inproc import InProcessHandler
 from bench.util import progress, ratio, summary
-from handler.runtime import ModelRuntime
+from handler.runtime import load_runtime
 
 BASELINE = "torchscript-fp32 mb1"
 # (label, micro-batch, option overrides): today's frozen TorchScript, OpenVINO at both precisions,
@@ -55,7 +55,7 @@ def compare(handler: InProcessHandler, pt: Path, reps: int, warmup: int, quick: 
     loaded: Dict[str, Tuple[Any, int, float]] = {}
     for label, batch, overrides in variants:
         started = time.perf_counter()
-        runtime = ModelRuntime.load(pt, torch.device("cpu"), dataclasses.replace(base, **overrides), workers=1)
+        runtime = load_runtime(pt, torch.device("cpu"), dataclasses.replace(base, **overrides), workers=1)
         loaded[label] = (runtime, batch, time.perf_counter() - started)
         progress(f"  loaded {label} as {runtime.name} in {loaded[label][2]:.1f} s")
     inputs = {batch: handler.dummy_pathways(batch) for _, batch, _ in variants}

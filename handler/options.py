@@ -251,14 +251,6 @@ class RequestOptions:
         """The output kinds to render (handler/render.py), in answer order."""
         return OUTPUTS[self.output]
 
-    @property
-    def wants_labels(self) -> bool:
-        return "labels" in self.kinds
-
-    @property
-    def wants_embedding(self) -> bool:
-        return "embedding" in self.kinds
-
 
 def _text(raw: Any) -> str:
     if isinstance(raw, (bytes, bytearray)):

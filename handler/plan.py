@@ -1,7 +1,9 @@
-"""What to compute for one request: which windows of each video, how many crops, within budget.
+"""What to compute for one request, within its limits: which windows of each video, how many crops.
 
-The plan is made from the request's options and each video's probed duration, before a single
-frame is decoded; a request over its budget is refused here with the numbers and the way out.
+The limits that need no video (upload size, videos x clips x crops) are checked as soon as the
+request is parsed; the plan is made from the request's options and each video's probed duration,
+before a single frame is decoded. A request over a limit is refused here with the numbers and the
+way out.
 """
 
 from __future__ import annotations
@@ -13,8 +15,37 @@ from typing import List, Sequence
 from handler.contract import PreprocessContract
 from handler.errors import RequestError
 from handler.options import RequestOptions, ServeOptions
-from handler.protocol import check_view_budget
 from handler.sampling import Window, clip_windows, timeline_windows
+
+
+# -- per-request limits (checked before any decoding) -------------------------------------------
+
+
+def _bytes_text(count: int) -> str:
+    return f"{count:,} bytes ({count / 2**20:.6g} MiB)"
+
+
+def check_upload_size(videos: List[bytes], limit_bytes: int) -> None:
+    """413 when the videos of one request together exceed ``limit_bytes``."""
+    total = sum(len(video) for video in videos)
+    if total > limit_bytes:
+        what = "the video is" if len(videos) == 1 else f"the {len(videos)} videos are"
+        raise RequestError(
+            413, "upload_too_large",
+            f"{what} {_bytes_text(total)}; the limit for one request is {_bytes_text(limit_bytes)}",
+        )
+
+
+def check_view_budget(views: int, limit: int, *, what: str, way_out: str) -> None:
+    """413 when a request asks for more forwards (``views``) than one request may cost."""
+    if views > limit:
+        raise RequestError(
+            413, "over_budget",
+            f"{what} = {views} views; the limit for one request is {limit} views; {way_out}",
+        )
+
+
+# -- the plan -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -42,8 +73,8 @@ def check_requested_views(videos: int, options: RequestOptions, serve: ServeOpti
     windows = 1 if options.timeline else options.clips
     check_view_budget(
         videos * windows * options.crops, view_limit(options, serve),
-        f"{videos} video(s) x {windows} window(s) x {options.crops} crop(s)",
-        "ask for fewer videos, clips or crops per request",
+        what=f"{videos} video(s) x {windows} window(s) x {options.crops} crop(s)",
+        way_out="ask for fewer videos, clips or crops per request",
     )
 
 
@@ -94,5 +125,5 @@ def plan_videos(
             f"look at part of the video (start/end), or use a longer stride (stride={fitting_stride:g} fits)"
             + ("" if options.stream else f", or stream it (stream=true allows {serve.max_streamed_views_per_request} views)")
         )
-        check_view_budget(views, limit, f"the timeline has {windows} window(s) x {options.crops} crop(s)", way_out)
+        check_view_budget(views, limit, what=f"the timeline has {windows} window(s) x {options.crops} crop(s)", way_out=way_out)
     return plans

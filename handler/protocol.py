@@ -1,17 +1,14 @@
-"""The wire protocol: every request shape we accept, every answer we send, and the per-request limits.
+"""Parsing: one TorchServe request row -> its video bytes and raw option values (the first stage).
 
-Parsing turns one TorchServe request row into video bytes and raw options. Shapes understood:
+Shapes understood:
 - raw body (``curl --data-binary @clip.mp4 -H 'Content-Type: application/octet-stream'``, ``curl -T``);
 - multipart upload, video in field ``data`` (or ``video``/``file``), options as other fields;
 - KServe v1 JSON ``{"instances": [{"data": "<base64>"}, ...], "parameters": {...}}``;
 - KServe v2 / Open Inference Protocol JSON ``{"inputs": [{"datatype": "BYTES", "data": ["<base64>"]}]}``;
 - rows already unwrapped by TorchServe's stock ``kserve``/``kservev2`` envelopes.
 Options may also come as request headers (``topk: 10`` or ``X-Topk: 10``): TorchServe gives
-handlers no query string.
-
-Rendering turns computed answers into the reply of the protocol the request came in (plain JSON,
-KServe v1, KServe v2 / OIP), or into JSON lines for a streamed timeline: one line per window as it
-is computed, the full answer last.
+handlers no query string. ``ParsedRequest.protocol`` names the shape, so that ``render.reply``
+answers in the same one.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from handler.errors import RequestError
 from handler.options import REQUEST_OPTION_NAMES, REQUEST_OPTIONS
@@ -202,110 +199,3 @@ def parse_row(row: Any, headers: Optional[Mapping[str, Any]] = None) -> ParsedRe
     # Precedence: headers < multipart fields < KServe parameters (the most specific wins).
     parsed.options = {**header_options, **field_options, **parsed.options}
     return parsed
-
-
-# -- per-request limits (checked before any decoding) -----------------------------------------
-
-
-def _bytes_text(count: int) -> str:
-    return f"{count:,} bytes ({count / 2**20:.6g} MiB)"
-
-
-def check_upload_size(videos: List[bytes], limit_bytes: int) -> None:
-    """413 when the videos of one request together exceed ``limit_bytes``."""
-    total = sum(len(video) for video in videos)
-    if total > limit_bytes:
-        what = "the video is" if len(videos) == 1 else f"the {len(videos)} videos are"
-        raise RequestError(
-            413, "upload_too_large",
-            f"{what} {_bytes_text(total)}; the limit for one request is {_bytes_text(limit_bytes)}",
-        )
-
-
-def check_view_budget(views: int, limit: int, what: str, way_out: str) -> None:
-    """413 when a request asks for more forwards (``views``) than one request may cost."""
-    if views > limit:
-        raise RequestError(
-            413, "over_budget",
-            f"{what} = {views} views; the limit for one request is {limit} views; {way_out}",
-        )
-
-
-# -- rendering ----------------------------------------------------------------------------------
-
-
-def _floats(values: Sequence[float]) -> List[float]:
-    # 9 significant digits give back every float32 exactly; more would only add bytes.
-    return [float(f"{v:.9g}") for v in values]
-
-
-def top_predictions(probabilities: Sequence[float], labels: Sequence[str], k: int) -> List[Dict[str, Any]]:
-    """Top-``k`` of a (classes,) probability vector, descending, as ``{label, index, probability}``."""
-    order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])[:k]
-    return [{"label": labels[i], "index": i, "probability": float(probabilities[i])} for i in order]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What every answer says about the model serving it."""
-
-    name: str
-    labels: Sequence[str]
-    weights: str
-    runtime: str
-    embedding_dim: int
-
-
-def render_window(
-    model: ModelInfo, window: Tuple[float, float], probabilities: Sequence[float],
-    embedding: Optional[Sequence[float]], topk: int,
-) -> Dict[str, Any]:
-    """One timeline entry: ``{start, end, predictions?, embedding?}`` (embedding as a plain list)."""
-    entry: Dict[str, Any] = {"start": round(window[0], 4), "end": round(window[1], 4)}
-    if probabilities is not None:
-        entry["predictions"] = top_predictions(probabilities, model.labels, topk)
-    if embedding is not None:
-        entry["embedding"] = _floats(embedding)
-    return entry
-
-
-def render_embedding(model: ModelInfo, values: Sequence[float], normalized: bool) -> Dict[str, Any]:
-    return {"model": model.name, "dim": len(values), "normalized": normalized, "values": _floats(values)}
-
-
-def stream_line(obj: Mapping[str, Any]) -> str:
-    """One line of a streamed answer: compact JSON and a newline."""
-    return json.dumps(obj, separators=(",", ":")) + "\n"
-
-
-def window_line(entry: Mapping[str, Any], index: int, count: int) -> str:
-    """The streamed line announcing one computed window of a timeline."""
-    return stream_line({"window": {"index": index, "of": count, **entry}})
-
-
-def render_response(parsed: ParsedRequest, model: ModelInfo, answers: List[Dict[str, Any]]) -> Any:
-    """The reply body for one request whose videos were all answered (``answers``: one per video)."""
-    if parsed.protocol == KSERVE_V2_TENSOR:
-        # TorchServe's kservev2 envelope wraps this in one BYTES output; OIP BYTES elements are strings.
-        return json.dumps(answers[0])
-    if parsed.protocol == KSERVE_V1:
-        return {"predictions": answers}
-    if parsed.protocol == KSERVE_V2:
-        return {"model_name": model.name, "id": parsed.request_id or "", "outputs": _v2_outputs(answers)}
-    return answers[0]
-
-
-def _v2_outputs(answers: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    outputs: List[Dict[str, Any]] = []
-    n = len(answers)
-    if "predictions" in answers[0]:
-        k = len(answers[0]["predictions"])
-        for name, datatype, key in (("labels", "BYTES", "label"), ("probabilities", "FP32", "probability"),
-                                    ("indices", "INT64", "index")):
-            outputs.append({"name": name, "datatype": datatype, "shape": [n, k],
-                            "data": [p[key] for a in answers for p in a["predictions"]]})
-    if "embedding" in answers[0]:
-        dim = answers[0]["embedding"]["dim"]
-        outputs.append({"name": "embedding", "datatype": "FP32", "shape": [n, dim],
-                        "data": [v for a in answers for v in a["embedding"]["values"]]})
-    return outputs

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable, Iterator, List, Sequence, Tuple
+from typing import Callable, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from handler.contract import PreprocessContract
+from handler.runtime_base import Outputs
 from handler.transforms import crop_and_normalize, crop_offsets, pack_pathways
 
-# [slow (B,3,T/alpha,c,c), fast (B,3,T,c,c)] float -> (probabilities (B,classes), embeddings (B,D)) float32
-Infer = Callable[[List[torch.Tensor]], Tuple[torch.Tensor, torch.Tensor]]
+# [slow (B,3,T/alpha,c,c), fast (B,3,T,c,c)] float -> each output (B, ...) float32 (a Runtime's infer)
+Infer = Callable[[List[torch.Tensor]], Outputs]
 
 
 @dataclass(frozen=True)
@@ -31,26 +32,32 @@ class WindowJob:
 
 @dataclass(frozen=True)
 class WindowScores:
-    """A window's scores, averaged over its crops.
+    """A window's model outputs, averaged over its crops.
 
-    ``probabilities``: (classes,) float32; ``embedding``: (D,) float32; times are this window's
-    share of the micro-batches it ran in, in ms.
+    ``outputs``: each (N,) float32 (e.g. probabilities (classes,), embedding (D,)); times are
+    this window's share of the micro-batches it ran in, in ms.
     """
 
     key: Hashable
-    probabilities: torch.Tensor
-    embedding: torch.Tensor
+    outputs: Outputs
     views: int
     preprocess_ms: float
     inference_ms: float
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return self.outputs.probabilities
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        return self.outputs.embedding
 
 
 @dataclass
 class _Pending:
     job: WindowJob
     views_left: int
-    probability_sum: torch.Tensor = None  # type: ignore[assignment]
-    embedding_sum: torch.Tensor = None  # type: ignore[assignment]
+    sums: Optional[List[torch.Tensor]] = None  # one running sum per output, over the views run
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
 
@@ -64,17 +71,16 @@ def _score_views(
     )
     pathways = pack_pathways(fast, contract.alpha)
     prepared = time.perf_counter()
-    probabilities, embeddings = infer(pathways)
+    outputs = infer(pathways)
     finished = time.perf_counter()
     share_pre = (prepared - started) * 1000 / len(views)
     share_inf = (finished - prepared) * 1000 / len(views)
     for row, (pending, _) in enumerate(views):
-        if pending.probability_sum is None:
-            pending.probability_sum = probabilities[row].clone()
-            pending.embedding_sum = embeddings[row].clone()
+        if pending.sums is None:
+            pending.sums = [output[row].clone() for output in outputs]
         else:
-            pending.probability_sum += probabilities[row]
-            pending.embedding_sum += embeddings[row]
+            for total, output in zip(pending.sums, outputs):
+                total += output[row]
         pending.views_left -= 1
         pending.preprocess_ms += share_pre
         pending.inference_ms += share_inf
@@ -98,7 +104,7 @@ def run_windows(
             done = waiting.pop(0)
             n = done.job.crops
             yield WindowScores(
-                key=done.job.key, probabilities=done.probability_sum / n, embedding=done.embedding_sum / n,
+                key=done.job.key, outputs=Outputs(*(total / n for total in done.sums)),
                 views=n, preprocess_ms=done.preprocess_ms, inference_ms=done.inference_ms,
             )
 
@@ -117,10 +123,7 @@ def run_windows(
     yield from finished()
 
 
-def mean_scores(scores: Sequence[WindowScores]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities (classes,), embedding (D,)) float32 averaged over windows (each the mean of
-    its crops, so this is the mean over all views when windows have equal crops)."""
-    return (
-        torch.stack([s.probabilities for s in scores]).mean(0),
-        torch.stack([s.embedding for s in scores]).mean(0),
-    )
+def mean_scores(scores: Sequence[WindowScores]) -> Outputs:
+    """Each output (N,) float32 averaged over windows (each the mean of its crops, so this is the
+    mean over all views when windows have equal crops)."""
+    return Outputs(*(torch.stack(values).mean(0) for values in zip(*(s.outputs for s in scores))))

@@ -1,8 +1,7 @@
 """OpenVINO runtime for CPU workers, converted at load from the same scripted .pt (issue 10).
 
-``OpenVinoRuntime`` has ``ModelRuntime``'s interface (``infer``, ``micro_batch``, ``contract``,
-``name``); ``ModelRuntime.load`` returns it for CPU workers with ``cpu_runtime: openvino`` and falls
-back to TorchScript if anything here fails. The converted model (OpenVINO IR) is cached beside the
+``OpenVinoRuntime`` is a ``runtime_base.Runtime``; ``runtime.load_runtime`` returns it for CPU
+workers with ``cpu_runtime: openvino`` and falls back to TorchScript if anything here fails. The converted model (OpenVINO IR) is cached beside the
 .pt, keyed by the .pt's sha256 and the OpenVINO version, so a restarted or added worker skips the
 conversion.
 """
@@ -27,7 +26,7 @@ import torch
 
 from handler.contract import PreprocessContract
 from handler.options import ServeOptions
-from handler.runtime import cpu_thread_count, dummy_pathways, read_model
+from handler.runtime_base import Outputs, cpu_thread_count, dummy_pathways, model_outputs, read_model
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ def cached_model(path: Path, cache_root: Path) -> Tuple[Any, PreprocessContract,
 
 @dataclass
 class OpenVinoRuntime:
-    """``infer`` maps ``[slow, fast]`` float32 views to (probabilities, embeddings) through OpenVINO's
+    """``infer`` maps ``[slow, fast]`` float32 views to ``Outputs`` through OpenVINO's
     CPU plugin; a micro-batch's views are spread over ``len(requests)`` parallel infer requests."""
 
     compiled: Any
@@ -192,9 +191,8 @@ class OpenVinoRuntime:
             log.info("warm-up forward (%s) took %.2f s", runtime.name, time.monotonic() - started)
         return runtime
 
-    def infer(self, pathways: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``[slow (B,3,T/a,H,W), fast (B,3,T,H,W)]`` float32 on CPU -> (probabilities (B, classes),
-        embeddings (B, embedding_size)), both float32 on CPU."""
+    def infer(self, pathways: List[torch.Tensor]) -> Outputs:
+        """``[slow (B,3,T/a,H,W), fast (B,3,T,H,W)]`` float32 on CPU -> ``Outputs`` (float32 on CPU)."""
         slow, fast = (p.detach().to(torch.float32).contiguous().numpy() for p in pathways)
         parts = np.array_split(np.arange(slow.shape[0]), min(len(self.requests), slow.shape[0]))
         requests = self.requests[: len(parts)]
@@ -205,4 +203,4 @@ class OpenVinoRuntime:
             request.wait()
             logits.append(torch.from_numpy(request.get_output_tensor(0).data.copy()))
             embeddings.append(torch.from_numpy(request.get_output_tensor(1).data.copy()))
-        return torch.softmax(torch.cat(logits).float(), dim=1), torch.cat(embeddings).float()
+        return model_outputs(torch.cat(logits), torch.cat(embeddings))

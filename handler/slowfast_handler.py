@@ -1,11 +1,12 @@
 """TorchServe entry point: video in, Kinetics-400 actions (and/or SlowFast embeddings) out.
 
-Each request of a batch goes parse -> plan -> decode -> run -> render:
-``protocol`` parses it and checks its limits, ``plan`` picks each video's windows and crops
-within budget, ``decoding`` samples the windows' frames lazily, ``run`` scores them through the
-model (``runtime``) in micro-batches shared by the whole batch, and ``protocol`` renders the
-answer, or streams a timeline one JSON line per window. This module only orchestrates: every
-request gets its own answer and HTTP status, and a bad one never fails the others.
+Each request of a batch goes parse -> plan -> decode -> run -> render: ``protocol`` parses it,
+``options`` reads its options, ``plan`` checks its limits and picks each video's windows and
+crops, ``decoding`` samples the windows' frames lazily, ``run`` scores them through the model
+(``runtime``) in micro-batches shared by the whole batch, and ``render`` builds the answer in the
+request's wire format, or streams a timeline one JSON line per window. This module only
+orchestrates: every request gets its own answer and HTTP status, and a bad one never fails the
+others.
 """
 
 from __future__ import annotations
@@ -24,18 +25,17 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
+from handler.heap import fix_mmap_threshold
 from handler.metrics import HandlerMetrics
 from handler.options import RequestOptions, ServeOptions, resolve_request_options
-from handler.plan import check_requested_views, plan_videos
-from handler.protocol import (
-    PLAIN, ModelInfo, ParsedRequest, check_upload_size, parse_row, render_embedding, render_response,
-    render_window, stream_line, top_predictions, window_line,
-)
-from handler.run import WindowJob, WindowScores, mean_scores, run_windows
-from handler.work import RequestWork, VideoWork
-from handler.runtime import ModelRuntime, choose_device, cpu_thread_count
-from handler.heap import fix_mmap_threshold
+from handler.plan import check_requested_views, check_upload_size, plan_videos
+from handler.protocol import PLAIN, ParsedRequest, parse_row
+from handler.render import ModelInfo, reply, stream_line, video_answer, window_entry, window_line
+from handler.run import WindowJob, WindowScores, run_windows
+from handler.runtime import choose_device, load_runtime
+from handler.runtime_base import cpu_thread_count
 from handler.server_config import require_config_file
+from handler.work import RequestWork, VideoWork
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class SlowFastHandler(BaseHandler):
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_thread_count(self.options, workers))
         serialized = (self.manifest or {}).get("model", {}).get("serializedFile", "slowfast_r50.pt")
-        self.runtime = ModelRuntime.load(model_dir / serialized, self.device, self.options, workers=workers)
+        self.runtime = load_runtime(model_dir / serialized, self.device, self.options, workers=workers)
         self.contract = self.runtime.contract
         self.model = ModelInfo(
             name=self.contract.model_name, labels=self.contract.labels, weights=self.contract.weights,
@@ -110,22 +110,8 @@ class SlowFastHandler(BaseHandler):
     def _prepare(self, index: int, row: Any, context: Any) -> RequestWork:
         request = RequestWork(index)
         try:
-            request.parsed = parse_row(row, self._headers(context, index))
-            request.options = resolve_request_options(request.parsed.options, self.options, self.contract.num_classes)
-            if request.options.stream and request.parsed.protocol != PLAIN:
-                raise RequestError(400, "bad_option", "stream applies to plain requests, not KServe envelopes")
-            check_upload_size(request.parsed.videos, self.options.max_upload_bytes)
-            check_requested_views(len(request.parsed.videos), request.options, self.options)
-            # One decoding budget for all the videos of a request (per window for a streamed timeline).
-            budget = DecodeBudget(self.options.max_decode_seconds, per_window=request.streaming)
-            for video in request.parsed.videos:
-                decoder = VideoDecoder(video, self.limits, self.contract.short_side, budget=budget)
-                request.videos.append(VideoWork(decoder, plan=None))  # type: ignore[arg-type]
-            plans = plan_videos(
-                [video.decoder.info.duration for video in request.videos], self.contract, request.options, self.options
-            )
-            for video, plan in zip(request.videos, plans):
-                video.plan = plan
+            request.parsed, request.options = self._read(row, self._headers(context, index))
+            request.videos = self._open_and_plan(request.parsed.videos, request.options)
         except RequestError as error:
             request.error = error
         except Exception:  # a bug or resource failure on one input must not fail the batch
@@ -133,11 +119,37 @@ class SlowFastHandler(BaseHandler):
             request.error = RequestError(500, "internal_error", "the server failed to process this video")
         return request
 
-    def _headers(self, context: Any, idx: int) -> Dict[str, str]:
+    def _read(self, row: Any, headers: Dict[str, str]) -> Tuple[ParsedRequest, RequestOptions]:
+        """Parse, read the options and check the limits that need no video."""
+        parsed = parse_row(row, headers)
+        options = resolve_request_options(parsed.options, self.options, self.contract.num_classes)
+        if options.stream and parsed.protocol != PLAIN:
+            raise RequestError(400, "bad_option", "stream applies to plain requests, not KServe envelopes")
+        check_upload_size(parsed.videos, self.options.max_upload_bytes)
+        check_requested_views(len(parsed.videos), options, self.options)
+        return parsed, options
+
+    def _open_and_plan(self, videos: List[bytes], options: RequestOptions) -> List[VideoWork]:
+        """Open (and probe) each video, then plan its windows from the durations found."""
+        # One decoding budget for all the videos of a request (per window for a streamed timeline).
+        budget = DecodeBudget(self.options.max_decode_seconds, per_window=options.stream)
+        decoders: List[VideoDecoder] = []
         try:
-            return dict(context.get_all_request_header(idx) or {})
-        except (AttributeError, IndexError, KeyError, TypeError):
+            for video in videos:
+                decoders.append(VideoDecoder(video, self.limits, self.contract.short_side, budget=budget))
+            plans = plan_videos([d.info.duration for d in decoders], self.contract, options, self.options)
+        except BaseException:
+            for decoder in decoders:
+                decoder.close()
+            raise
+        return [VideoWork(decoder, plan) for decoder, plan in zip(decoders, plans)]
+
+    def _headers(self, context: Any, idx: int) -> Dict[str, str]:
+        # Under the stock kserve envelope the rows are one request's instances, not requests:
+        # headers exist per request only, and rows past the first request have none of their own.
+        if idx >= _requests_in_batch(context):
             return {}
+        return dict(context.get_all_request_header(idx) or {})
 
     # -- decode and run ----------------------------------------------------------------------
 
@@ -154,7 +166,7 @@ class SlowFastHandler(BaseHandler):
                 video.scores.append(scores)
                 if request.streaming:
                     self._stream_window(request, video, scores, context)
-        except Exception:
+        except Exception:  # the model itself failed (e.g. out of GPU memory): every unfinished request
             log.exception("model forward failed for a batch of %d requests", len(ordered))
             for request in ordered:
                 if request.error is None and not self._complete(request):
@@ -182,6 +194,8 @@ class SlowFastHandler(BaseHandler):
         assert request.options is not None
         sampled_windows = video.decoder.sample_windows(video.plan.windows, self.contract.num_frames)
         for window_index in range(len(video.plan.windows)):
+            if request.error is not None:  # e.g. its timeline could not be sent: decode no more of it
+                return
             started = time.perf_counter()
             sampled = next(sampled_windows)
             video.decode_ms += (time.perf_counter() - started) * 1000
@@ -197,74 +211,37 @@ class SlowFastHandler(BaseHandler):
 
     # -- render ------------------------------------------------------------------------------
 
-    def _window_entry(self, options: RequestOptions, window: Tuple[float, float], scores: WindowScores) -> Dict[str, Any]:
-        return render_window(
-            self.model, window,
-            scores.probabilities.tolist() if options.wants_labels else None,
-            self._embedding(scores.embedding, options).tolist() if options.wants_embedding else None,
-            options.topk,
-        )
+    def _stream_window(self, request: RequestWork, video: VideoWork, scores: WindowScores, context: Any) -> None:
+        """Send one timeline line; a failure ends this request (its last line says why), no other."""
+        assert request.options is not None
+        try:
+            entry = window_entry(
+                model=self.model, options=request.options, window=video.plan.windows[scores.key[2]],
+                outputs=scores.outputs,
+            )
+            line = window_line(entry, request.streamed, sum(len(v.plan.windows) for v in request.videos))
+            self._send_line(request.index, line, context)
+        except Exception:
+            log.exception("request %d: a timeline line could not be sent", request.index)
+            request.error = RequestError(500, "internal_error", "the server failed to send this timeline")
+            return
+        request.streamed += 1
 
     @staticmethod
-    def _embedding(vector: torch.Tensor, options: RequestOptions) -> torch.Tensor:
-        return torch.nn.functional.normalize(vector, dim=0) if options.normalize else vector
-
-    def _stream_window(self, request: RequestWork, video: VideoWork, scores: WindowScores, context: Any) -> None:
-        assert request.options is not None
-        window_index = scores.key[2]
-        entry = self._window_entry(request.options, video.plan.windows[window_index], scores)
-        line = window_line(entry, request.streamed, sum(len(v.plan.windows) for v in request.videos))
-        request.streamed += 1
+    def _send_line(index: int, line: str, context: Any) -> None:
         if send_intermediate_predict_response is None or not hasattr(context, "cl_socket"):
-            getattr(context, "streamed", {}).setdefault(request.index, []).append(line)  # in-process harness
+            getattr(context, "streamed", {}).setdefault(index, []).append(line)  # in-process harness
             return
-        request_id = context.request_ids[request.index]
-        send_intermediate_predict_response({request.index: line}, {request.index: request_id}, "window", 200, context)
+        send_intermediate_predict_response({index: line}, {index: context.request_ids[index]}, "window", 200, context)
 
     def _answer(self, request: RequestWork, video: VideoWork, batch_size: int, total_ms: float) -> Dict[str, Any]:
-        options = request.options
-        assert options is not None
-        probabilities, embedding = mean_scores(video.scores)
-        info = video.decoder.info
-        answer: Dict[str, Any] = {}
-        if options.wants_labels:
-            answer["predictions"] = top_predictions(probabilities.tolist(), self.model.labels, options.topk)
-        if options.wants_embedding:
-            answer["embedding"] = render_embedding(
-                self.model, self._embedding(embedding, options).tolist(), options.normalize
-            )
-        if options.timeline:
-            answer["timeline"] = [
-                self._window_entry(options, window, scores) for window, scores in zip(video.plan.windows, video.scores)
-            ]
-        answer.update({
-            "windows": [[round(a, 4), round(b, 4)] for a, b in video.plan.windows],
-            "model": self.model.name,
-            "weights": self.model.weights,
-            "runtime": self.model.runtime,
-            "views": sum(s.views for s in video.scores),
-            "video": {
-                "duration_s": round(info.duration, 4), "width": info.width, "height": info.height,
-                "rotation": info.rotation, "codec": info.codec, "container": info.container,
-                "frames_decoded": video.frames_decoded, "decode_ms": round(video.decode_ms, 2),
-            },
-            "timings_ms": {
-                "decode": round(video.decode_ms, 2),
-                "preprocess": round(sum(s.preprocess_ms for s in video.scores), 2),
-                "inference": round(sum(s.inference_ms for s in video.scores), 2),
-                "handler_total": round(total_ms, 2),
-                "batch_size": batch_size,
-            },
-        })
-        warnings = list(video.plan.warnings) + list(video.decoder.notes)
-        if video.decode_errors:
-            warnings.append(
-                f"{video.decode_errors} packet(s) of the video failed to decode (damaged or truncated file); "
-                "the answer uses the frames that decoded"
-            )
-        if warnings:
-            answer["warnings"] = warnings
-        return answer
+        assert request.options is not None
+        return video_answer(
+            model=self.model, options=request.options, windows=video.plan.windows, scores=video.scores,
+            video=video.decoder.info, frames_decoded=video.frames_decoded, decode_ms=video.decode_ms,
+            decode_errors=video.decode_errors, warnings=[*video.plan.warnings, *video.decoder.notes],
+            batch_size=batch_size, total_ms=total_ms,
+        )
 
     def _render(self, request: RequestWork, context: Any, batch_size: int, total_ms: float) -> Any:
         if request.error is not None:
@@ -272,16 +249,20 @@ class SlowFastHandler(BaseHandler):
         assert request.parsed is not None
         answers = [self._answer(request, video, batch_size, total_ms) for video in request.videos]
         self.metrics.answered(sum(answer["views"] for answer in answers))
-        body = render_response(request.parsed, self.model, answers)
+        body = reply(request.parsed, self.model, request.options, answers)
         return stream_line(body) if request.streaming else body
 
     def _reject(self, context: Any, request: RequestWork, error: RequestError) -> Any:
-        # Under the stock kserve envelope the rows are one request's instances, not requests:
-        # statuses exist per request only.
-        requests_in_batch = len(getattr(context, "request_ids", None) or {}) or 1
+        # Under the stock kserve envelope the rows are one request's instances: statuses exist per
+        # request only.
         idx = request.index
         if not request.streamed:  # once lines went out, the status line was already sent as 200
-            context.set_response_status(error.status, error.phrase, idx if idx < requests_in_batch else 0)
+            context.set_response_status(error.status, error.phrase, idx if idx < _requests_in_batch(context) else 0)
         self.metrics.rejected(error.reason, error.status)
         log.info("request %d rejected: %d %s: %s", idx, error.status, error.reason, error.message)
         return stream_line(error.to_body()) if request.streaming else error.to_body()
+
+
+def _requests_in_batch(context: Any) -> int:
+    """HTTP requests in this batch (rows may be more: the instances of one KServe request)."""
+    return len(getattr(context, "request_ids", None) or {}) or 1

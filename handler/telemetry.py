@@ -40,13 +40,4 @@ def opt_out() -> None:
     TelemetrySender.send = _dropped  # type: ignore[method-assign]
 
 
-def opted_in() -> bool:
-    """The package's own answer for OpenVINO's converter (``Telemetry.init`` with
-    ``enable_opt_in_dialog=False``): True when it would send."""
-    if OptInChecker is None:
-        return False
-    result = OptInChecker().check(enable_opt_in_dialog=False, disable_in_ci=True)
-    return result in (ConsentCheckResult.ACCEPTED, ConsentCheckResult.NO_FILE)
-
-
 opt_out()

@@ -39,8 +39,7 @@ class InProcessHandler:
                 self.last_inputs.append([p.detach().clone() for p in pathways])
             return forward(pathways)
 
-        # The handler looks the method up per batch (``probabilities`` calls ``infer`` too):
-        # record what it feeds the model when asked.
+        # The handler looks the method up per batch: record what it feeds the model when asked.
         self.runtime.infer = recording  # type: ignore[method-assign]
 
     def handle(self, video: bytes, headers: Optional[Mapping[str, str]] = None, capture: bool = False) -> Dict[str, Any]:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from handler import runtime as runtime_module
+from handler import runtime_base, runtime_torchscript
 from handler import slowfast_handler as handler_module
 from handler.runtime import choose_device
 from harness.context import FakeContext
@@ -51,7 +52,7 @@ def fake_context(model_dir: Path, gpu_id: Optional[int], min_workers: int = 2) -
 
 
 class _RecordedLoad:
-    """Stands in for ``ModelRuntime.load``: records the device and returns a runtime-shaped object."""
+    """Stands in for ``load_runtime``: records the device and returns a runtime-shaped object."""
 
     def __init__(self, contract: Any) -> None:
         self.calls: List[Dict[str, Any]] = []
@@ -81,7 +82,7 @@ def test_initialize_places_model_on_assigned_gpu(
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     load = _RecordedLoad(fake_contract)
-    monkeypatch.setattr(handler_module.ModelRuntime, "load", load)
+    monkeypatch.setattr(handler_module, "load_runtime", load)
     threads: List[int] = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
 
@@ -102,10 +103,10 @@ def test_initialize_cpu_worker_when_no_gpu_assigned(
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host, but this worker got none
     load = _RecordedLoad(fake_contract)
-    monkeypatch.setattr(handler_module.ModelRuntime, "load", load)
+    monkeypatch.setattr(handler_module, "load_runtime", load)
     threads: List[int] = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
-    monkeypatch.setattr(runtime_module, "usable_cores", lambda: 8)
+    monkeypatch.setattr(runtime_base, "usable_cores", lambda: 8)
 
     handler = handler_module.SlowFastHandler()
     handler.initialize(fake_context(tmp_path, None, min_workers=2))
@@ -122,7 +123,7 @@ def test_initialize_gpu_id_without_cuda_falls_back_to_cpu(
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     load = _RecordedLoad(fake_contract)
-    monkeypatch.setattr(handler_module.ModelRuntime, "load", load)
+    monkeypatch.setattr(handler_module, "load_runtime", load)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
 
     handler = handler_module.SlowFastHandler()
@@ -156,18 +157,27 @@ def test_preprocessing_follows_the_model_device(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.slow
-def test_initialize_real_model_on_cpu(built: Dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real initialize path with the real TorchScript file: a CPU worker (gpu_id None) loads on CPU."""
+@pytest.mark.parametrize("cpu_runtime", ["openvino", "torchscript"])
+def test_initialize_real_model_on_cpu(
+    built: Dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_runtime: str
+) -> None:
+    """The real initialize path with the real file on a GPU host: a worker given no GPU (gpu_id None)
+    loads a CPU runtime and answers from CPU tensors (a CUDA load would fail here, with no CUDA)."""
+    from handler.runtime_base import dummy_pathways
+
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "slowfast_r50.pt").symlink_to(built["pt"])
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this test process's threads
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     handler = handler_module.SlowFastHandler()
-    handler.initialize(fake_context(model_dir, None, min_workers=1))
+    context = FakeContext(model_dir, 1, {"minWorkers": 1, "handler": {"warmup": False, "cpu_runtime": cpu_runtime}})
+    handler.initialize(context)
     assert handler.device == torch.device("cpu")
-    # The default CPU runtime (OpenVINO) unless it failed and TorchScript took over, on CPU either way.
-    module = getattr(handler.runtime, "module", None)
-    assert handler.runtime.name.startswith("openvino-") or next(module.parameters()).device.type == "cpu"
+    expected = "openvino-" if cpu_runtime == "openvino" else "torchscript-fp32"
+    assert handler.runtime.name.startswith(expected)
+    probabilities, embeddings = handler.runtime.infer(dummy_pathways(handler.contract))
+    assert probabilities.device.type == embeddings.device.type == "cpu" and probabilities.shape[0] == 1
 
 
 class _FakeScripted:
@@ -207,11 +217,11 @@ def test_gpu_runtime_runs_autocast_channels_last_and_returns_float32_cpu(
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     fake = _FakeScripted()
     contract = slowfast_r50_contract()
-    monkeypatch.setattr(runtime_module, "read_model", lambda path, device: (fake, contract))
+    monkeypatch.setattr(runtime_torchscript, "read_model", lambda path, device: (fake, contract))
     # Warm-up input built on CPU (no CUDA here); the device it is asked for is recorded.
     asked: List[torch.device] = []
-    real_dummy = runtime_module.dummy_pathways
-    monkeypatch.setattr(runtime_module, "dummy_pathways",
+    real_dummy = runtime_torchscript.dummy_pathways
+    monkeypatch.setattr(runtime_torchscript, "dummy_pathways",
                         lambda c, device, batch=1: asked.append(device) or real_dummy(c, torch.device("cpu"), batch))
     options = ServeOptions(precision=precision, optimize=False, warmup=True, cpu_runtime="openvino")
     from handler.runtime_openvino import OpenVinoRuntime
@@ -221,7 +231,7 @@ def test_gpu_runtime_runs_autocast_channels_last_and_returns_float32_cpu(
 
     monkeypatch.setattr(OpenVinoRuntime, "load", not_on_gpu)
 
-    runtime = runtime_module.ModelRuntime.load(Path("model.pt"), torch.device("cuda:1"), options, workers=2)
+    runtime = runtime_module.load_runtime(Path("model.pt"), torch.device("cuda:1"), options, workers=2)
 
     assert runtime.name == f"torchscript-cuda-{precision}"
     assert runtime.micro_batch == options.micro_batch_cuda and fake.memory_format == torch.channels_last_3d
@@ -234,4 +244,3 @@ def test_gpu_runtime_runs_autocast_channels_last_and_returns_float32_cpu(
     assert probabilities.device.type == embeddings.device.type == "cpu"
     assert probabilities.shape == (3, 400) and embeddings.shape == (3, 2304)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(3))
-    assert runtime.probabilities([fast[:, :, ::4], fast]).shape == (3, 400)  # softmax-only path kept

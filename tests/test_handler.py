@@ -11,10 +11,9 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List
 
 import pytest
-import torch
 
 from handler.slowfast_handler import SlowFastHandler
 from harness.context import FakeContext
@@ -179,3 +178,32 @@ def test_videos_of_one_request_share_one_decoding_budget_and_requests_do_not(han
     assert budgets[0] is not budgets[2] and budgets[0].seconds == handler.options.max_decode_seconds
     # Only time inside the decoders was counted: far less than the request took end to end.
     assert 0 < budgets[0].spent < sum(v["timings_ms"]["handler_total"] for v in answer["predictions"]) / 1000
+
+
+def test_a_timeline_line_that_cannot_be_sent_ends_only_that_request(handler, model_dir, shared_videos, monkeypatch):
+    video = (shared_videos / "ii__realshort.mp4").read_bytes()
+    sent: List[int] = []
+    real = handler._send_line
+
+    def send(index: int, line: str, context: Any) -> None:
+        if index == 0:
+            raise BrokenPipeError("the client of request 0 went away (simulated)")
+        sent.append(index)
+        real(index, line, context)
+
+    monkeypatch.setattr(handler, "_send_line", send)
+    headers = {i: {"timeline": "true", "stream": "true", "end": "4"} for i in (0, 1)}
+    (failed, answered), context = handle(handler, model_dir, [{"body": video}, {"body": video}], headers)
+    assert context.statuses == {0: (500, "Internal Server Error")}
+    assert json.loads(failed)["reason"] == "internal_error"
+    assert sent and set(sent) == {1} and len(json.loads(answered)["timeline"]) == len(context.streamed[1])
+
+
+def test_a_context_without_the_header_api_fails_loudly_not_without_options(model_dir, handler):
+    class OldContext(FakeContext):
+        def get_all_request_header(self, idx: int) -> Dict[str, str]:
+            raise AttributeError("'Context' object has no attribute '_request_processor'")
+
+    context = OldContext(model_dir, 1)
+    (response,) = handler.handle([{"body": build("png_still")}], context)
+    assert context.statuses[0][0] == 500 and response["reason"] == "internal_error"

@@ -2,6 +2,7 @@
 
 import base64
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -104,7 +105,7 @@ def test_deeply_nested_json_is_400_bad_json():
 
 
 def test_upload_limit_message_is_exact_about_units():
-    from handler.protocol import check_upload_size
+    from handler.plan import check_upload_size
 
     limit = 200 * 2**20
     check_upload_size([b"x" * 10], limit)
@@ -118,19 +119,27 @@ def test_upload_limit_message_is_exact_about_units():
 
 
 def test_kserve_v2_renders_labels_and_embedding_tensors():
-    from handler.protocol import ModelInfo, render_embedding, render_response
+    import torch
+
+    from handler.render import ModelInfo, reply, video_answer
+    from handler.run import WindowScores
+    from handler.runtime_base import Outputs
 
     model = ModelInfo("slowfast_r50", ["a", "b", "c"], "random", "torchscript-fp32", 3)
-    answers = [
-        {"predictions": [{"label": "b", "index": 1, "probability": 0.7}],
-         "embedding": render_embedding(model, [0.1, 0.2, 0.3], False)},
-        {"predictions": [{"label": "a", "index": 0, "probability": 0.6}],
-         "embedding": render_embedding(model, [0.4, 0.5, 0.6], False)},
-    ]
+    video = SimpleNamespace(container="mp4", codec="h264", width=32, height=32, duration=3.0, rotation=0)
+
+    def answer(options, probabilities, embedding):
+        scores = WindowScores(0, Outputs(torch.tensor(probabilities), torch.tensor(embedding)), 1, 0.0, 0.0)
+        return video_answer(model=model, options=options, windows=[(0.0, 2.0)], scores=[scores], video=video,
+                            frames_decoded=1, decode_ms=0.0, decode_errors=0, warnings=[], batch_size=1, total_ms=0.0)
+
+    both = resolve_request_options({"topk": "1", "output": "both"}, ServeOptions(), 3)
+    answers = [answer(both, [0.2, 0.7, 0.1], [0.1, 0.2, 0.3]), answer(both, [0.6, 0.3, 0.1], [0.4, 0.5, 0.6])]
     parsed = parse_row({"body": json.dumps({"inputs": [{"name": "v", "datatype": "BYTES", "data": [B64, B64]}]}).encode()})
-    outputs = {o["name"]: o for o in render_response(parsed, model, answers)["outputs"]}
+    outputs = {o["name"]: o for o in reply(parsed, model, both, answers)["outputs"]}
     assert outputs["embedding"]["shape"] == [2, 3] and outputs["embedding"]["datatype"] == "FP32"
     assert outputs["embedding"]["data"] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     assert outputs["labels"]["data"] == ["b", "a"] and outputs["indices"]["shape"] == [2, 1]
-    only_embedding = render_response(parsed, model, [{"embedding": a["embedding"]} for a in answers])
+    embedding = resolve_request_options({"output": "embedding"}, ServeOptions(), 3)
+    only_embedding = reply(parsed, model, embedding, [{"embedding": a["embedding"]} for a in answers])
     assert [o["name"] for o in only_embedding["outputs"]] == ["embedding"]

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from handler.options import ServeOptions
-from handler.runtime import ModelRuntime, read_model
+from handler.runtime import load_runtime
+from handler.runtime_base import read_model
 from tests.checkpoints import export_perturbed
 from tests.test_reference_parity import ours as window_views
 
@@ -71,7 +72,7 @@ def test_runtime_answers_like_torchscript_fp32(
     batch, (reference_p, reference_e) = clips.get(names)
     # The checkpoint does its job: peaked answers (uniform would be 1/400 = 0.0025 each).
     assert float(reference_p.max(dim=1).values.min()) > 10 / reference_p.shape[1]
-    runtime = ModelRuntime.load(nonflat_pt, torch.device("cpu"), ServeOptions(warmup=False, **settings))
+    runtime = load_runtime(nonflat_pt, torch.device("cpu"), ServeOptions(warmup=False, **settings))
     assert runtime.name == expected_name  # no silent fallback to another runtime
     probabilities, embeddings = runtime.infer(batch)
 

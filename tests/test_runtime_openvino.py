@@ -23,7 +23,9 @@ import torch
 from export.reference import slowfast_r50_contract
 from export.save import save_with_contract
 from handler.options import ConfigError, ServeOptions
-from handler.runtime import ModelRuntime, dummy_pathways
+from handler.runtime import load_runtime
+from handler.runtime_base import dummy_pathways
+from handler.runtime_torchscript import TorchScriptRuntime
 from handler.runtime_openvino import OpenVinoRuntime, choose_precision, cpu_flags
 from harness.paths import REPO
 
@@ -183,11 +185,11 @@ def test_converted_model_is_cached_and_a_damaged_cache_is_rebuilt(tiny_pt: Path,
 
 def test_cpu_worker_gets_openvino_from_the_one_entry_point(tiny_pt: Path, tmp_path: Path) -> None:
     options = ServeOptions(cpu_precision="f32", warmup=False)
-    runtime = ModelRuntime.load(fresh_copy(tiny_pt, tmp_path), torch.device("cpu"), options, workers=2)
+    runtime = load_runtime(fresh_copy(tiny_pt, tmp_path), torch.device("cpu"), options, workers=2)
     assert isinstance(runtime, OpenVinoRuntime) and runtime.name == "openvino-f32"
     assert runtime.compiled.get_property("INFERENCE_NUM_THREADS") == max(1, len(os.sched_getaffinity(0)) // 2)
-    chosen = ModelRuntime.load(tiny_pt, torch.device("cpu"), dataclasses.replace(options, cpu_runtime="torchscript"))
-    assert type(chosen) is ModelRuntime and chosen.name == "torchscript-fp32"
+    chosen = load_runtime(tiny_pt, torch.device("cpu"), dataclasses.replace(options, cpu_runtime="torchscript"))
+    assert type(chosen) is TorchScriptRuntime and chosen.name == "torchscript-fp32"
 
 
 def _failing_convert(*args: object, **kwargs: object) -> None:
@@ -206,8 +208,8 @@ def test_openvino_failure_falls_back_to_torchscript_with_a_warning(
         monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
     caplog.set_level(logging.WARNING, logger="handler.runtime")
     options = ServeOptions(warmup=False, optimize=False)
-    runtime = ModelRuntime.load(fresh_copy(tiny_pt, tmp_path), torch.device("cpu"), options)
-    assert type(runtime) is ModelRuntime and runtime.name == "torchscript-fp32"
+    runtime = load_runtime(fresh_copy(tiny_pt, tmp_path), torch.device("cpu"), options)
+    assert type(runtime) is TorchScriptRuntime and runtime.name == "torchscript-fp32"
     warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
     assert "falling back to TorchScript" in warning.getMessage()
     assert ("simulated conversion failure" if how == "convert fails" else "import of openvino halted") in warning.getMessage()
@@ -282,9 +284,3 @@ def test_without_the_opt_out_openvino_would_send(tmp_path: Path) -> None:
     lines = run_probe(tmp_path, "bare")
     assert "consent True" in lines and "check NO_FILE" in lines
     assert [line for line in lines if line.startswith("send")], lines
-
-
-def test_opted_in_reads_the_packages_own_check() -> None:
-    from handler import telemetry
-
-    assert telemetry.opted_in() is False

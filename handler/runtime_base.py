@@ -1,0 +1,91 @@
+"""What every runtime shares: the ``Runtime`` interface, the model file, a forward's outputs, threads.
+
+Both runtimes (``runtime_torchscript``, ``runtime_openvino``) read the same exported .pt with
+``read_model`` and turn the scripted module's (logits, embedding) into ``Outputs`` with
+``model_outputs``; ``runtime.load_runtime`` chooses between them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, NamedTuple, Optional, Protocol, Tuple
+
+import torch
+
+from handler.contract import CONTRACT_FILE, ContractError, PreprocessContract
+from handler.options import ServeOptions
+
+# The scripted module's exported method returning (logits, embedding) from one pass.
+EMBEDDING_METHOD = "forward_with_embedding"
+
+
+class Outputs(NamedTuple):
+    """What one forward gives, one row per view, float32 on CPU.
+
+    ``probabilities``: (B, classes), the softmax of the logits; ``embedding``: (B, D), the pooled
+    SlowFast feature. A single window's or video's outputs drop the batch dimension.
+    """
+
+    probabilities: torch.Tensor
+    embedding: torch.Tensor
+
+
+def model_outputs(logits: torch.Tensor, embeddings: torch.Tensor) -> Outputs:
+    """``Outputs`` from the scripted module's ``(logits (B, classes), embedding (B, D))``.
+
+    The softmax runs in float32 even when the forward ran in fp16/bf16."""
+    return Outputs(torch.softmax(logits.float(), dim=1).cpu(), embeddings.float().cpu())
+
+
+class Runtime(Protocol):
+    """A loaded model: ``infer`` maps ``[slow (B,3,T/a,c,c), fast (B,3,T,c,c)]`` float32 views to
+    ``Outputs``; ``micro_batch`` views per forward; ``name`` says what runs (e.g. ``openvino-f32``)."""
+
+    contract: PreprocessContract
+    micro_batch: int
+    name: str
+
+    def infer(self, pathways: List[torch.Tensor]) -> Outputs: ...
+
+
+def usable_cores() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 quota (Kubernetes CPU limits).
+
+    ``os.cpu_count()`` reports the node's cores, which oversubscribes a pod with a CPU limit.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def cpu_thread_count(options: ServeOptions, workers: int, cores: Optional[int] = None) -> int:
+    """Intra-op threads for a CPU worker: explicit, or the cores shared by the configured workers."""
+    if options.cpu_threads:
+        return options.cpu_threads
+    cores = cores or usable_cores()
+    return max(1, cores // max(1, workers))
+
+
+def read_model(path: Path, device: torch.device) -> Tuple[torch.jit.ScriptModule, PreprocessContract]:
+    """The scripted module (eval mode, on ``device``) and the contract stored beside it in ``path``."""
+    extra = {CONTRACT_FILE: ""}
+    module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    if not extra[CONTRACT_FILE]:
+        raise ContractError(f"{path.name} carries no {CONTRACT_FILE}: export it with `python -m export`")
+    contract = PreprocessContract.from_json(extra[CONTRACT_FILE])
+    if not hasattr(module, EMBEDDING_METHOD):
+        raise ContractError(f"{path.name} has no {EMBEDDING_METHOD} method: re-export it with `make export`")
+    return module.eval(), contract
+
+
+def dummy_pathways(contract: PreprocessContract, device: torch.device = torch.device("cpu"), batch: int = 1) -> List[torch.Tensor]:
+    """Zero ``[slow (B,3,T/a,c,c), fast (B,3,T,c,c)]`` float32 input for warm-up and conversion."""
+    crop = contract.crop_size
+    fast = torch.zeros(batch, 3, contract.num_frames, crop, crop, device=device)
+    return [fast[:, :, :: contract.alpha].contiguous(), fast]

@@ -1,5 +1,5 @@
 # slowfast-serve: export SlowFast R50 to TorchScript, archive it, serve it with TorchServe.
-.PHONY: help install check-java export mar serve start stop status test test-all bench scale predict kserve clean
+.PHONY: help install check-java export mar serve start stop status test test-unit test-all bench scale predict kserve clean
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -31,6 +31,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 help:
 	@echo "make serve      install, export, archive and start TorchServe with $(MODEL) loaded"
 	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
+	@echo "make test-unit  the tests that need no TorchServe and no export (under a minute)"
 	@echo "make install | export | mar [CHECKPOINT=path|URL|random] | start | stop | status"
 	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | clean"
 
@@ -94,6 +95,10 @@ status:
 
 test: $(BIN)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# No TorchServe, no export: parsing, options, planning, running, rendering, decoding, client (under a minute).
+test-unit: $(BIN)/.installed
+	$(PY) -m pytest -m "not slow and not integration and not needs_build" $(PYTEST_ARGS)
 
 test-all: $(BIN)/.installed
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)

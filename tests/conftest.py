@@ -69,3 +69,11 @@ def non_flat_model_dir(shared_videos: Path, tmp_path_factory: pytest.TempPathFac
     directory = tmp_path_factory.mktemp("non_flat_model")
     export_non_flat(directory, shared_videos)
     return directory
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Mark every test that needs the exported model (``built``: `make mar`) or a served one, so that
+    ``make test-unit`` can leave them out (``-m "not needs_build"``)."""
+    for item in items:
+        if {"built", "server"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.needs_build)

@@ -39,6 +39,7 @@ def _stage_times(timings: Dict[str, float]) -> Dict[str, float]:
 def measure_clip(
     handler: InProcessHandler,
     reference: ReferencePipeline,
+    *,
     name: str,
     video: bytes,
     reps: int,
@@ -161,7 +162,8 @@ def run(handler: InProcessHandler, clips: List[Dict[str, Any]], reps: int, warmu
         started = time.perf_counter()
         progress(f"stages: {clip['name']} ({warmup} warm-up + {reps} reps; handler, reference, forward)")
         video = clip["path"].read_bytes()
-        result = measure_clip(handler, reference, clip["name"], video, reps, warmup, with_reference)
+        result = measure_clip(handler, reference, name=clip["name"], video=video, reps=reps, warmup=warmup,
+                              with_reference=with_reference)
         result.update({k: clip[k] for k in ("kind", "kinetics_size") if k in clip})
         result["bytes"] = len(video)
         per_clip[clip["name"]] = result

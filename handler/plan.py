@@ -17,6 +17,9 @@ from handler.errors import RequestError
 from handler.options import RequestOptions, ServeOptions
 from handler.sampling import Window, clip_windows, timeline_windows
 
+# A stride suggested to a request over its budget is a whole number of these steps per second.
+STRIDE_STEPS = 10
+
 
 # -- per-request limits (checked before any decoding) -------------------------------------------
 
@@ -120,7 +123,8 @@ def plan_videos(
     if options.timeline and views > limit:
         windows = sum(len(plan.windows) for plan in plans)
         covered = sum(plan.windows[-1][1] - plan.windows[0][0] for plan in plans)
-        fitting_stride = math.ceil(covered / max(1, limit // options.crops) * 10) / 10
+        # Rounded up to the stride step suggested, so that the stride named really fits.
+        fitting_stride = math.ceil(covered / max(1, limit // options.crops) * STRIDE_STEPS) / STRIDE_STEPS
         way_out = (
             f"look at part of the video (start/end), or use a longer stride (stride={fitting_stride:g} fits)"
             + ("" if options.stream else f", or stream it (stream=true allows {serve.max_streamed_views_per_request} views)")

@@ -66,9 +66,10 @@ def _score_views(
     views: Sequence[Tuple[_Pending, Tuple[int, int]]], contract: PreprocessContract, infer: Infer
 ) -> None:
     started = time.perf_counter()
-    fast = torch.cat(
-        [crop_and_normalize(p.job.frames, [offset], contract.crop_size, contract.mean, contract.std) for p, offset in views]
-    )
+    fast = torch.cat([
+        crop_and_normalize(p.job.frames, [offset], crop_size=contract.crop_size, mean=contract.mean, std=contract.std)
+        for p, offset in views
+    ])
     pathways = pack_pathways(fast, contract.alpha)
     prepared = time.perf_counter()
     outputs = infer(pathways)

@@ -75,6 +75,7 @@ def resize_short_side(frames: torch.Tensor, short_side: int) -> torch.Tensor:
 def crop_and_normalize(
     frames: torch.Tensor,
     offsets: Sequence[Tuple[int, int]],
+    *,
     crop_size: int,
     mean: Sequence[float],
     std: Sequence[float],

@@ -71,9 +71,15 @@ def non_flat_model_dir(shared_videos: Path, tmp_path_factory: pytest.TempPathFac
     return directory
 
 
+# Fixtures that export a full-size SlowFast (`make mar`, or a checkpoint exported for the test).
+EXPORTING_FIXTURES = {"built", "server", "non_flat_model_dir", "nonflat_pt"}
+# Modules whose every test exports (the exporter's own tests).
+EXPORTING_MODULES = {"test_export.py"}
+
+
 def pytest_collection_modifyitems(items: list) -> None:
-    """Mark every test that needs the exported model (``built``: `make mar`) or a served one, so that
-    ``make test-unit`` can leave them out (``-m "not needs_build"``)."""
+    """Mark every test that exports a full model or uses the exported one (directly or through a
+    fixture), so that ``make test-unit`` can leave them out (``-m "not needs_build"``)."""
     for item in items:
-        if {"built", "server"} & set(getattr(item, "fixturenames", ())):
+        if EXPORTING_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in EXPORTING_MODULES:
             item.add_marker(pytest.mark.needs_build)

@@ -37,7 +37,7 @@ def ours(path, contract):
         sampled = decoder.sample(window, contract.num_frames)
     frames = sampled.frames
     offsets = crop_offsets(frames.shape[1], frames.shape[2], contract.crop_size, 1)
-    fast = crop_and_normalize(frames, offsets, contract.crop_size, contract.mean, contract.std)
+    fast = crop_and_normalize(frames, offsets, crop_size=contract.crop_size, mean=contract.mean, std=contract.std)
     return window, [p[0] for p in pack_pathways(fast, contract.alpha)]
 
 

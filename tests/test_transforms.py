@@ -8,7 +8,7 @@ from handler.transforms import crop_and_normalize, pack_pathways, resize_short_s
 def test_crop_and_normalize_values_and_layout():
     frames = torch.zeros(2, 4, 6, 3, dtype=torch.uint8)
     frames[0, 1, 2] = torch.tensor([255, 0, 51], dtype=torch.uint8)  # inside the crop at (1, 2)
-    out = crop_and_normalize(frames, [(1, 2)], 2, mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
+    out = crop_and_normalize(frames, [(1, 2)], crop_size=2, mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
     assert out.shape == (1, 3, 2, 2, 2) and out.dtype == torch.float32
     expected = torch.tensor([(1.0 - 0.45) / 0.225, (0.0 - 0.45) / 0.225, (0.2 - 0.45) / 0.225])
     assert torch.allclose(out[0, :, 0, 0, 0], expected, atol=1e-6)
@@ -18,7 +18,7 @@ def test_crop_and_normalize_values_and_layout():
 def test_crop_and_normalize_equals_the_float_pipeline():
     frames = torch.randint(0, 256, (8, 20, 30, 3), dtype=torch.uint8)
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-    ours = crop_and_normalize(frames, [(3, 5)], 12, mean, std)[0]
+    ours = crop_and_normalize(frames, [(3, 5)], crop_size=12, mean=mean, std=std)[0]
     reference = frames.permute(3, 0, 1, 2).float() / 255.0
     reference = (reference - torch.tensor(mean)[:, None, None, None]) / torch.tensor(std)[:, None, None, None]
     assert torch.allclose(ours, reference[:, :, 3:15, 5:17], atol=1e-5)
@@ -26,7 +26,7 @@ def test_crop_and_normalize_equals_the_float_pipeline():
 
 def test_several_crops_stack_as_views():
     frames = torch.arange(10 * 10, dtype=torch.uint8).reshape(1, 10, 10, 1).expand(1, 10, 10, 3).contiguous()
-    out = crop_and_normalize(frames, [(0, 0), (0, 5)], 5, (0, 0, 0), (1 / 255, 1 / 255, 1 / 255))
+    out = crop_and_normalize(frames, [(0, 0), (0, 5)], crop_size=5, mean=(0, 0, 0), std=(1 / 255, 1 / 255, 1 / 255))
     assert out.shape == (2, 3, 1, 5, 5)
     assert out[0, 0, 0, 0, 0] == 0 and out[1, 0, 0, 0, 0] == 5
 

@@ -125,6 +125,7 @@ def _place(source: Path, target: Path) -> None:
 def build(
     mar: Path = DEFAULT_MAR,
     output: Path = DEFAULT_OUTPUT,
+    *,
     envelope: Optional[str] = None,
     gpus: Optional[int] = None,
     workers_per_gpu: int = 1,
@@ -157,7 +158,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--workers-per-gpu", type=int, default=1)
     args = parser.parse_args(argv)
     command = "python -m deploy.kserve.build" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    paths = build(args.mar, args.output, args.envelope, args.gpus, args.workers_per_gpu, command)
+    paths = build(args.mar, args.output, envelope=args.envelope, gpus=args.gpus, workers_per_gpu=args.workers_per_gpu,
+                  command=command)
     print(f"wrote {paths['config']}\nwrote {paths['mar']}\nupload {args.output}/ and set storageUri to its location")
     return 0
 

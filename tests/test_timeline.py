@@ -8,7 +8,7 @@ requests batched together are each answered exactly as if alone.
 from __future__ import annotations
 
 import json
-import threading
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Tuple
@@ -93,20 +93,24 @@ def test_streamed_lines_arrive_as_computed_and_end_with_the_full_answer(server, 
 def test_streamed_and_plain_requests_batched_together_answer_as_alone(server, shared_videos, clip, plain_timeline):
     others = ["ii__realshort.mp4", "tv__R6llTwEh07w.mp4"]
     alone = {name: post(server, (shared_videos / name).read_bytes(), {"topk": "400"}).json() for name in others}
-    blocker = threading.Thread(target=post, args=(server, clip, {"clips": "3"}))
-    blocker.start()  # keeps the worker busy so the next requests queue up and form one batch
-    time.sleep(0.3)
 
     def streamed() -> List[Dict[str, Any]]:
         with post(server, clip, {"timeline": "true", "topk": "400", "stream": "true"}, stream=True) as reply:
             return [line for _, line in streamed_lines(reply)]
 
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        stream_future = pool.submit(streamed)
-        plain = {name: pool.submit(post, server, (shared_videos / name).read_bytes(), {"topk": "400"}) for name in others}
-        lines = stream_future.result()
-        answers = {name: future.result().json() for name, future in plain.items()}
-    blocker.join()
+    # A streamed timeline keeps the worker busy: once its first line is here, 4 windows are still
+    # to run, so the requests sent now queue up in the frontend and form one batch.
+    with post(server, clip, {"timeline": "true", "stream": "true"}, stream=True) as blocker:
+        blocker_lines = blocker.iter_lines()
+        assert "window" in json.loads(next(line for line in blocker_lines if line.strip()))
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            stream_future = pool.submit(streamed)
+            plain = {name: pool.submit(post, server, (shared_videos / name).read_bytes(), {"topk": "400"})
+                     for name in others}
+            for _ in blocker_lines:  # let the blocker finish, so the queued requests get the worker
+                pass
+            lines = stream_future.result()
+            answers = {name: future.result().json() for name, future in plain.items()}
     batch_sizes = [lines[-1]["timings_ms"]["batch_size"]] + [a["timings_ms"]["batch_size"] for a in answers.values()]
     assert max(batch_sizes) > 1, f"no batching happened: {batch_sizes}"
     for name in others:
@@ -136,5 +140,9 @@ def test_embedding_output_plain_and_normalised(server, clip):
     assert again["embedding"]["values"] == embedding["values"]
 
 
-def test_every_answer_says_which_weights_and_runtime(plain_timeline):
-    assert plain_timeline["weights"] and plain_timeline["runtime"]
+def test_every_answer_says_which_weights_and_runtime(server, contract, plain_timeline):
+    assert plain_timeline["weights"] == contract.weights
+    # The runtime the worker loaded, as its log says at start-up ("... runtime openvino-f32, ...").
+    log = (server.log_dir / "model_log.log").read_text(errors="replace")
+    loaded = re.findall(r"runtime (\S+), micro-batch", log)
+    assert loaded and plain_timeline["runtime"] == loaded[-1], loaded

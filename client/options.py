@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 from handler.options import REQUEST_OPTIONS, RequestOption
 
-_TYPES = {"int": int, "seconds": float}
+_TYPES = {"int": int, "float": float, "seconds": float}
 
 
 def _help(option: RequestOption) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple, Union
 
 from handler.errors import RequestError
 
@@ -37,12 +37,13 @@ class RequestOption:
     """One request option, declared once: the handler's reader and header names, the client's flag
     and the README's option table all come from this.
 
-    ``kind``: ``int``, ``bool``, ``seconds`` (a float in 0..MAX_SECONDS) or ``choice`` (one of
-    ``choices``, read as the type of the first). ``default``: the value when a request does not
-    say (None: unset, meaning ``unset``); with ``configurable`` the deployment's ``handler:``
-    section (``ServeOptions``) may change it. ``high``: the name of the limit bounding an ``int``
-    (``num_classes`` from the model, else a ``ServeOptions`` field). ``client_default``: what the
-    client sends when its user does not say (None: nothing). ``client``: the client has a flag.
+    ``kind``: ``int`` or ``float`` (in ``low``..``high``), ``bool``, ``seconds`` (a float in
+    0..MAX_SECONDS) or ``choice`` (one of ``choices``, read as the type of the first).
+    ``default``: the value when a request does not say (None: unset, meaning ``unset``); with
+    ``configurable`` the deployment's ``handler:`` section (``ServeOptions``) may change it.
+    ``high``: a number, or the name of the limit that bounds the option (``num_classes`` from the
+    model, ``max_clips`` from ``ServeOptions``). ``client_default``: what the client sends when its
+    user does not say (None: nothing). ``client``: the client has a flag.
     """
 
     name: str
@@ -52,8 +53,8 @@ class RequestOption:
     configurable: bool = False
     choices: Tuple[Any, ...] = ()
     choice_words: Tuple[str, ...] = ()
-    low: int = 1
-    high: str = ""
+    low: float = 1
+    high: Union[float, str] = ""
     unset: str = ""
     client_default: Any = None
     client: bool = True
@@ -299,14 +300,25 @@ def _read_choice(option: RequestOption, raw: Any) -> Any:
     return value
 
 
+def _read_float(name: str, raw: Any) -> float:
+    try:
+        value = float(_text(raw)) if not isinstance(raw, bool) else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise _bad(f"option {name} must be a number, got {_text(raw)[:40]!r}")
+    return value
+
+
 def read_option(option: RequestOption, raw: Any, highs: Mapping[str, int]) -> Any:
     """``raw`` (text, bytes, or a JSON value) as ``option``'s value; 400 naming what is wrong.
 
-    ``highs``: the limits an ``int`` option's ``high`` may name (``num_classes``, ``max_clips``)."""
-    if option.kind == "int":
-        value = _read_int(option.name, raw)
-        if not option.low <= value <= highs[option.high]:
-            raise _bad(f"{option.name} must be in {option.low}..{highs[option.high]}, got {value}")
+    ``highs``: the limits an option's ``high`` may name (``num_classes``, ``max_clips``)."""
+    if option.kind in ("int", "float"):
+        value = _read_int(option.name, raw) if option.kind == "int" else _read_float(option.name, raw)
+        high = highs[option.high] if isinstance(option.high, str) else option.high
+        if not option.low <= value <= high:
+            raise _bad(f"{option.name} must be in {option.low:g}..{high:g}, got {value:g}")
         return value
     if option.kind == "bool":
         return _read_bool(option.name, raw)

@@ -10,6 +10,23 @@ Seeks are verified, not trusted: when a seek lands after the point asked for (MP
 streams without keyframe flags, broken indexes) the decoder backs off further and finally decodes
 from the first byte of the file, within the request's decoding budget. Audio is never decoded. Every
 problem with the input becomes a ``RequestError`` with a 4xx status.
+
+A window reached by a seek is decoded as it would be from the start of the stream:
+
+- Decoder state that lives at the start of a stream (the encoder's SEI, from which FFmpeg's H.264
+  decoder learns an old x264's build and applies its bug workarounds; MPEG-4 encoder user data)
+  is learnt once: each codec context decodes the stream's first packets up to its first keyframe
+  before it is used after a seek (``_prime``).
+- Decode errors are seen, not only logged: a packet FFmpeg refuses, or a frame it hands out
+  flagged corrupt (concealed damage), counts as an error. Errors in the frames a seeked decode
+  passes before reaching the window (its lead-in) mean the decoder's state at the seek point was
+  wrong (parameter sets changed mid-stream and not repeated, a keyframe that is no clean random
+  access point): the window is decoded again from further back, finally from the first byte.
+  Errors left after that are the file's own; the window reports how many sampled frames they hit.
+
+FFmpeg's log is not used for this: PyAV routes it through Python with the GIL from FFmpeg's
+frame-threading workers, which deadlocks (PyAV issues #751, #909), and its per-thread capture does
+not see those workers' messages; the per-frame flags are exact and need neither.
 """
 
 from __future__ import annotations
@@ -50,6 +67,9 @@ TIME_TOLERANCE_FRAMES = 0.02
 REJOIN_GAP_SECONDS = 2.0
 # When a seek lands after its target, seek this much further back before decoding from byte 0.
 BACKOFF_SECONDS = (5.0, 30.0, 120.0)
+# Priming reads the stream's first packets up to its first keyframe, at most this many (a stream
+# without keyframe flags would otherwise be read to its end).
+PRIME_MAX_PACKETS = 300
 # Codecs whose packets each carry exactly one frame with that packet's timestamp: for these the
 # frames no window samples are known from packet timestamps and their non-reference ones skipped
 # even inside windows. Others (MPEG-4 ASP with packed B-frames...) only skip outside windows.
@@ -145,31 +165,37 @@ class SampledWindow:
     """Frames sampled for one window: ``frames`` is (T, H, W, 3) uint8, already upright.
 
     ``frames_decoded`` / ``decode_errors`` count the work done since the previous window was
-    handed out; ``warnings`` are sentences for the answer (e.g. the frame was cropped)."""
+    handed out (errors: packets FFmpeg refused and frames it flagged corrupt, in the decodes whose
+    frames were used); ``corrupt_frames``: how many of the T sampled frames were flagged corrupt;
+    ``warnings`` are sentences for the answer (e.g. the frame was cropped)."""
 
     frames: torch.Tensor
     window: Tuple[float, float]
     frames_decoded: int
     decode_errors: int
     warnings: List[str] = field(default_factory=list)
+    corrupt_frames: int = 0
 
 
 @dataclass
 class DecodeStats:
     """Work counters of one decoder, for metrics, tests and benchmarks.
 
-    ``decoded_times``: absolute timestamp (s) of every frame decoded, in output order (a frame
-    decoded twice appears twice). ``restarts``: decodes from the first byte after seeks failed.
+    ``restarts``: reopenings at the first byte (after seeks failed, or to prime again).
+    ``errors``: decode errors in the decodes whose frames were used; ``discarded_errors``: those
+    of decodes abandoned because errors followed their seek (``redecodes`` of them).
     """
 
     frames_decoded: int = 0
     errors: int = 0
+    discarded_errors: int = 0
+    redecodes: int = 0
+    frames_corrupt_sampled: int = 0
     frames_sampled: int = 0
     frames_converted: int = 0
     seeks: int = 0
     restarts: int = 0
     passes: int = 0
-    decoded_times: List[float] = field(default_factory=list)
 
 
 @dataclass
@@ -182,10 +208,27 @@ class _Plan:
     needed: Optional[Set[int]]  # pts of the frames sampled, when known exactly
     slots: List[np.ndarray] = field(default_factory=list)
     geometry: Optional[WorkingGeometry] = None
+    corrupt: int = 0  # slots filled with a frame flagged corrupt
 
     @property
     def done(self) -> bool:
         return len(self.slots) == len(self.targets)
+
+
+@dataclass
+class _Pass:
+    """One forward decode from a start point: where it started and what it found (for messages)."""
+
+    where: str = ""
+    seeked: bool = False
+    errors: int = 0  # packets refused and frames flagged corrupt
+    frames: int = 0
+    first: float = math.inf
+    last: float = -math.inf
+
+    def saw(self, t: float) -> None:
+        self.frames += 1
+        self.first, self.last = min(self.first, t), max(self.last, t)
 
 
 def _rotation_of(frame: av.VideoFrame) -> int:
@@ -203,12 +246,16 @@ class VideoDecoder:
     own ``limits.max_decode_seconds``); only time inside this decoder counts against it.
     Use as a context manager. ``info`` is available after construction; ``notes`` collects
     sentences for the answer's warnings (truncated file, cropped frames); ``stats`` counts work.
+    ``seek=False`` decodes every run from the first byte: the one-pass decode that every seeked
+    window must equal (tests compare the two).
     """
 
     def __init__(
-        self, data: bytes, limits: DecodeLimits, short_side: int, budget: Optional[DecodeBudget] = None
+        self, data: bytes, limits: DecodeLimits, short_side: int, budget: Optional[DecodeBudget] = None,
+        *, seek: bool = True,
     ) -> None:
         self._budget = budget or DecodeBudget(limits.max_decode_seconds)
+        self._seeking = seek
         with self._budget.running():
             self._setup(data, limits, short_side)
 
@@ -217,7 +264,10 @@ class VideoDecoder:
         self._limits = limits
         self._short_side = short_side
         self.stats = DecodeStats()
-        self.notes: List[str] = []
+        self._notes: List[str] = []
+        self._primed = False
+        self._current: Optional[_Pass] = None  # the decode whose frames are being used
+        self._last_pass: Optional[_Pass] = None
         self._converter = FrameConverter()
         self._converted: Optional[Tuple[av.VideoFrame, WorkingGeometry, np.ndarray]] = None
         # First frame time seen by a decode from byte 0: frames before it cannot be decoded at all.
@@ -226,6 +276,7 @@ class VideoDecoder:
         self._container = self._open(data)
         try:
             self._stream = self._video_stream()
+            self._prime()
             self.info = self._probe()
         except BaseException:
             self._container.close()
@@ -278,22 +329,49 @@ class VideoDecoder:
         stream = candidates[0]
         ctx = stream.codec_context
         self._check_pixels(ctx.width, ctx.height, "declared")
-        try:
-            # Frames larger than declared (a size change mid-stream) are refused by FFmpeg itself.
-            ctx.options = {"max_pixels": str(self._limits.max_frame_pixels)}
-        except (AttributeError, av.error.FFmpegError):
-            pass
+        # FFmpeg refuses to allocate a frame above this (a size change mid-stream): that packet
+        # fails to decode and counts as an error; ``_check_pixels`` checks every decoded frame too.
+        ctx.options = {"max_pixels": str(self._limits.max_frame_pixels)}
         stream.thread_type = "AUTO"  # frame threads: ~1.5x faster than FFmpeg's default slice threads
         if self._limits.threads:
             stream.thread_count = self._limits.threads
         return stream
 
     def _restart(self) -> None:
-        """Reopen the file at its first byte: the one position no broken index can get wrong."""
+        """Reopen the file at its first byte: the one position no broken index can get wrong.
+
+        The new codec context is unprimed: a decode from here primes it, and a seek first does."""
         self._container.close()
         self._container = self._open(self._data)
         self._stream = self._video_stream()
+        self._primed = False
         self.stats.restarts += 1
+
+    def _prime(self) -> None:
+        """Decode the stream's first packets, up to its first keyframe, through the codec context.
+
+        Must run with the demuxer at the first packet (just opened). What the decoder learns there
+        and keeps across seeks (the x264 build from its SEI, MPEG-4 encoder user data, the first
+        parameter sets) is then known to every later decode, as it is to a decode from the start.
+        Errors here are not counted: these frames belong to no window.
+        """
+        ctx = self._stream.codec_context
+        for count, packet in enumerate(self._container.demux(self._stream), start=1):
+            self._check_deadline()
+            if packet.size == 0:
+                continue
+            try:
+                ctx.decode(packet)
+            except av.error.FFmpegError:
+                pass
+            if packet.is_keyframe or count >= PRIME_MAX_PACKETS:
+                break
+        try:
+            ctx.decode(None)  # drain the frame threads: everything sent has been parsed
+        except av.error.FFmpegError:
+            pass
+        ctx.flush_buffers()
+        self._primed = True
 
     def _check_pixels(self, width: int, height: int, what: str) -> None:
         if width and height and width * height > self._limits.max_frame_pixels:
@@ -323,7 +401,7 @@ class VideoDecoder:
         if declared is not None and not declared - duration > max(TRUNCATION_SLACK_SECONDS, 5.0 / fps):
             duration = declared
         elif declared is not None:
-            self.notes.append(
+            self._notes.append(
                 f"the file's index lists {declared:.2f} s of video but its data ends at {duration:.2f} s "
                 f"(a truncated file?); the {duration:.2f} s present were used"
             )
@@ -385,6 +463,9 @@ class VideoDecoder:
 
     def _seek(self, seconds: float) -> None:
         """Seek to the keyframe at or before ``seconds`` (absolute stream time), as the index says."""
+        if not self._primed:  # reopened since: learn the stream start again before leaving it
+            self._restart()
+            self._prime()
         self.stats.seeks += 1
         try:
             self._container.seek(int(math.floor(seconds / self._time_base)), stream=self._stream, backward=True)
@@ -395,6 +476,9 @@ class VideoDecoder:
     def _seek_points(self, target: float) -> Iterator[Optional[float]]:
         """Where to start decoding for ``target``: there, further back, then None (byte 0)."""
         origin = self._start or 0.0
+        if not self._seeking:
+            yield None
+            return
         yield target
         for back in BACKOFF_SECONDS:
             if target - back <= origin:
@@ -445,11 +529,14 @@ class VideoDecoder:
             log.info("seek to %.3f s for timestamps is not trusted; demuxing from further back", start)
         return found
 
-    def _frames_from(self, needed: Set[int], spans: List[Tuple[float, float]]) -> Iterator[Tuple[float, av.VideoFrame]]:
+    def _frames_from(
+        self, needed: Set[int], spans: List[Tuple[float, float]], pass_: _Pass
+    ) -> Iterator[Tuple[float, av.VideoFrame]]:
         """Decoded frames with their absolute times, in timestamp order, from the current position.
 
         Packets whose pts is in ``needed`` or whose time is inside one of ``spans`` (sorted,
-        disjoint, absolute s) are decoded in full; elsewhere only reference frames are.
+        disjoint, absolute s) are decoded in full; elsewhere only reference frames are. Packets
+        refused and frames flagged corrupt are counted in ``pass_.errors``.
         """
         ctx = self._stream.codec_context
         lows = [lo for lo, _ in spans]
@@ -470,19 +557,19 @@ class VideoDecoder:
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as exc:
-                self.stats.errors += 1
-                if self.stats.errors <= 3:
+                pass_.errors += 1
+                if pass_.errors <= 3:
                     log.info("decode error (continuing): %s", exc)
                 continue
             for frame in frames:
                 self.stats.frames_decoded += 1
                 self._check_pixels(frame.width, frame.height, "decoded")
+                pass_.errors += frame.is_corrupt
                 if frame.pts is not None:
                     t = frame.pts * self._time_base
                 else:
                     t = last_time + self.info.frame_interval
                 last_time = max(last_time, t)
-                self.stats.decoded_times.append(t)
                 heapq.heappush(heap, (t, next(order), frame))
                 if len(heap) > REORDER_DEPTH:
                     t_out, _, f_out = heapq.heappop(heap)
@@ -492,42 +579,81 @@ class VideoDecoder:
             yield t_out, f_out
 
     def _frames_covering(
-        self, target: float, needed: Set[int], spans: List[Tuple[float, float]], where: List[str]
-    ) -> Iterator[Tuple[float, av.VideoFrame]]:
-        """Frames from a start point whose first decoded frame is at or before ``target``.
+        self, target: float, needed: Set[int], spans: List[Tuple[float, float]]
+    ) -> Iterator[Tuple[_Pass, float, av.VideoFrame]]:
+        """Frames, from the last one at or before ``target`` on, of a decode that reaches ``target``
+        in the state a decode from the stream start would have.
 
-        A decode whose first frame comes after ``target`` started too late (the seek landed
-        after it, or on a frame that cannot be decoded without earlier ones): try further back,
-        and finally from byte 0, whose first frame is accepted whatever it is. ``where`` gets a
-        description of the start point used, for messages.
+        A decode that starts after a seek is abandoned, and the next starts further back (finally
+        at byte 0, whose frames are accepted whatever they are), when its first frame comes after
+        ``target`` (the seek landed late, or on a frame that needs earlier ones), or when a packet
+        fails or a frame is flagged corrupt before ``target`` (its lead-in): the decoder's state at
+        the seek point was not the one-pass state. Lead-in frames before the last one are dropped
+        here (counted in the pass). Each item carries its pass: where it started, what it found.
         """
-        tolerance = self._tolerance
         for point in self._seek_points(target):
             if point is None:
                 self._restart()
+                pass_ = _Pass(where="the whole stream from its first byte")
             else:
                 self._seek(point)
-            frames = self._frames_from(needed, spans)
-            first = next(frames, None)
-            if first is None and point is not None:
-                continue
-            if point is None:
-                where[:] = ["the whole stream from its first byte"]
-                if first is not None and self._first_decodable is None:
-                    self._first_decodable = first[0]
-            else:
-                where[:] = [f"from {point - (self._start or 0.0):.2f} s to the end of the stream"]
-                late = first[0] > target + tolerance  # type: ignore[index]
-                if late and not (self._first_decodable is not None and first[0] <= self._first_decodable + tolerance):  # type: ignore[index]
-                    log.info("decoding from %.3f s starts at %.3f s, after %.3f s: backing off", point, first[0], target)  # type: ignore[index]
-                    frames.close()
-                    continue
-            if first is None:
+                pass_ = _Pass(where=f"from {point - (self._start or 0.0):.2f} s to the end of the stream", seeked=True)
+            self._last_pass = pass_
+            frames = self._frames_from(needed, spans, pass_)
+            try:
+                verdict = yield from self._accepted(frames, pass_, target)
+            finally:
+                frames.close()
+                if self._current is pass_:
+                    self.stats.errors += pass_.errors
+                    self._current = None
+            if verdict:
                 return
+            self.stats.discarded_errors += pass_.errors
+            if pass_.frames:
+                self.stats.redecodes += 1
+
+    def _accepted(
+        self, frames: Iterator[Tuple[float, av.VideoFrame]], pass_: _Pass, target: float
+    ) -> Iterator[Tuple[_Pass, float, av.VideoFrame]]:
+        """The items of one pass, unless its start proves wrong (then returns False, yielding none)."""
+        tolerance = self._tolerance
+        held: Optional[Tuple[float, av.VideoFrame]] = None  # the last lead-in frame
+        for t, frame in frames:
+            first = pass_.frames == 0
+            pass_.saw(t)
+            if first and not pass_.seeked:
+                self._primed = True
+                if self._first_decodable is None:
+                    self._first_decodable = t
+            if pass_.seeked and first and t > target + tolerance and not (
+                self._first_decodable is not None and t <= self._first_decodable + tolerance
+            ):
+                log.info("decoding %s starts at %.3f s, after %.3f s: backing off", pass_.where, t, target)
+                return False
+            if t <= target + tolerance:
+                if pass_.seeked and pass_.errors:
+                    log.info("%d decode error(s) decoding %s before %.3f s: decoding again from further back",
+                             pass_.errors, pass_.where, target)
+                    return False
+                held = (t, frame)
+                continue
+            if self._current is not pass_:
+                self._current = pass_
+                self.stats.passes += 1
+                if held is not None:
+                    yield pass_, held[0], held[1]
+            yield pass_, t, frame
+        if pass_.seeked and pass_.frames == 0:
+            return False  # nothing decodable from there: further back
+        if pass_.seeked and pass_.errors and self._current is not pass_:
+            return False  # the pass ended inside its lead-in, with errors
+        if self._current is not pass_:
+            self._current = pass_
             self.stats.passes += 1
-            yield first
-            yield from frames
-            return
+            if held is not None:
+                yield pass_, held[0], held[1]
+        return True
 
     # -- sampling ------------------------------------------------------------------------
 
@@ -559,7 +685,7 @@ class VideoDecoder:
                 runs[-1].append(window)
             else:
                 runs.append([window])
-        self._mark = (self.stats.frames_decoded, self.stats.errors)
+        self._mark = (self.stats.frames_decoded, self._errors_used())
         return self._budget.timed(window for run in runs for window in self._decode_run(self._plans(run, num_frames)))
 
     def _plans(self, run: List[Tuple[float, float]], num_frames: int) -> List[_Plan]:
@@ -595,10 +721,8 @@ class VideoDecoder:
         spans = _merged(spans)
         pending = list(plans)
         previous: Optional[Tuple[float, av.VideoFrame]] = None
-        where: List[str] = [""]
-        found = [0, math.inf, -math.inf]  # frames, first and last time seen in this pass
-        for t, frame in self._frames_covering(plans[0].targets[0], needed, spans, where):
-            found = [found[0] + 1, min(found[1], t), max(found[2], t)]
+        self._last_pass = None
+        for _, t, frame in self._frames_covering(plans[0].targets[0], needed, spans):
             for plan in pending:
                 while not plan.done and t > plan.targets[len(plan.slots)] + tolerance:
                     self._fill(plan, previous or (t, frame))
@@ -609,7 +733,7 @@ class VideoDecoder:
                 return
         for plan in pending:
             if previous is None or previous[0] + self.info.frame_interval < plan.start - tolerance:
-                raise self._no_frames(plan, where[0], found)
+                raise self._no_frames(plan, self._last_pass)
             while not plan.done:
                 self._fill(plan, previous)
             yield self._finish(plan)
@@ -627,6 +751,7 @@ class VideoDecoder:
             self._converted = cached
             self.stats.frames_converted += 1
         plan.slots.append(cached[2])
+        plan.corrupt += frame.is_corrupt
         self.stats.frames_sampled += 1
 
     def _finish(self, plan: _Plan) -> SampledWindow:
@@ -639,22 +764,41 @@ class VideoDecoder:
         note = geometry.note()
         if note:
             warnings.append(note)
-            if note not in self.notes:
-                self.notes.append(note)
-        decoded, errors = self.stats.frames_decoded - self._mark[0], self.stats.errors - self._mark[1]
-        self._mark = (self.stats.frames_decoded, self.stats.errors)
+            if note not in self._notes:
+                self._notes.append(note)
+        used = self._errors_used()
+        decoded, errors = self.stats.frames_decoded - self._mark[0], used - self._mark[1]
+        self._mark = (self.stats.frames_decoded, used)
+        self.stats.frames_corrupt_sampled += plan.corrupt
         plan.slots = []  # the tensor owns the frames now
-        return SampledWindow(frames, plan.window, decoded, errors, warnings)
+        return SampledWindow(frames, plan.window, decoded, errors, warnings, corrupt_frames=plan.corrupt)
 
-    def _no_frames(self, plan: _Plan, where: str, found: List[float]) -> RequestError:
+    def _errors_used(self) -> int:
+        """Decode errors so far in the decodes whose frames were used (the current one included)."""
+        return self.stats.errors + (self._current.errors if self._current is not None else 0)
+
+    @property
+    def notes(self) -> List[str]:
+        """Sentences for the answer's warnings: truncated file, cropped frames, corrupt frames used."""
+        notes = list(self._notes)
+        if self.stats.frames_corrupt_sampled:
+            notes.append(
+                f"{self.stats.frames_corrupt_sampled} of the {self.stats.frames_sampled} frames sampled from this "
+                "video were decoded with errors even from the start of the stream (damaged data that FFmpeg "
+                "concealed); the answer is computed from them"
+            )
+        return notes
+
+    def _no_frames(self, plan: _Plan, pass_: Optional[_Pass]) -> RequestError:
         origin = self._start or 0.0
-        errors = self.stats.errors - self._mark[1]
-        if found[0]:
-            detail = f"; decoding {where} found {found[0]} frames at {found[1] - origin:.2f}-{found[2] - origin:.2f} s"
+        errors = self._errors_used() - self._mark[1]
+        if pass_ is not None and pass_.frames:
+            detail = (f"; decoding {pass_.where} found {pass_.frames} frames at "
+                      f"{pass_.first - origin:.2f}-{pass_.last - origin:.2f} s")
         else:
-            detail = f"; decoding {where or 'the stream'} found no decodable frame"
+            detail = f"; decoding {pass_.where if pass_ else 'the stream'} found no decodable frame"
         if errors:
-            detail += f" ({errors} packets failed to decode)"
+            detail += f" ({errors} decode errors)"
         if not (self.info.width and self.info.height):
             detail += "; the stream declares no valid frame size"
         return RequestError(

@@ -246,7 +246,8 @@ class SlowFastHandler(BaseHandler):
             "video": {
                 "duration_s": round(info.duration, 4), "width": info.width, "height": info.height,
                 "rotation": info.rotation, "codec": info.codec, "container": info.container,
-                "frames_decoded": video.frames_decoded, "decode_ms": round(video.decode_ms, 2),
+                "frames_decoded": video.frames_decoded, "decode_errors": video.decode_errors,
+                "decode_ms": round(video.decode_ms, 2),
             },
             "timings_ms": {
                 "decode": round(video.decode_ms, 2),
@@ -259,8 +260,8 @@ class SlowFastHandler(BaseHandler):
         warnings = list(video.plan.warnings) + list(video.decoder.notes)
         if video.decode_errors:
             warnings.append(
-                f"{video.decode_errors} packet(s) of the video failed to decode (damaged or truncated file); "
-                "the answer uses the frames that decoded"
+                f"{video.decode_errors} decode error(s): packets that failed to decode or frames FFmpeg concealed "
+                "(damaged or truncated file); the answer uses the frames that decoded"
             )
         if warnings:
             answer["warnings"] = warnings

@@ -76,8 +76,22 @@ PRIME_MAX_PACKETS = 300
 ONE_FRAME_PER_PACKET = {"h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "libaom-av1"}
 STILL_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "apng")
 DEFAULT_FPS = 30.0
-# An index claiming this much more video than the data holds marks a truncated file.
+# A declared rate at or above this is nonsense (a time base taken for a rate): DEFAULT_FPS is used.
+MAX_PLAUSIBLE_FPS = 1000.0
+# Time base assumed for a stream that declares none.
+DEFAULT_TIME_BASE = 1e-6
+# An index claiming more video than the data holds, by this much and by this many frames, marks a
+# truncated file.
 TRUNCATION_SLACK_SECONDS = 1.0
+TRUNCATION_SLACK_FRAMES = 5
+# Bounds on what opening a file reads before any frame size is checked (FFmpeg's own defaults are
+# 5 MB and 5 s; a little more room for files whose video stream starts late in the data).
+PROBE_BYTES = 8 * 1024 * 1024
+PROBE_MICROSECONDS = 5_000_000
+# The tail probe seeks this far past the start (far past any real end) to land on the last keyframe.
+FAR_PAST_END_SECONDS = 1e7
+# The time tolerance never goes below this (s), whatever the frame rate.
+MIN_TIME_TOLERANCE_SECONDS = 1e-4
 
 
 @dataclass(frozen=True)
@@ -192,10 +206,7 @@ class DecodeStats:
     redecodes: int = 0
     frames_corrupt_sampled: int = 0
     frames_sampled: int = 0
-    frames_converted: int = 0
-    seeks: int = 0
     restarts: int = 0
-    passes: int = 0
 
 
 @dataclass
@@ -221,6 +232,7 @@ class _Pass:
 
     where: str = ""
     seeked: bool = False
+    point: float = 0.0  # where it seeked to (absolute s)
     errors: int = 0  # packets refused and frames flagged corrupt
     frames: int = 0
     first: float = math.inf
@@ -251,8 +263,8 @@ class VideoDecoder:
     """
 
     def __init__(
-        self, data: bytes, limits: DecodeLimits, short_side: int, budget: Optional[DecodeBudget] = None,
-        *, seek: bool = True,
+        self, data: bytes, limits: DecodeLimits, short_side: int, *,
+        budget: Optional[DecodeBudget] = None, seek: bool = True,
     ) -> None:
         self._budget = budget or DecodeBudget(limits.max_decode_seconds)
         self._seeking = seek
@@ -291,7 +303,7 @@ class VideoDecoder:
                 mode="r",
                 metadata_errors="ignore",
                 # Bound the probe itself; declared frame sizes are checked before any decoding.
-                options={"probesize": str(8 * 1024 * 1024), "analyzeduration": str(5_000_000)},
+                options={"probesize": str(PROBE_BYTES), "analyzeduration": str(PROBE_MICROSECONDS)},
             )
         except av.error.FFmpegError as exc:
             raise RequestError(
@@ -382,9 +394,9 @@ class VideoDecoder:
 
     def _probe(self) -> VideoInfo:
         stream = self._stream
-        time_base = float(stream.time_base) if stream.time_base else 1e-6
+        time_base = float(stream.time_base) if stream.time_base else DEFAULT_TIME_BASE
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        fps = float(rate) if rate and 0 < float(rate) < 1000 else DEFAULT_FPS
+        fps = float(rate) if rate and 0 < float(rate) < MAX_PLAUSIBLE_FPS else DEFAULT_FPS
         self._time_base = time_base
         self._start = (stream.start_time or 0) * time_base if stream.start_time is not None else None
         declared = stream.duration * time_base if stream.duration and stream.duration > 0 else None
@@ -398,7 +410,7 @@ class VideoDecoder:
             scanned_start, scanned_end = self._scan_packet_times()
             self._start = scanned_start if self._start is None else self._start
             duration = scanned_end - self._start
-        if declared is not None and not declared - duration > max(TRUNCATION_SLACK_SECONDS, 5.0 / fps):
+        if declared is not None and not declared - duration > max(TRUNCATION_SLACK_SECONDS, TRUNCATION_SLACK_FRAMES / fps):
             duration = declared
         elif declared is not None:
             self._notes.append(
@@ -422,7 +434,7 @@ class VideoDecoder:
 
         A packet without a duration is taken to last one frame interval. None when the seek
         finds no packet (an index pointing past the data, or no seeking at all)."""
-        far = ((self._start or 0.0) + 1e7) / self._time_base
+        far = ((self._start or 0.0) + FAR_PAST_END_SECONDS) / self._time_base
         try:
             self._container.seek(int(far), stream=self._stream, backward=True)
         except av.error.FFmpegError:
@@ -456,7 +468,7 @@ class VideoDecoder:
 
     @property
     def _tolerance(self) -> float:
-        return max(1e-4, TIME_TOLERANCE_FRAMES * self.info.frame_interval)
+        return max(MIN_TIME_TOLERANCE_SECONDS, TIME_TOLERANCE_FRAMES * self.info.frame_interval)
 
     def _check_deadline(self) -> None:
         self._budget.check()
@@ -466,25 +478,28 @@ class VideoDecoder:
         if not self._primed:  # reopened since: learn the stream start again before leaving it
             self._restart()
             self._prime()
-        self.stats.seeks += 1
         try:
             self._container.seek(int(math.floor(seconds / self._time_base)), stream=self._stream, backward=True)
         except av.error.FFmpegError:
             self._container.seek(0)
         self._stream.codec_context.flush_buffers()
 
-    def _seek_points(self, target: float) -> Iterator[Optional[float]]:
-        """Where to start decoding for ``target``: there, further back, then None (byte 0)."""
+    def _starts(self, target: float) -> Iterator[_Pass]:
+        """Position the demuxer, in turn, where a decode reaching ``target`` (absolute s) may start:
+        the keyframe before it, further back by each of ``BACKOFF_SECONDS``, finally byte 0.
+
+        The caller takes the next one while the last one proved wrong; the byte-0 one is final.
+        With ``seek=False`` it is the only one.
+        """
         origin = self._start or 0.0
-        if not self._seeking:
-            yield None
-            return
-        yield target
-        for back in BACKOFF_SECONDS:
-            if target - back <= origin:
-                break
-            yield target - back
-        yield None
+        points: List[Optional[float]] = []
+        if self._seeking:
+            points = [target] + [target - back for back in BACKOFF_SECONDS if target - back > origin]
+        for point in points:
+            self._seek(point)
+            yield _Pass(where=f"from {point - origin:.2f} s to the end of the stream", seeked=True, point=point)
+        self._restart()
+        yield _Pass(where="the whole stream from its first byte")
 
     def _timestamps(self, start: float, end: float) -> Optional[List[int]]:
         """pts of the packets whose time lies in [start, end) (absolute s), by demuxing alone.
@@ -496,14 +511,10 @@ class VideoDecoder:
         """
         tolerance = self._tolerance
         found: List[int] = []
-        for point in self._seek_points(start):
-            if point is None:
-                self._restart()
-            else:
-                self._seek(point)
+        for pass_ in self._starts(start):
             found = []
             first = True
-            trusted = point is None
+            trusted = not pass_.seeked
             for packet in self._container.demux(self._stream):
                 self._check_deadline()
                 if packet.size == 0:
@@ -591,13 +602,7 @@ class VideoDecoder:
         the seek point was not the one-pass state. Lead-in frames before the last one are dropped
         here (counted in the pass). Each item carries its pass: where it started, what it found.
         """
-        for point in self._seek_points(target):
-            if point is None:
-                self._restart()
-                pass_ = _Pass(where="the whole stream from its first byte")
-            else:
-                self._seek(point)
-                pass_ = _Pass(where=f"from {point - (self._start or 0.0):.2f} s to the end of the stream", seeked=True)
+        for pass_ in self._starts(target):
             self._last_pass = pass_
             frames = self._frames_from(needed, spans, pass_)
             try:
@@ -640,7 +645,6 @@ class VideoDecoder:
                 continue
             if self._current is not pass_:
                 self._current = pass_
-                self.stats.passes += 1
                 if held is not None:
                     yield pass_, held[0], held[1]
             yield pass_, t, frame
@@ -650,7 +654,6 @@ class VideoDecoder:
             return False  # the pass ended inside its lead-in, with errors
         if self._current is not pass_:
             self._current = pass_
-            self.stats.passes += 1
             if held is not None:
                 yield pass_, held[0], held[1]
         return True
@@ -743,13 +746,13 @@ class VideoDecoder:
         frame = shown[1]
         if plan.geometry is None:
             plan.geometry = working_geometry(
-                frame.width, frame.height, _rotation_of(frame), self._short_side, self._limits.max_aspect_ratio
+                frame.width, frame.height, rotation=_rotation_of(frame), short_side=self._short_side,
+                max_aspect_ratio=self._limits.max_aspect_ratio,
             )
         cached = self._converted
         if cached is None or cached[0] is not frame or cached[1] != plan.geometry:
             cached = (frame, plan.geometry, self._converter.convert(frame, plan.geometry))
             self._converted = cached
-            self.stats.frames_converted += 1
         plan.slots.append(cached[2])
         plan.corrupt += frame.is_corrupt
         self.stats.frames_sampled += 1

@@ -49,7 +49,7 @@ def one_pass(data: bytes, windows: Sequence[Tuple[float, float]], threads: int =
     for start, end in windows:
         inside = [t for t in times if start - tolerance <= t < end - tolerance]
         picked = [decoded[max(0, bisect.bisect_right(times, t + tolerance) - 1)][2] for t in instants_between(inside, FRAMES)]
-        geometry = working_geometry(picked[0].width, picked[0].height, 0, SHORT_SIDE, 4.0)
+        geometry = working_geometry(picked[0].width, picked[0].height, rotation=0, short_side=SHORT_SIDE, max_aspect_ratio=4.0)
         frames = np.stack([converter.convert(f, geometry) for f in picked])
         out.append(rotate_frames(torch.from_numpy(frames), 0))
     return out

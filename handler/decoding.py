@@ -40,14 +40,14 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import av
 import numpy as np
 import torch
 
 from handler.errors import RequestError
-from handler.sampling import frame_times, instants_between
+from handler.sampling import Window, uniform_instants
 from handler.transforms import rotate_frames
 from handler.working_frame import FrameConverter, WorkingGeometry, working_geometry
 
@@ -107,6 +107,9 @@ class DecodeLimits:
 
 
 T = TypeVar("T")
+# Chooses the instants (s from the video start) to show in a window, from the timestamps of the
+# frames in it (None when the container has none): the caller's sampling policy.
+InstantChooser = Callable[[Window, Optional[List[float]]], List[float]]
 
 
 class DecodeBudget:
@@ -660,7 +663,7 @@ class VideoDecoder:
 
     # -- sampling ------------------------------------------------------------------------
 
-    def sample(self, window: Tuple[float, float], num_frames: int) -> SampledWindow:
+    def sample(self, window: Window, num_frames: int) -> SampledWindow:
         """``num_frames`` frames evenly spread over ``window`` (seconds from the video start), upright.
 
         Returns (T, H, W, 3) uint8 frames scaled so the short side is the working size. Each
@@ -670,29 +673,42 @@ class VideoDecoder:
         """
         return next(iter(self.sample_windows([window], num_frames)))
 
-    def sample_windows(self, windows: Sequence[Tuple[float, float]], num_frames: int) -> Iterator[SampledWindow]:
-        """``sample`` for each of ``windows`` (in time order), each handed out as soon as it is complete.
-
-        Windows that touch, overlap or are less than ``REJOIN_GAP_SECONDS`` apart are decoded in
-        one forward pass (no frame decoded twice); others each get their own seek. Each result
-        is identical to ``sample(window)`` alone. Memory: the windows in flight, not the video.
-        """
+    def sample_windows(self, windows: Sequence[Window], num_frames: int) -> Iterator[SampledWindow]:
+        """``sample`` for each of ``windows``: ``frames_at`` with the uniform policy of ``sampling``."""
         if num_frames < 1:
             raise ValueError("num_frames must be >= 1")
+        interval = self.info.frame_interval
+
+        def choose(window: Window, times: Optional[List[float]]) -> List[float]:
+            return uniform_instants(window, times, num_frames=num_frames, frame_interval=interval)
+
+        return self.frames_at(windows, choose)
+
+    def frames_at(self, windows: Sequence[Window], choose: InstantChooser) -> Iterator[SampledWindow]:
+        """For each of ``windows`` (in time order), the frames shown at the instants ``choose`` picks.
+
+        ``choose(window, frame_times)`` gets the timestamps (s from the video start) of the frames
+        in ``[start, end)`` of the window, as demuxed (None when the container has none), and
+        returns the instants to show, in order; each gets the frame on screen then (the last one
+        at or before it). Each window is handed out as soon as it is complete. Windows that touch,
+        overlap or are less than ``REJOIN_GAP_SECONDS`` apart are decoded in one forward pass (no
+        frame decoded twice); others each get their own seek. Each result is identical to asking
+        for its window alone. Memory: the windows in flight, not the video.
+        """
         windows = [(float(a), float(b)) for a, b in windows]
         if any(b < a for a, b in windows) or any(b[0] < a[0] for a, b in zip(windows, windows[1:])):
             raise ValueError(f"windows must be (start, end) pairs in time order, got {windows[:4]}...")
-        runs: List[List[Tuple[float, float]]] = []
+        runs: List[List[Window]] = []
         for window in windows:
             if runs and window[0] - max(b for _, b in runs[-1]) < REJOIN_GAP_SECONDS:
                 runs[-1].append(window)
             else:
                 runs.append([window])
         self._mark = (self.stats.frames_decoded, self._errors_used())
-        return self._budget.timed(window for run in runs for window in self._decode_run(self._plans(run, num_frames)))
+        return self._budget.timed(window for run in runs for window in self._decode_run(self._plans(run, choose)))
 
-    def _plans(self, run: List[Tuple[float, float]], num_frames: int) -> List[_Plan]:
-        """Target instants of each window of a run, from one demux pass over the run's packets."""
+    def _plans(self, run: List[Window], choose: InstantChooser) -> List[_Plan]:
+        """Instants of each window of a run, from one demux pass over the run's packets."""
         origin = self._start or 0.0
         tolerance = self._tolerance
         stamps = self._timestamps(origin + run[0][0], origin + max(b for _, b in run))
@@ -701,14 +717,14 @@ class VideoDecoder:
         for window in run:
             start, end = origin + window[0], origin + window[1]
             inside = sorted(p for p in stamps or () if start - tolerance <= p * self._time_base < end - tolerance)
+            seconds = [p * self._time_base for p in inside]
+            instants = choose(window, None if stamps is None else [t - origin for t in seconds])
+            if not instants:
+                raise ValueError(f"no instants chosen for the window {window}")
+            targets = [origin + t for t in instants]
             needed: Optional[Set[int]] = None
-            if inside:
-                seconds = [p * self._time_base for p in inside]
-                targets = instants_between(seconds, num_frames)
-                chosen = {inside[max(0, bisect.bisect_right(seconds, t + tolerance) - 1)] for t in targets}
-                needed = chosen if exact else None
-            else:
-                targets = [origin + t for t in frame_times(window, num_frames, self.info.frame_interval)]
+            if inside and exact:  # the frames shown at the instants are known: skip all others
+                needed = {inside[max(0, bisect.bisect_right(seconds, t + tolerance) - 1)] for t in targets}
             plans.append(_Plan(window=window, start=start, targets=targets, needed=needed))
         return plans
 

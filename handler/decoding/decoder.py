@@ -33,19 +33,19 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import io
 import itertools
 import logging
 import math
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import av
 import numpy as np
 import torch
 
+from handler.decoding.budget import DecodeBudget, DecodeLimits
+from handler.decoding.probe import Opened, VideoInfo, probe
+from handler.decoding.source import check_pixels, open_container, prime, video_stream
 from handler.errors import RequestError
 from handler.sampling import Window, uniform_instants
 from handler.transforms import rotate_frames
@@ -67,114 +67,17 @@ TIME_TOLERANCE_FRAMES = 0.02
 REJOIN_GAP_SECONDS = 2.0
 # When a seek lands after its target, seek this much further back before decoding from byte 0.
 BACKOFF_SECONDS = (5.0, 30.0, 120.0)
-# Priming reads the stream's first packets up to its first keyframe, at most this many (a stream
-# without keyframe flags would otherwise be read to its end).
-PRIME_MAX_PACKETS = 300
 # Codecs whose packets each carry exactly one frame with that packet's timestamp: for these the
 # frames no window samples are known from packet timestamps and their non-reference ones skipped
 # even inside windows. Others (MPEG-4 ASP with packed B-frames...) only skip outside windows.
 ONE_FRAME_PER_PACKET = {"h264", "hevc", "vp8", "vp9", "av1", "libdav1d", "libaom-av1"}
-STILL_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "apng")
-DEFAULT_FPS = 30.0
-# A declared rate at or above this is nonsense (a time base taken for a rate): DEFAULT_FPS is used.
-MAX_PLAUSIBLE_FPS = 1000.0
-# Time base assumed for a stream that declares none.
-DEFAULT_TIME_BASE = 1e-6
-# An index claiming more video than the data holds, by this much and by this many frames, marks a
-# truncated file.
-TRUNCATION_SLACK_SECONDS = 1.0
-TRUNCATION_SLACK_FRAMES = 5
-# Bounds on what opening a file reads before any frame size is checked (FFmpeg's own defaults are
-# 5 MB and 5 s; a little more room for files whose video stream starts late in the data).
-PROBE_BYTES = 8 * 1024 * 1024
-PROBE_MICROSECONDS = 5_000_000
-# The tail probe seeks this far past the start (far past any real end) to land on the last keyframe.
-FAR_PAST_END_SECONDS = 1e7
 # The time tolerance never goes below this (s), whatever the frame rate.
 MIN_TIME_TOLERANCE_SECONDS = 1e-4
 
 
-@dataclass(frozen=True)
-class DecodeLimits:
-    """``max_frame_pixels``: width x height, declared or decoded. ``max_decode_seconds``: wall time
-    to decode one request (the default deadline). ``max_aspect_ratio``: long/short side of the
-    working frame; beyond it the central region of that aspect is used."""
-
-    max_frame_pixels: int
-    max_decode_seconds: float
-    threads: int = 0
-    max_aspect_ratio: float = 4.0
-
-
-T = TypeVar("T")
 # Chooses the instants (s from the video start) to show in a window, from the timestamps of the
 # frames in it (None when the container has none): the caller's sampling policy.
 InstantChooser = Callable[[Window, Optional[List[float]]], List[float]]
-
-
-class DecodeBudget:
-    """Wall time a request may spend *inside* its decoders, shared by all its videos.
-
-    Only time spent opening, probing and sampling counts: decoding is lazy (each window is
-    decoded when the model needs it), so a plain deadline would also count the forwards of the
-    batch in between and refuse requests for the model's slowness. ``per_window``: the budget
-    starts again after each window handed out (a streamed timeline, whose every line the client
-    receives as it is computed).
-    """
-
-    def __init__(self, seconds: float, per_window: bool = False) -> None:
-        self.seconds = float(seconds)
-        self.per_window = per_window
-        self.spent = 0.0
-        self._since: Optional[float] = None
-
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        """Count the time of the ``with`` body (re-entrant: only the outermost one counts)."""
-        if self._since is not None:
-            yield
-            return
-        self._since = time.monotonic()
-        try:
-            yield
-        finally:
-            self.spent += time.monotonic() - self._since
-            self._since = None
-
-    def timed(self, items: Iterable[T]) -> Iterator[T]:
-        """``items`` with the time spent producing each counted (and reset per window if asked)."""
-        iterator = iter(items)
-        while True:
-            with self.running():
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    return
-            yield item
-            if self.per_window:
-                self.spent = 0.0
-
-    def check(self) -> None:
-        """422 ``decode_timeout`` once the time counted exceeds the budget."""
-        running = time.monotonic() - self._since if self._since is not None else 0.0
-        if self.spent + running > self.seconds:
-            what = "one window of this streamed timeline" if self.per_window else "this request"
-            raise RequestError(
-                422, "decode_timeout", f"decoding {what} took longer than the limit of {self.seconds:g} s",
-            )
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What the container says about the video stream (times in seconds from its first frame)."""
-
-    container: str
-    codec: str
-    width: int
-    height: int
-    duration: float
-    frame_interval: float
-    rotation: int
 
 
 @dataclass
@@ -288,186 +191,34 @@ class VideoDecoder:
         # First frame time seen by a decode from byte 0: frames before it cannot be decoded at all.
         self._first_decodable: Optional[float] = None
         self._mark = (0, 0)
-        self._container = self._open(data)
+        self._container = open_container(data)
         try:
-            self._stream = self._video_stream()
-            self._prime()
-            self.info = self._probe()
+            self._stream = video_stream(self._container, limits)
+            prime(self._container, self._stream, self._check_deadline)
+            self._primed = True
+            probed = probe((self._container, self._stream), check=self._check_deadline, reopen=self._reopen)
         except BaseException:
             self._container.close()
             raise
+        self.info, self._start, self._time_base = probed.info, probed.start, probed.time_base
+        if probed.note:
+            self._notes.append(probed.note)
 
-    # -- opening and probing -------------------------------------------------------------
-
-    def _open(self, data: bytes) -> av.container.InputContainer:
-        try:
-            container = av.open(
-                io.BytesIO(data),
-                mode="r",
-                metadata_errors="ignore",
-                # Bound the probe itself; declared frame sizes are checked before any decoding.
-                options={"probesize": str(PROBE_BYTES), "analyzeduration": str(PROBE_MICROSECONDS)},
-            )
-        except av.error.FFmpegError as exc:
-            raise RequestError(
-                422, "not_a_video", f"the body is not a decodable video ({_ffmpeg_reason(exc)}); "
-                f"{len(data)} bytes starting {data[:8].hex(' ')}"
-            ) from None
-        except (MemoryError, OverflowError, ValueError) as exc:
-            raise RequestError(422, "not_a_video", f"the body could not be opened as a video: {exc}") from None
-        if container.format.name in STILL_IMAGE_FORMATS:
-            container.close()
-            raise RequestError(
-                415, "still_image",
-                f"the body is a still image ({container.format.name}), not a video; send a video file",
-            )
-        return container
-
-    def _video_stream(self) -> av.video.stream.VideoStream:
-        video = list(self._container.streams.video)
-        candidates = [s for s in video if not (s.disposition & av.stream.Disposition.attached_pic)]
-        if not candidates:
-            kinds = sorted({s.type for s in self._container.streams if s not in video}) or ["none"]
-            name = self._container.format.name
-            if video:
-                raise RequestError(
-                    422, "no_video_stream",
-                    f"the file ({name}) has no video to classify: its only video stream is an attached "
-                    f"picture (cover art), beside {', '.join(kinds)} streams; audio files with cover art "
-                    "cannot be classified",
-                )
-            raise RequestError(
-                422, "no_video_stream",
-                f"the file ({name}) has no video stream (streams: {', '.join(kinds)}); "
-                "audio-only files cannot be classified",
-            )
-        stream = candidates[0]
-        ctx = stream.codec_context
-        self._check_pixels(ctx.width, ctx.height, "declared")
-        # FFmpeg refuses to allocate a frame above this (a size change mid-stream): that packet
-        # fails to decode and counts as an error; ``_check_pixels`` checks every decoded frame too.
-        ctx.options = {"max_pixels": str(self._limits.max_frame_pixels)}
-        stream.thread_type = "AUTO"  # frame threads: ~1.5x faster than FFmpeg's default slice threads
-        if self._limits.threads:
-            stream.thread_count = self._limits.threads
-        return stream
+    # -- opening, seeking and decoding ------------------------------------------------------
 
     def _restart(self) -> None:
         """Reopen the file at its first byte: the one position no broken index can get wrong.
 
         The new codec context is unprimed: a decode from here primes it, and a seek first does."""
         self._container.close()
-        self._container = self._open(self._data)
-        self._stream = self._video_stream()
+        self._container = open_container(self._data)
+        self._stream = video_stream(self._container, self._limits)
         self._primed = False
         self.stats.restarts += 1
 
-    def _prime(self) -> None:
-        """Decode the stream's first packets, up to its first keyframe, through the codec context.
-
-        Must run with the demuxer at the first packet (just opened). What the decoder learns there
-        and keeps across seeks (the x264 build from its SEI, MPEG-4 encoder user data, the first
-        parameter sets) is then known to every later decode, as it is to a decode from the start.
-        Errors here are not counted: these frames belong to no window.
-        """
-        ctx = self._stream.codec_context
-        for count, packet in enumerate(self._container.demux(self._stream), start=1):
-            self._check_deadline()
-            if packet.size == 0:
-                continue
-            try:
-                ctx.decode(packet)
-            except av.error.FFmpegError:
-                pass
-            if packet.is_keyframe or count >= PRIME_MAX_PACKETS:
-                break
-        try:
-            ctx.decode(None)  # drain the frame threads: everything sent has been parsed
-        except av.error.FFmpegError:
-            pass
-        ctx.flush_buffers()
-        self._primed = True
-
-    def _check_pixels(self, width: int, height: int, what: str) -> None:
-        if width and height and width * height > self._limits.max_frame_pixels:
-            raise RequestError(
-                413, "frame_too_large",
-                f"{what} frame size {width}x{height} exceeds the limit of {self._limits.max_frame_pixels} pixels",
-            )
-
-    def _probe(self) -> VideoInfo:
-        stream = self._stream
-        time_base = float(stream.time_base) if stream.time_base else DEFAULT_TIME_BASE
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        fps = float(rate) if rate and 0 < float(rate) < MAX_PLAUSIBLE_FPS else DEFAULT_FPS
-        self._time_base = time_base
-        self._start = (stream.start_time or 0) * time_base if stream.start_time is not None else None
-        declared = stream.duration * time_base if stream.duration and stream.duration > 0 else None
-        # The end is measured from the last packets that are really there: container durations
-        # may be absolute end times (WebM, TS) and an index may list packets a truncated file lacks.
-        end = self._end_time_from_tail(1.0 / fps)
-        duration = None
-        if end is not None and self._start is not None:
-            duration = end - self._start
-        if duration is None or duration <= 0 or self._start is None:
-            scanned_start, scanned_end = self._scan_packet_times()
-            self._start = scanned_start if self._start is None else self._start
-            duration = scanned_end - self._start
-        if declared is not None and not declared - duration > max(TRUNCATION_SLACK_SECONDS, TRUNCATION_SLACK_FRAMES / fps):
-            duration = declared
-        elif declared is not None:
-            self._notes.append(
-                f"the file's index lists {declared:.2f} s of video but its data ends at {duration:.2f} s "
-                f"(a truncated file?); the {duration:.2f} s present were used"
-            )
-        if not duration or duration <= 0 or not math.isfinite(duration):
-            duration = 1.0 / fps  # a single frame (or a stream that will tell us more when decoded)
-        return VideoInfo(
-            container=self._container.format.name,
-            codec=stream.codec_context.name,
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
-            duration=float(duration),
-            frame_interval=1.0 / fps,
-            rotation=0,
-        )
-
-    def _end_time_from_tail(self, frame_interval: float) -> Optional[float]:
-        """End of the last packet, found by seeking to the last keyframe and demuxing (no decoding).
-
-        A packet without a duration is taken to last one frame interval. None when the seek
-        finds no packet (an index pointing past the data, or no seeking at all)."""
-        far = ((self._start or 0.0) + FAR_PAST_END_SECONDS) / self._time_base
-        try:
-            self._container.seek(int(far), stream=self._stream, backward=True)
-        except av.error.FFmpegError:
-            return None
-        end = None
-        for packet in self._container.demux(self._stream):
-            self._check_deadline()
-            if packet.pts is not None and packet.size:
-                length = packet.duration * self._time_base if packet.duration else frame_interval
-                t = packet.pts * self._time_base + length
-                end = t if end is None else max(end, t)
-        return end
-
-    def _scan_packet_times(self) -> Tuple[float, float]:
-        """First and last timestamps by demuxing the whole stream from byte 0 (no decoding)."""
+    def _reopen(self) -> Opened:
         self._restart()
-        first, last = None, None
-        for packet in self._container.demux(self._stream):
-            self._check_deadline()
-            if packet.pts is None or not packet.size:
-                continue
-            t = packet.pts * self._time_base
-            end = t + (packet.duration or 0) * self._time_base
-            first = t if first is None else min(first, t)
-            last = end if last is None else max(last, end)
-        if first is None:
-            raise RequestError(422, "no_frames", "the video stream has no timestamped packets to decode")
-        return first, last
-
-    # -- seeking and decoding ---------------------------------------------------------------
+        return self._container, self._stream
 
     @property
     def _tolerance(self) -> float:
@@ -480,7 +231,8 @@ class VideoDecoder:
         """Seek to the keyframe at or before ``seconds`` (absolute stream time), as the index says."""
         if not self._primed:  # reopened since: learn the stream start again before leaving it
             self._restart()
-            self._prime()
+            prime(self._container, self._stream, self._check_deadline)
+            self._primed = True
         try:
             self._container.seek(int(math.floor(seconds / self._time_base)), stream=self._stream, backward=True)
         except av.error.FFmpegError:
@@ -577,7 +329,7 @@ class VideoDecoder:
                 continue
             for frame in frames:
                 self.stats.frames_decoded += 1
-                self._check_pixels(frame.width, frame.height, "decoded")
+                check_pixels(frame.width, frame.height, "decoded", self._limits)
                 pass_.errors += frame.is_corrupt
                 if frame.pts is not None:
                     t = frame.pts * self._time_base
@@ -842,8 +594,3 @@ def _merged(spans: List[Tuple[float, float]]) -> List[Tuple[float, float]]:
         else:
             out.append((lo, hi))
     return out
-
-
-def _ffmpeg_reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return str(text).split(":")[0].strip() or type(exc).__name__

@@ -77,7 +77,7 @@ $(PT): $(BIN)/.installed $(wildcard export/*.py export/*.txt) handler/contract.p
 export: $(BIN)/.installed $(CKPT_STAMP)
 	$(PY) -m export $(EXPORT_ARGS)
 
-$(MAR): $(PT) $(wildcard handler/*.py) model-config.yaml
+$(MAR): $(PT) $(wildcard handler/*.py handler/*/*.py) model-config.yaml
 	$(PY) -m export.archive --model-file $(PT) --output $(MAR)
 
 mar: $(MAR)

@@ -177,7 +177,8 @@ def video_answer(
         "video": {
             "duration_s": round(video.duration, SECONDS_PLACES), "width": video.width, "height": video.height,
             "rotation": video.rotation, "codec": video.codec, "container": video.container,
-            "frames_decoded": frames_decoded, "decode_ms": round(decode_ms, MS_PLACES),
+            "frames_decoded": frames_decoded, "decode_errors": decode_errors,
+            "decode_ms": round(decode_ms, MS_PLACES),
         },
         "timings_ms": {
             "decode": round(decode_ms, MS_PLACES),
@@ -190,8 +191,8 @@ def video_answer(
     warnings = list(warnings)
     if decode_errors:
         warnings.append(
-            f"{decode_errors} packet(s) of the video failed to decode (damaged or truncated file); "
-            "the answer uses the frames that decoded"
+            f"{decode_errors} decode error(s): packets that failed to decode or frames FFmpeg concealed "
+            "(damaged or truncated file); the answer uses the frames that decoded"
         )
     if warnings:
         answer["warnings"] = warnings

@@ -6,7 +6,7 @@ All times are seconds from the first frame of the video stream.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 Window = Tuple[float, float]
 
@@ -80,3 +80,17 @@ def timeline_windows(start: float, end: float, window_seconds: float, stride: fl
     # 1 us of slack: a window ending exactly at `end` must not be lost to float rounding.
     count = int(math.floor((end - start - window_seconds) / stride + 1e-6)) + 1
     return [(start + k * stride, start + k * stride + window_seconds) for k in range(count)]
+
+
+def uniform_instants(
+    window: Window, frame_times_in_window: Optional[Sequence[float]], *, num_frames: int, frame_interval: float
+) -> List[float]:
+    """The sampling policy: ``num_frames`` instants (s from the video start) to show in ``window``.
+
+    ``frame_times_in_window``: timestamps of the frames whose time lies in the window, as the
+    decoder demuxed them (None or empty when it knows none). Evenly spread from the first to the
+    last frame in the window (``instants_between``), else over the window (``frame_times``).
+    """
+    if frame_times_in_window:
+        return instants_between(frame_times_in_window, num_frames)
+    return frame_times(window, num_frames, frame_interval)

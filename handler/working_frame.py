@@ -52,7 +52,7 @@ def _ratio(w: int, h: int) -> str:
 
 
 def working_geometry(
-    width: int, height: int, rotation: int, short_side: int, max_aspect_ratio: float
+    width: int, height: int, *, rotation: int, short_side: int, max_aspect_ratio: float
 ) -> WorkingGeometry:
     """Geometry of the working frame for a stored ``width`` x ``height`` frame.
 

@@ -314,3 +314,22 @@ def test_normal_aspect_ratios_are_not_cropped():
     with VideoDecoder(data, LIMITS, 256) as decoder:
         window = decoder.sample((0.0, 0.3), 4)
         assert window.frames.shape == (4, 256, 896, 3) and not window.warnings and not decoder.notes
+
+
+# -- the caller chooses instants, the decoder returns the frames shown at them (issue 18) --------
+
+
+def test_frames_at_returns_the_frames_shown_at_the_callers_instants():
+    data = _gray_video([100 * i for i in range(40)])  # 10 fps: frame i from i/10 s, level 4 * i
+    seen = []
+
+    def choose(window, times):
+        seen.append((window, times))
+        return [1.0, 1.05, 2.5, 2.99] if window[0] == 1.0 else [0.3]
+
+    with VideoDecoder(data, LIMITS, SHORT_SIDE) as decoder:
+        first, second = decoder.frames_at([(0.0, 0.5), (1.0, 3.0)], choose)
+    assert _indices(first.frames) == [3] and _indices(second.frames) == [10, 10, 25, 29]
+    # The chooser sees each window's frame timestamps, [start, end), from the video start.
+    assert [w for w, _ in seen] == [(0.0, 0.5), (1.0, 3.0)]
+    assert seen[1][1] == pytest.approx([1.0 + 0.1 * k for k in range(20)])

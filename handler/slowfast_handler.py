@@ -25,7 +25,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.metrics import HandlerMetrics
-from handler.options import RequestOptions, ServeOptions, resolve_request_options
+from handler.options import RequestOptions, ServeOptions, registration_settings, resolve_request_options
 from handler.plan import check_requested_views, plan_videos
 from handler.protocol import (
     PLAIN, ModelInfo, ParsedRequest, check_upload_size, parse_row, render_embedding, render_response,
@@ -35,6 +35,7 @@ from handler.run import WindowJob, WindowScores, mean_scores, run_windows
 from handler.work import RequestWork, VideoWork
 from handler.runtime import ModelRuntime, choose_device, cpu_thread_count
 from handler.heap import fix_mmap_threshold
+from handler.priority import lower_cpu_priority
 from handler.server_config import require_config_file
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,12 @@ class SlowFastHandler(BaseHandler):
         model_dir = Path(properties["model_dir"])
         self.manifest = context.manifest
         config = getattr(context, "model_yaml_config", None) or {}
-        self.options = ServeOptions.from_config(config.get("handler"))
+        # One .mar may be registered under several names (config.properties load_models), each
+        # with its own settings: model_name is the name this worker was registered under.
+        registered = str(getattr(context, "model_name", "") or "")
+        self.options = ServeOptions.from_config(registration_settings(config, registered))
+        # Before any thread pool starts: the pools inherit the priority (handler/priority.py).
+        lower_cpu_priority(self.options.cpu_nice)
         workers = int(config.get("minWorkers", 1) or 1)
         self.device = choose_device(properties.get("gpu_id"))
         if self.device.type == "cpu":
@@ -84,8 +90,9 @@ class SlowFastHandler(BaseHandler):
             torch.get_num_threads(),
         )
         log.info(
-            "request budget: %d views (videos x windows x crops) per answer, %d per streamed timeline, "
-            "%g MiB of video, %g s of decoding",
+            "registered as %s (nice %d): request budget: %d views (videos x windows x crops) per answer, "
+            "%d per streamed timeline, %g MiB of video, %g s of decoding",
+            registered or "?", self.options.cpu_nice,
             self.options.max_views_per_request, self.options.max_streamed_views_per_request,
             self.options.max_upload_mb, self.options.max_decode_seconds,
         )

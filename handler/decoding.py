@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import io
 import itertools
 import logging
 import math
@@ -29,6 +28,7 @@ import av
 import numpy as np
 import torch
 
+from handler.body_reader import BodyReader
 from handler.errors import RequestError
 from handler.sampling import frame_times, instants_between
 from handler.transforms import rotate_frames
@@ -236,7 +236,7 @@ class VideoDecoder:
     def _open(self, data: bytes) -> av.container.InputContainer:
         try:
             container = av.open(
-                io.BytesIO(data),
+                BodyReader(data),  # io.BytesIO would copy a bytearray body whole
                 mode="r",
                 metadata_errors="ignore",
                 # Bound the probe itself; declared frame sizes are checked before any decoding.

@@ -33,8 +33,6 @@ from client.endpoint import ClientError, resolve_endpoint
 from client.transport import Answer, Transport
 from harness.torchserve import LocalTorchServe
 
-pytestmark = pytest.mark.integration
-
 CLIP = "tv__WUzgd7C1pWA.mp4"  # 10.9 s Kinetics clip, the Makefile's default VIDEO
 CLIP_MODEL, TIMELINE_MODEL = "slowfast_r50", "slowfast_r50_timeline"
 TIMELINE_NICE = 10  # model-config.yaml registrations.slowfast_r50_timeline.cpu_nice
@@ -89,6 +87,90 @@ def test_the_upload_is_decoded_without_a_copy_of_it(long_video_path: Path):
     peak = json.loads(run.stdout.strip().splitlines()[-1])
     assert peak["upload_mb"] > 60
     assert peak["growth_mb"] < 0.5 * peak["upload_mb"], peak
+
+
+# -- the pieces, without a server -----------------------------------------------------------------
+
+
+def test_each_registration_gets_its_settings_from_model_config():
+    import yaml
+
+    from handler.options import ConfigError, ServeOptions, registration_settings
+
+    config = yaml.safe_load((Path(__file__).parent.parent / "model-config.yaml").read_text())
+    clips, timelines = (ServeOptions.from_config(registration_settings(config, name))
+                        for name in (CLIP_MODEL, TIMELINE_MODEL))
+    assert (clips.max_streamed_views_per_request, clips.timeline_model, clips.cpu_nice) == (48, TIMELINE_MODEL, 0)
+    assert (timelines.max_streamed_views_per_request, timelines.timeline_model, timelines.cpu_nice) == (2048, "", TIMELINE_NICE)
+    assert timelines.max_views_per_request == clips.max_views_per_request  # only what is listed differs
+    with pytest.raises(ConfigError, match="unknown keys"):
+        ServeOptions.from_config(registration_settings({"handler": {}, "registrations": {"x": {"nice": 3}}}, "x"))
+
+
+PRIORITY = """
+import os, threading
+from pathlib import Path
+from handler.priority import lower_cpu_priority
+before = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
+before.start()  # a thread that exists already
+print(lower_cpu_priority(7))
+after = []
+later = threading.Thread(target=lambda: after.append(os.getpriority(os.PRIO_PROCESS, 0)))
+later.start(); later.join()  # a thread started afterwards inherits it
+nices = [int(p.read_text().rsplit(")", 1)[1].split()[16]) for p in Path("/proc/self/task").glob("*/stat")]
+print(min(nices), after[0])
+"""
+
+
+def test_lower_cpu_priority_reaches_every_thread_and_the_ones_started_later():
+    run = subprocess.run([sys.executable, "-c", PRIORITY], cwd=Path(__file__).parent.parent,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["7", "7", "7"]
+
+
+def test_body_reader_reads_and_seeks_like_bytesio_without_holding_the_body():
+    import io
+    import os
+
+    from handler.body_reader import BodyReader
+
+    body = bytearray(os.urandom(100_000))
+    ours, theirs = BodyReader(body), io.BytesIO(bytes(body))
+    for offset, whence, size in ((0, 0, 10), (500, 1, 70_000), (-10, 2, 100), (99_999, 0, 5), (0, 2, 3)):
+        assert ours.seek(offset, whence) == theirs.seek(offset, whence)
+        assert ours.read(size) == theirs.read(size) and ours.tell() == theirs.tell()
+    ours.close()
+    body.extend(b"x")  # no view left on it: the body can be resized (and freed) again
+
+
+def test_the_client_sends_timelines_to_the_timeline_registration_or_the_model_without_one():
+    from client.endpoint import timeline_url
+    from tests.fake_torchserve import FakeTorchServe, Reply, error, ok
+
+    assert timeline_url("http://h:8080/predictions/slowfast_r50") == "http://h:8080/predictions/slowfast_r50_timeline"
+    assert timeline_url("http://h:8080/predictions/x_timeline") == "http://h:8080/predictions/x_timeline"
+    line = {"window": {"index": 0, "of": 1, "start": 0.0, "end": 2.1}}
+
+    def with_registration(request):
+        return Reply(200, lines=[line, {"timeline": []}]) if request.path.endswith("_timeline") else ok()
+
+    def without(request):
+        if request.path.endswith("_timeline"):
+            return error(404, "ModelNotFoundException", "Model not found: slowfast_r50_timeline", torchserve=True)
+        return Reply(200, lines=[line, {"timeline": []}]) if request.headers.get("timeline") else ok()
+
+    for answer, paths in ((with_registration, ["/predictions/slowfast_r50", "/predictions/slowfast_r50_timeline"]),
+                          (without, ["/predictions/slowfast_r50", "/predictions/slowfast_r50_timeline",
+                                     "/predictions/slowfast_r50"])):
+        with FakeTorchServe(answer) as fake:
+            transport = Transport(resolve_endpoint(fake.url, token="k"), attempts=1)
+            assert isinstance(transport.send(b"v", {}), Answer)
+            assert list(transport.stream(b"v", {"timeline": "true", "stream": "true"}))[-1] == {"timeline": []}
+            assert [r.path for r in fake.requests] == paths
+
+
+# -- through TorchServe ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +237,7 @@ def worker_threads_nice(server: LocalTorchServe, model: str) -> List[int]:
     return [int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in tasks.glob("*/stat")]
 
 
+@pytest.mark.integration
 def test_each_registration_has_its_own_worker_and_the_timeline_one_yields_the_cores(both: LocalTorchServe):
     clip_pid, timeline_pid = (int(both.workers(m)[0]["pid"]) for m in (CLIP_MODEL, TIMELINE_MODEL))
     assert clip_pid != timeline_pid
@@ -162,6 +245,7 @@ def test_each_registration_has_its_own_worker_and_the_timeline_one_yields_the_co
     assert set(worker_threads_nice(both, TIMELINE_MODEL)) == {TIMELINE_NICE}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("stream", ["true", "false"])
 def test_the_clip_registration_refuses_a_long_timeline_naming_the_way_out(both: LocalTorchServe,
                                                                           long_video: bytes, stream: str):
@@ -177,6 +261,7 @@ def test_the_clip_registration_refuses_a_long_timeline_naming_the_way_out(both: 
     assert time.perf_counter() - started < 30  # refused from the plan, not after decoding
 
 
+@pytest.mark.integration
 def test_an_abandoned_streamed_timeline_does_not_hold_the_clip_worker(transport: Transport, long_video: bytes,
                                                                      clip: bytes, alone_s: float):
     assert transport.url_for({"timeline": "true"}).endswith(f"/predictions/{TIMELINE_MODEL}")
@@ -189,6 +274,7 @@ def test_an_abandoned_streamed_timeline_does_not_hold_the_clip_worker(transport:
         f"(bound max(5 s, 3x) = {allowed_delay(alone_s):.2f} s)")
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_four_long_timelines_at_once_keep_the_clip_p95_within_3x(transport: Transport, long_video: bytes,
                                                                   clip: bytes, alone_s: float):

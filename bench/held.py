@@ -90,13 +90,16 @@ def measure(served: Any, clip: Dict[str, Any], long_clip: Dict[str, Any], reps: 
 
     progress(f"  {clients} clients streaming long timelines at once, {reps} clips meanwhile")
     stop = threading.Event()
-    with ThreadPoolExecutor(clients) as pool:
-        streams = [pool.submit(_stream, _transport(served, timeout=60), long_video, stop) for _ in range(clients)]
-        time.sleep(5.0)  # uploaded, and the timeline worker busy
-        loaded = [_clip_s(transport, video) for _ in range(reps)]
-        running = sum(not s.done() for s in streams)
-        stop.set()
-        runs = [s.result() for s in streams]
+    pool = ThreadPoolExecutor(clients)
+    # Connected until the end: the timeline worker answers them one after the other, so most wait
+    # for their first line meanwhile; the server's stop (right after this section) ends those waits.
+    streams = [pool.submit(_stream, _transport(served, timeout=3600), long_video, stop) for _ in range(clients)]
+    time.sleep(5.0)  # uploaded, and the timeline worker busy
+    loaded = [_clip_s(transport, video) for _ in range(reps)]
+    running = sum(not s.done() for s in streams)
+    stop.set()
+    pool.shutdown(wait=False)
+    runs = [s.result() for s in streams if s.done()]
     out = {
         "clip": clip["name"], "long_video": long_clip["name"], "long_seconds": long_clip.get("seconds"),
         "alone_s": summary(alone), "alone_p50_s": round(alone_p50, 3), "alone_p95_s": round(percentile(alone, 95), 3),

@@ -281,9 +281,9 @@ def test_four_long_timelines_at_once_keep_the_clip_p95_within_3x(transport: Tran
     stop = threading.Event()
 
     def follow(_: int) -> int:
-        # Its own client: the timeline worker answers the four one after the other, so three of them
-        # wait for their first line; a 40 s read timeout ends those waits after the measurement.
-        mine = Transport(transport.endpoint, timeout=40, attempts=1)
+        # Connected to the end: the timeline worker answers the four one after the other, so three
+        # wait for their first line; the module's server stop ends those waits.
+        mine = Transport(transport.endpoint, timeout=3600, attempts=1)
         read = 0
         try:
             for _line in mine.stream(long_video, {"timeline": "true", "stream": "true"}):
@@ -294,13 +294,13 @@ def test_four_long_timelines_at_once_keep_the_clip_p95_within_3x(transport: Tran
             pass
         return read
 
-    with ThreadPoolExecutor(4) as pool:
-        streams = [pool.submit(follow, i) for i in range(4)]
-        time.sleep(5.0)  # the four are uploaded and the timeline worker is busy
-        latencies = [clip_seconds(transport, clip) for _ in range(12)]
-        running = sum(not s.done() for s in streams)
-        stop.set()
-        read = sorted(s.result() for s in streams)
+    pool = ThreadPoolExecutor(4)
+    streams = [pool.submit(follow, i) for i in range(4)]
+    time.sleep(5.0)  # the four are uploaded and the timeline worker is busy
+    latencies = [clip_seconds(transport, clip) for _ in range(12)]
+    running = sum(not s.done() for s in streams)
+    stop.set()
+    pool.shutdown(wait=False)
     p95 = sorted(latencies)[int(0.95 * (len(latencies) - 1) + 0.5)]
-    assert running == 4, read  # none refused or ended: the load was there while the clips were measured
+    assert running == 4  # none refused or ended: the load was there while the clips were measured
     assert p95 <= 3.0 * alone_s, f"p95 {p95:.2f} s vs alone {alone_s:.2f} s: {[round(x, 2) for x in latencies]}"

@@ -18,6 +18,7 @@ Also here: the worker opens the uploaded body (a bytearray from TorchServe) with
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -131,7 +132,6 @@ def test_lower_cpu_priority_reaches_every_thread_and_the_ones_started_later():
 
 def test_body_reader_reads_and_seeks_like_bytesio_without_holding_the_body():
     import io
-    import os
 
     from handler.body_reader import BodyReader
 
@@ -230,6 +230,13 @@ def stream_then_hang_up(transport: Transport, video: bytes, after_s: float) -> i
     return read
 
 
+def cpu_seconds(server: LocalTorchServe, model: str) -> float:
+    """CPU time (user + system) of ``model``'s worker process so far."""
+    pid = int(server.workers(model)[0]["pid"])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def worker_threads_nice(server: LocalTorchServe, model: str) -> List[int]:
     """The nice value of every thread of ``model``'s worker process (field 19 of /proc/<tid>/stat)."""
     pid = int(server.workers(model)[0]["pid"])
@@ -262,16 +269,20 @@ def test_the_clip_registration_refuses_a_long_timeline_naming_the_way_out(both: 
 
 
 @pytest.mark.integration
-def test_an_abandoned_streamed_timeline_does_not_hold_the_clip_worker(transport: Transport, long_video: bytes,
-                                                                     clip: bytes, alone_s: float):
+def test_an_abandoned_streamed_timeline_does_not_hold_the_clip_worker(both: LocalTorchServe, transport: Transport,
+                                                                     long_video: bytes, clip: bytes, alone_s: float):
     assert transport.url_for({"timeline": "true"}).endswith(f"/predictions/{TIMELINE_MODEL}")
     read = stream_then_hang_up(transport, long_video, ABANDON_AFTER_S)
     assert 1 <= read < 281  # the timeline registration was streaming it, and it was left well before its end
-    # The timeline worker computes on (nothing tells it the client left); the clip worker does not wait.
+    # The clip worker does not wait for the abandoned timeline...
     after_s = clip_seconds(transport, clip)
     assert after_s <= allowed_delay(alone_s), (
         f"the clip after an abandoned timeline took {after_s:.2f} s; alone {alone_s:.2f} s "
         f"(bound max(5 s, 3x) = {allowed_delay(alone_s):.2f} s)")
+    # ... which the timeline worker still computes: nothing told it the client left.
+    busy_before = cpu_seconds(both, TIMELINE_MODEL)
+    time.sleep(2.0)
+    assert cpu_seconds(both, TIMELINE_MODEL) - busy_before > 0.2
 
 
 @pytest.mark.integration

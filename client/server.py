@@ -100,7 +100,8 @@ def start(timeout_s: float) -> int:
         f"\nTorchServe is up with {', '.join(registered_models())}.\n"
         f"  inference key: {keys.inference}   (key_file.json; new keys on every start)\n\n"
         f"  curl -H \"Authorization: Bearer {keys.inference}\" -H \"Content-Type: application/octet-stream\" \\\n"
-        f"       --data-binary @../shared/videos/tv__WUzgd7C1pWA.mp4 {inference_url()}/predictions/{MODEL}\n\n"
+        f"       --data-binary @../shared/videos/tv__WUzgd7C1pWA.mp4 {inference_url()}/predictions/{MODEL}\n"
+        f"  long timelines (-H \"timeline: true\" -H \"stream: true\"): {inference_url()}/predictions/{MODEL}_timeline\n\n"
         f"  make predict VIDEO=clip.mp4     make scale WORKERS=2     make stop\n"
     )
     return 0

@@ -28,8 +28,8 @@ class ServeOptions:
     together), ``max_views_per_request`` (videos x windows x crops of an answer sent in one
     piece), ``max_streamed_views_per_request`` (the same for a streamed timeline, whose every line
     restarts TorchServe's response timeout), ``max_frame_pixels`` (width x height as declared or
-    decoded), ``max_decode_seconds`` (time spent decoding one request; for a streamed timeline,
-    each window). ``max_aspect_ratio``: long/short side of the working frame; a more elongated
+    decoded), ``max_decode_seconds`` (time spent decoding one request; for a streamed timeline
+    where streaming allows more views than an answer, each window). ``max_aspect_ratio``: long/short side of the working frame; a more elongated
     video is answered from its central region of that aspect (with a warning).
     Compute: ``micro_batch_cpu`` / ``micro_batch_cuda`` views per forward, ``precision``
     (fp16/bf16 autocast on GPU only), ``optimize`` (freeze + optimize_for_inference at load),
@@ -96,6 +96,12 @@ class ServeOptions:
             problems.append("cpu_nice must be in 0..19")
         if problems:
             raise ConfigError("model-config handler section: " + "; ".join(problems))
+
+    @property
+    def streaming_extends_budget(self) -> bool:
+        """Whether a streamed timeline may cost more than an answer sent in one piece (then its
+        decoding budget is per window): true on the timeline registration, false on the clip one."""
+        return self.max_streamed_views_per_request > self.max_views_per_request
 
     @property
     def max_upload_bytes(self) -> int:

@@ -90,7 +90,7 @@ def plan_videos(
         windows = sum(len(plan.windows) for plan in plans)
         covered = sum(plan.windows[-1][1] - plan.windows[0][0] for plan in plans)
         fitting_stride = math.ceil(covered / max(1, limit // options.crops) * 10) / 10
-        streaming_helps = not options.stream and serve.max_streamed_views_per_request > limit
+        streaming_helps = not options.stream and serve.streaming_extends_budget
         way_out = (
             f"look at part of the video (start/end), or use a longer stride (stride={fitting_stride:g} fits)"
             + (f", or stream it (stream=true allows {serve.max_streamed_views_per_request} views)" if streaming_helps else "")

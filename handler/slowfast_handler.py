@@ -123,8 +123,11 @@ class SlowFastHandler(BaseHandler):
                 raise RequestError(400, "bad_option", "stream applies to plain requests, not KServe envelopes")
             check_upload_size(request.parsed.videos, self.options.max_upload_bytes)
             check_requested_views(len(request.parsed.videos), request.options, self.options)
-            # One decoding budget for all the videos of a request (per window for a streamed timeline).
-            budget = DecodeBudget(self.options.max_decode_seconds, per_window=request.streaming)
+            # One decoding budget for all the videos of a request; per window for a streamed timeline
+            # where streaming allows more views than an answer (the timeline registration): on the
+            # clip registration a stream holds the worker no longer than any answer may.
+            per_window = request.streaming and self.options.streaming_extends_budget
+            budget = DecodeBudget(self.options.max_decode_seconds, per_window=per_window)
             for video in request.parsed.videos:
                 decoder = VideoDecoder(video, self.limits, self.contract.short_side, budget=budget)
                 request.videos.append(VideoWork(decoder, plan=None))  # type: ignore[arg-type]

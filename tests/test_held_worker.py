@@ -104,6 +104,8 @@ def test_each_registration_gets_its_settings_from_model_config():
     assert (clips.max_streamed_views_per_request, clips.timeline_model, clips.cpu_nice) == (48, TIMELINE_MODEL, 0)
     assert (timelines.max_streamed_views_per_request, timelines.timeline_model, timelines.cpu_nice) == (2048, "", TIMELINE_NICE)
     assert timelines.max_views_per_request == clips.max_views_per_request  # only what is listed differs
+    # Streams on the clip registration get an answer's budgets (views, and decoding per request).
+    assert not clips.streaming_extends_budget and timelines.streaming_extends_budget
     with pytest.raises(ConfigError, match="unknown keys"):
         ServeOptions.from_config(registration_settings({"handler": {}, "registrations": {"x": {"nice": 3}}}, "x"))
 

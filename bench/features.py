@@ -28,17 +28,20 @@ def _peak_mb(pid: Optional[int], run: Callable[[], Any]) -> Tuple[Any, Optional[
 
 
 def timeline(served: Any, clip: Dict[str, Any], num_frames: int) -> Dict[str, Any]:
-    """One plain default request, then one streamed timeline of the whole video (default stride)."""
+    """One plain default request, then one streamed timeline of the whole video (default stride), both
+    on the timeline registration's worker (the clip registration refuses a timeline this long)."""
+    from bench.served import TIMELINE_MODEL
+
     video = clip["path"].read_bytes()
-    pid = served.worker_pid()
+    pid = served.worker_pid(TIMELINE_MODEL)
     progress(f"timeline: {clip['name']} ({len(video) / 2**20:.1f} MB), a single clip first for the memory baseline")
-    single, single_peak = _peak_mb(pid, lambda: served.predict(video))
+    single, single_peak = _peak_mb(pid, lambda: served.predict(video, model=TIMELINE_MODEL))
 
     def streamed() -> Dict[str, Any]:
         started = time.perf_counter()
         arrivals: List[float] = []
         lines: List[Dict[str, Any]] = []
-        with served.post(video, {"timeline": "true", "stream": "true"}, stream=True) as reply:
+        with served.post(video, {"timeline": "true", "stream": "true"}, stream=True, model=TIMELINE_MODEL) as reply:
             if reply.status_code != 200:
                 raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:300]}")
             for raw in reply.iter_lines():

@@ -129,9 +129,9 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
                 f"the handler adds one); RSS before its requests: {short['worker_rss_before_mb']} -> "
                 f"{long_['worker_rss_before_mb']} MB",
             ))
-    from bench import features  # its targets live beside its measurements
+    from bench import features, held  # their targets live beside their measurements
 
-    return targets + features.targets(results)
+    return targets + features.targets(results) + held.targets(results)
 
 
 def _runtime_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -265,9 +265,9 @@ def render(results: Dict[str, Any]) -> str:
                          fmt_ms(g["handler_ms"]["decode"]["median"]), str(g["frames_decoded"]),
                          str(g["worker_rss_before_mb"]), str(g["worker_peak_rss_mb"])])
         lines += _table(["video", "MB", "e2e ms", "decode", "frames", "RSS before MB", "peak RSS MB"], rows)
-    from bench import features
+    from bench import features, held
 
-    lines += features.render(results)
+    lines += features.render(results) + held.render(results)
     targets = results.get("targets", [])
     if targets:
         lines.append("")

@@ -22,14 +22,19 @@ from harness.memory import RssSampler, peak_rss_mb, reset_peak, rss_mb
 from bench.util import percentile, progress, ratio, summary
 
 
+TIMELINE_MODEL = "slowfast_r50_timeline"  # config.properties: the same .mar again, for long timelines
+
+
 class Served:
-    """A started LocalTorchServe plus one keep-alive HTTP session per client thread."""
+    """A started LocalTorchServe (registered as config.properties does: clips and long timelines,
+    a worker each) plus one keep-alive HTTP session per client thread. ``model``: which registration
+    a request goes to (default: the clip one)."""
 
     def __init__(self, mar: Path) -> None:
         from harness.torchserve import LocalTorchServe
 
         self._tmp = tempfile.TemporaryDirectory(prefix="slowfast-bench-")
-        self.server = LocalTorchServe(mar, Path(self._tmp.name))
+        self.server = LocalTorchServe(mar, Path(self._tmp.name), also_as=(TIMELINE_MODEL,))
         self._local = threading.local()
         self.start_s = float("nan")
 
@@ -56,8 +61,8 @@ class Served:
         lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
         return [line.split(" - ", 1)[-1] for line in lines if "CPU runtime" in line or "cpu_runtime" in line]
 
-    def worker_pid(self) -> Optional[int]:
-        workers = [w for w in self.server.workers() if w.get("status") == "READY"]
+    def worker_pid(self, model: Optional[str] = None) -> Optional[int]:
+        workers = [w for w in self.server.workers(model) if w.get("status") == "READY"]
         return int(workers[0]["pid"]) if workers and workers[0].get("pid") else None
 
     def _session(self) -> requests.Session:
@@ -66,15 +71,17 @@ class Served:
             session = self._local.session = requests.Session()
         return session
 
-    def post(self, video: bytes, headers: Optional[Dict[str, str]] = None, stream: bool = False) -> requests.Response:
+    def post(self, video: bytes, headers: Optional[Dict[str, str]] = None, stream: bool = False,
+             model: Optional[str] = None) -> requests.Response:
         """One raw-body request with the inference token and request-option ``headers``."""
         merged = {"Content-Type": "application/octet-stream", **self.server.keys.inference_header(), **(headers or {})}
-        return self._session().post(self.server.predictions_url, data=video, headers=merged, stream=stream, timeout=3600)
+        url = self.server.predictions_url_of(model) if model else self.server.predictions_url
+        return self._session().post(url, data=video, headers=merged, stream=stream, timeout=3600)
 
-    def predict(self, video: bytes, headers: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    def predict(self, video: bytes, headers: Optional[Dict[str, str]] = None, model: Optional[str] = None) -> Dict[str, Any]:
         """One request; returns the body plus ``e2e_ms`` (client-side wall time, upload included)."""
         started = time.perf_counter()
-        reply = self.post(video, headers)
+        reply = self.post(video, headers, model=model)
         e2e_ms = (time.perf_counter() - started) * 1000
         if reply.status_code != 200:
             raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:300]}")

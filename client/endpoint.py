@@ -18,6 +18,9 @@ from client.config import REPO, repo_property
 from client.keys import KEY_FILE, KeyFileError, Keys, read_keys
 
 MODEL = "slowfast_r50"
+# The same model registered again for long work (config.properties load_models): its own worker
+# takes timelines, so one a client abandons (TorchServe cannot cancel it) never holds clip answers.
+TIMELINE_SUFFIX = "_timeline"
 TOKEN_ENV = "SLOWFAST_TOKEN"
 MANAGEMENT_TOKEN_ENV = "SLOWFAST_MANAGEMENT_TOKEN"
 TORCHSERVE_MANAGEMENT_PORT = 8081
@@ -46,6 +49,12 @@ def predictions_url(url: str, model: str = MODEL) -> str:
     if "/predictions/" in parsed.path:
         return base
     return f"{base}/predictions/{model}"
+
+
+def timeline_url(predictions: str) -> str:
+    """``.../predictions/<model>`` -> ``.../predictions/<model>_timeline``, where timelines go."""
+    base, _, model = predictions.rstrip("/").rpartition("/")
+    return predictions if model.endswith(TIMELINE_SUFFIX) else f"{base}/{model}{TIMELINE_SUFFIX}"
 
 
 def management_url(inference_url: str) -> str:
@@ -106,13 +115,15 @@ def resolve_management_token(url: str, token: Optional[str], key_file: Optional[
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A model's predictions URL and management URL, each with its token (None: send none)."""
+    """A model's predictions URL and management URL, each with its token (None: send none);
+    ``timeline_url``: where timelines are sent (the model's long-work registration)."""
 
     url: str
     token: Optional[str]
     management_url: str
     management_token: Optional[str]
     model: str = MODEL
+    timeline_url: Optional[str] = None
 
 
 def resolve_endpoint(
@@ -128,4 +139,5 @@ def resolve_endpoint(
         management_url=manage,
         management_token=resolve_management_token(manage, management_token, key_file),
         model=model,
+        timeline_url=timeline_url(predictions),
     )

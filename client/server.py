@@ -1,7 +1,8 @@
 """``python -m client.server start|stop|status|scale``: run TorchServe from this repo's root.
 
-``start`` runs ``torchserve --start`` with the repo's config.properties, waits until the model's
-workers are READY (or fails with the end of the model log), then prints how to call it.
+``start`` runs ``torchserve --start`` with the repo's config.properties, waits until every model
+it loads (load_models: slowfast_r50, and slowfast_r50_timeline for long timelines) has its
+workers READY (or fails with the end of the model log), then prints how to call it.
 """
 
 from __future__ import annotations
@@ -37,27 +38,33 @@ def _torchserve() -> str:
     return str(candidate) if candidate.exists() else "torchserve"
 
 
-def describe(timeout: float = 5.0) -> list:
+def registered_models() -> List[str]:
+    """The names config.properties load_models registers (``name=archive.mar``, comma-separated)."""
+    entries = [e.strip() for e in repo_property("load_models", f"{MODEL}={MODEL}.mar").split(",") if e.strip()]
+    return [e.split("=", 1)[0] if "=" in e else Path(e).stem for e in entries] or [MODEL]
+
+
+def describe(timeout: float = 5.0, model: str = MODEL) -> list:
     keys = read_keys(REPO)
-    reply = requests.get(f"{management_url()}/models/{MODEL}", headers=keys.management_header(), timeout=timeout)
+    reply = requests.get(f"{management_url()}/models/{model}", headers=keys.management_header(), timeout=timeout)
     reply.raise_for_status()
     return reply.json()
 
 
-def wait_ready(deadline_s: float, workers: int = 1) -> list:
+def wait_ready(deadline_s: float, workers: int = 1, model: str = MODEL) -> list:
     stop_at = time.monotonic() + deadline_s
     last_error = "no answer yet"
     while time.monotonic() < stop_at:
         try:
-            model = describe()
-            ready = [w for w in model[0].get("workers", []) if w.get("status") == "READY"]
+            described = describe(model=model)
+            ready = [w for w in described[0].get("workers", []) if w.get("status") == "READY"]
             if len(ready) >= workers:
-                return model
+                return described
             last_error = f"{len(ready)} of {workers} workers ready"
         except (requests.RequestException, KeyFileError, ValueError, IndexError) as exc:
             last_error = str(exc)
         time.sleep(1.0)
-    raise TimeoutError(f"model {MODEL} not ready after {deadline_s:.0f} s ({last_error})")
+    raise TimeoutError(f"model {model} not ready after {deadline_s:.0f} s ({last_error})")
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -81,16 +88,19 @@ def start(timeout_s: float) -> int:
         cwd=REPO, env=env, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        wait_ready(timeout_s)
+        stop_at = time.monotonic() + timeout_s
+        for model in registered_models():
+            wait_ready(max(1.0, stop_at - time.monotonic()), model=model)
     except TimeoutError as exc:
         print(f"{exc}\n--- logs/model_log.log ---\n{_tail(REPO / 'logs' / 'model_log.log')}", file=sys.stderr)
         return 1
     keys = read_keys(REPO)
     print(
-        f"\nTorchServe is up with {MODEL}.\n"
+        f"\nTorchServe is up with {', '.join(registered_models())}.\n"
         f"  inference key: {keys.inference}   (key_file.json; new keys on every start)\n\n"
         f"  curl -H \"Authorization: Bearer {keys.inference}\" -H \"Content-Type: application/octet-stream\" \\\n"
-        f"       --data-binary @../shared/videos/tv__WUzgd7C1pWA.mp4 {inference_url()}/predictions/{MODEL}\n\n"
+        f"       --data-binary @../shared/videos/tv__WUzgd7C1pWA.mp4 {inference_url()}/predictions/{MODEL}\n"
+        f"  long timelines (-H \"timeline: true\" -H \"stream: true\"): {inference_url()}/predictions/{MODEL}_timeline\n\n"
         f"  make predict VIDEO=clip.mp4     make scale WORKERS=2     make stop\n"
     )
     return 0
@@ -103,23 +113,24 @@ def stop() -> int:
 
 def status() -> int:
     try:
-        print(json.dumps(describe(), indent=2))
+        print(json.dumps([entry for model in registered_models() for entry in describe(model=model)], indent=2))
     except (requests.RequestException, KeyFileError) as exc:
         print(f"TorchServe is not answering on {management_url()}: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def scale(workers: int, timeout_s: float, url: Optional[str] = None, key_file: Optional[Path] = None) -> int:
-    """PUT min_worker=max_worker=``workers`` (synchronous) on this repo's server, or on ``url`` with
-    the management key of ``key_file``."""
+def scale(workers: int, timeout_s: float, url: Optional[str] = None, key_file: Optional[Path] = None,
+          model: str = MODEL) -> int:
+    """PUT min_worker=max_worker=``workers`` (synchronous) for ``model`` on this repo's server, or on
+    ``url`` with the management key of ``key_file``."""
     try:
         keys = read_keys(key_file.parent, key_file.name) if key_file else read_keys(REPO)
     except KeyFileError as exc:
         print(f"cannot read the management key: {exc}", file=sys.stderr)
         return 1
     reply = requests.put(
-        f"{(url or management_url()).rstrip('/')}/models/{MODEL}",
+        f"{(url or management_url()).rstrip('/')}/models/{model}",
         params={"min_worker": workers, "max_worker": max(workers, 1), "synchronous": "true"},
         headers=keys.management_header(),
         timeout=timeout_s,
@@ -140,6 +151,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     scale_cmd.add_argument("--timeout", type=float, default=300)
     scale_cmd.add_argument("--url", default=None, help="management address (default: config.properties)")
     scale_cmd.add_argument("--key-file", type=Path, default=None, help="key_file.json (default: the repo's)")
+    scale_cmd.add_argument("--model", default=MODEL,
+                           help=f"which registration (default {MODEL}; {MODEL}_timeline takes long timelines)")
     args = parser.parse_args(argv)
     if args.command == "start":
         return start(args.timeout)
@@ -147,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return stop()
     if args.command == "status":
         return status()
-    return scale(args.workers, args.timeout, args.url, args.key_file)
+    return scale(args.workers, args.timeout, args.url, args.key_file, args.model)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """HTTP to the model: kept-alive sessions, retries with backoff on what is safe to resend, and
 each outcome as an Answer or a Failure with its reason.
 
+Timelines go to the model's long-work registration (``Endpoint.timeline_url``; a server without
+one answers 404 and the request goes to the model itself).
+
 Resent (classification is idempotent): no connection or no answer in time (a batch lost while a
 worker was scaled down), 503 (queue full, no worker, the model failed on a batch), 507 and any 5xx
 saying "Worker died" / "Worker scaled down" (the worker went away mid-request). Never a 4xx: the
@@ -98,6 +101,7 @@ class Transport:
     sleep: Callable[[float], None] = time.sleep
     on_retry: Optional[Callable[[Failure, float], None]] = None
     _local: threading.local = field(default_factory=threading.local, repr=False)
+    _no_timeline_registration: bool = field(default=False, repr=False)
 
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -114,17 +118,31 @@ class Transport:
             headers["Authorization"] = f"Bearer {self.endpoint.token}"
         return headers
 
+    def url_for(self, fields: Mapping[str, str]) -> str:
+        """Where a request with these fields goes: timelines to the long-work registration."""
+        timeline = str(fields.get("timeline", "")).strip().lower() in ("true", "1", "yes", "on")
+        if timeline and self.endpoint.timeline_url and not self._no_timeline_registration:
+            return self.endpoint.timeline_url
+        return self.endpoint.url
+
     def _post(self, data: bytes, fields: Mapping[str, str], attempt: int, stream: bool):
         """One POST: the reply, or a Failure when no HTTP answer came."""
+        url = self.url_for(fields)
         try:
-            return self.session().post(self.endpoint.url, data=data, headers=self.headers(fields),
-                                       timeout=self.timeout, stream=stream)
+            reply = self.session().post(url, data=data, headers=self.headers(fields), timeout=self.timeout,
+                                        stream=stream)
+            if reply.status_code == 404 and url != self.endpoint.url and "ModelNotFound" in reply.text:
+                # A server without the long-work registration: the model itself takes timelines.
+                reply.close()
+                self._no_timeline_registration = True
+                return self._post(data, fields, attempt, stream)
+            return reply
         except requests.Timeout:
-            return Failure("timeout", f"no answer from {self.endpoint.url} within {self.timeout:g} s (--timeout)",
+            return Failure("timeout", f"no answer from {url} within {self.timeout:g} s (--timeout)",
                            None, attempt, retryable=True)
         except requests.RequestException as exc:
             self._local.session = None  # a broken keep-alive connection: start afresh
-            return Failure("connection_error", f"cannot reach {self.endpoint.url}: {exc.__class__.__name__}: {exc}",
+            return Failure("connection_error", f"cannot reach {url}: {exc.__class__.__name__}: {exc}",
                            None, attempt, retryable=True)
 
     def _with_retries(self, data: bytes, fields: Mapping[str, str], stream: bool):

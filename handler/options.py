@@ -105,8 +105,8 @@ class ServeOptions:
     together), ``max_views_per_request`` (videos x windows x crops of an answer sent in one
     piece), ``max_streamed_views_per_request`` (the same for a streamed timeline, whose every line
     restarts TorchServe's response timeout), ``max_frame_pixels`` (width x height as declared or
-    decoded), ``max_decode_seconds`` (time spent decoding one request; for a streamed timeline,
-    each window). ``max_aspect_ratio``: long/short side of the working frame; a more elongated
+    decoded), ``max_decode_seconds`` (time spent decoding one request; for a streamed timeline
+    where streaming allows more views than an answer, each window). ``max_aspect_ratio``: long/short side of the working frame; a more elongated
     video is answered from its central region of that aspect (with a warning).
     Compute: ``micro_batch_cpu`` / ``micro_batch_cuda`` views per forward, ``precision``
     (fp16/bf16 autocast on GPU only), ``optimize`` (freeze + optimize_for_inference at load),
@@ -114,6 +114,9 @@ class ServeOptions:
     CPU runtime: ``cpu_runtime`` (openvino, falling back to torchscript if it fails, or
     torchscript), ``cpu_precision`` (OpenVINO's inference precision: auto, f32, bf16),
     ``cpu_streams`` (OpenVINO infer requests run in parallel on a micro-batch's views).
+    Registrations: ``timeline_model`` names the registration a 413 for a timeline over this one's
+    budget points to (empty: none); ``cpu_nice`` (0..19) lowers this worker's CPU priority, so a
+    registration for long work yields the cores to the one answering clips (handler/priority.py).
     """
 
     topk: int = request_option("topk").default
@@ -136,6 +139,8 @@ class ServeOptions:
     cpu_runtime: str = "openvino"
     cpu_precision: str = "auto"
     cpu_streams: int = 1
+    timeline_model: str = ""
+    cpu_nice: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -164,8 +169,16 @@ class ServeOptions:
             problems.append(f"cpu_precision must be one of {CPU_PRECISIONS}")
         if not 1 <= self.cpu_streams <= 64:
             problems.append("cpu_streams must be in 1..64")
+        if not 0 <= self.cpu_nice <= 19:
+            problems.append("cpu_nice must be in 0..19")
         if problems:
             raise ConfigError("model-config handler section: " + "; ".join(problems))
+
+    @property
+    def streaming_extends_budget(self) -> bool:
+        """Whether a streamed timeline may cost more than an answer sent in one piece (then its
+        decoding budget is per window): true on the timeline registration, false on the clip one."""
+        return self.max_streamed_views_per_request > self.max_views_per_request
 
     @property
     def max_upload_bytes(self) -> int:
@@ -182,6 +195,19 @@ class ServeOptions:
             raise ConfigError(f"model-config handler section: unknown keys {unknown}; known: {sorted(known)}")
         values = {name: _config_value(name, value, type(known[name].default)) for name, value in section.items()}
         return cls(**values)
+
+
+def registration_settings(config: Mapping[str, Any], registered_name: str) -> Mapping[str, Any]:
+    """The ``handler:`` settings of the archive as registered under ``registered_name``: the
+    ``registrations.<name>:`` entries of model-config.yaml over ``handler:`` (one .mar, several
+    registrations in config.properties load_models, each with its own workers and settings)."""
+    registrations = config.get("registrations") or {}
+    if not isinstance(registrations, Mapping):
+        raise ConfigError("model-config registrations: must map registered names to handler settings")
+    overrides = registrations.get(registered_name) or {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"model-config registrations.{registered_name}: must be a mapping of handler settings")
+    return {**(config.get("handler") or {}), **overrides}
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")

@@ -125,9 +125,13 @@ def plan_videos(
         covered = sum(plan.windows[-1][1] - plan.windows[0][0] for plan in plans)
         # Rounded up to the stride step suggested, so that the stride named really fits.
         fitting_stride = math.ceil(covered / max(1, limit // options.crops) * STRIDE_STEPS) / STRIDE_STEPS
+        streaming_helps = not options.stream and serve.streaming_extends_budget
         way_out = (
             f"look at part of the video (start/end), or use a longer stride (stride={fitting_stride:g} fits)"
-            + ("" if options.stream else f", or stream it (stream=true allows {serve.max_streamed_views_per_request} views)")
+            + (f", or stream it (stream=true allows {serve.max_streamed_views_per_request} views)" if streaming_helps else "")
+            # This registration keeps its worker for short answers; long timelines have their own.
+            + (f", or send it to /predictions/{serve.timeline_model} (stream=true), whose worker takes long timelines"
+               if serve.timeline_model else "")
         )
         check_view_budget(views, limit, what=f"the timeline has {windows} window(s) x {options.crops} crop(s)", way_out=way_out)
     return plans

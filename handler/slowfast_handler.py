@@ -27,13 +27,14 @@ from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.heap import fix_mmap_threshold
 from handler.metrics import HandlerMetrics
-from handler.options import RequestOptions, ServeOptions, resolve_request_options
+from handler.options import RequestOptions, ServeOptions, registration_settings, resolve_request_options
 from handler.plan import check_requested_views, check_upload_size, plan_videos
 from handler.protocol import PLAIN, ParsedRequest, parse_row
 from handler.render import ModelInfo, reply, stream_line, video_answer, window_entry, window_line
 from handler.run import WindowJob, WindowScores, run_windows
 from handler.runtime import choose_device, load_runtime
 from handler.runtime_base import cpu_thread_count
+from handler.priority import lower_cpu_priority
 from handler.server_config import require_config_file
 from handler.work import RequestWork, VideoWork
 
@@ -57,7 +58,12 @@ class SlowFastHandler(BaseHandler):
         model_dir = Path(properties["model_dir"])
         self.manifest = context.manifest
         config = getattr(context, "model_yaml_config", None) or {}
-        self.options = ServeOptions.from_config(config.get("handler"))
+        # One .mar may be registered under several names (config.properties load_models), each
+        # with its own settings: model_name is the name this worker was registered under.
+        registered = str(getattr(context, "model_name", "") or "")
+        self.options = ServeOptions.from_config(registration_settings(config, registered))
+        # Before any thread pool starts: the pools inherit the priority (handler/priority.py).
+        lower_cpu_priority(self.options.cpu_nice)
         workers = int(config.get("minWorkers", 1) or 1)
         self.device = choose_device(properties.get("gpu_id"))
         if self.device.type == "cpu":
@@ -84,8 +90,9 @@ class SlowFastHandler(BaseHandler):
             torch.get_num_threads(),
         )
         log.info(
-            "request budget: %d views (videos x windows x crops) per answer, %d per streamed timeline, "
-            "%g MiB of video, %g s of decoding",
+            "registered as %s (nice %d): request budget: %d views (videos x windows x crops) per answer, "
+            "%d per streamed timeline, %g MiB of video, %g s of decoding",
+            registered or "?", self.options.cpu_nice,
             self.options.max_views_per_request, self.options.max_streamed_views_per_request,
             self.options.max_upload_mb, self.options.max_decode_seconds,
         )
@@ -131,8 +138,11 @@ class SlowFastHandler(BaseHandler):
 
     def _open_and_plan(self, videos: List[bytes], options: RequestOptions) -> List[VideoWork]:
         """Open (and probe) each video, then plan its windows from the durations found."""
-        # One decoding budget for all the videos of a request (per window for a streamed timeline).
-        budget = DecodeBudget(self.options.max_decode_seconds, per_window=options.stream)
+        # One decoding budget for all the videos of a request; per window for a streamed timeline
+        # where streaming allows more views than an answer (the timeline registration): on the
+        # clip registration a stream holds the worker no longer than any answer may.
+        per_window = options.stream and self.options.streaming_extends_budget
+        budget = DecodeBudget(self.options.max_decode_seconds, per_window=per_window)
         decoders: List[VideoDecoder] = []
         try:
             for video in videos:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import requests
 
@@ -37,7 +37,9 @@ class LocalTorchServe:
     """A TorchServe process serving ``mar`` from ``workdir``; use as a context manager.
 
     ``properties`` override config.properties entries (e.g. ``service_envelope``). The model is
-    loaded at start-up under ``model_name`` and ``start`` returns once a worker is READY.
+    loaded at start-up under ``model_name``, and again under each of ``also_as`` (the repo's
+    config.properties registers it as slowfast_r50_timeline too); ``start`` returns once every
+    registration has a READY worker.
     """
 
     def __init__(
@@ -47,10 +49,12 @@ class LocalTorchServe:
         properties: Optional[Mapping[str, str]] = None,
         model_name: str = MODEL,
         ready_timeout: float = 300.0,
+        also_as: Sequence[str] = (),
     ) -> None:
         self.mar = Path(mar).resolve()
         self.workdir = Path(workdir)
         self.model_name = model_name
+        self.registrations = [model_name, *also_as]
         self.ready_timeout = ready_timeout
         self.ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_inf", "grpc_mgmt")}
         self.worker_port = self._free_worker_port()
@@ -59,7 +63,7 @@ class LocalTorchServe:
         self.properties.update(
             {
                 "model_store": str(self.workdir / "model_store"),
-                "load_models": f"{model_name}={self.mar.name}",
+                "load_models": ",".join(f"{name}={self.mar.name}" for name in self.registrations),
                 "initial_worker_port": str(self.worker_port),
             }
         )
@@ -93,6 +97,9 @@ class LocalTorchServe:
     @property
     def predictions_url(self) -> str:
         return f"{self.inference_url}/predictions/{self.model_name}"
+
+    def predictions_url_of(self, model: str) -> str:
+        return f"{self.inference_url}/predictions/{model}"
 
     @property
     def keys(self) -> Keys:
@@ -156,20 +163,21 @@ class LocalTorchServe:
             start_new_session=True,  # one process group: stop() ends java and its workers together
         )
         try:
-            self.wait_ready(workers=1, timeout=self.ready_timeout)
+            for name in self.registrations:
+                self.wait_ready(workers=1, timeout=self.ready_timeout, model=name)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def wait_ready(self, workers: int = 1, timeout: float = 300.0) -> List[Dict[str, Any]]:
+    def wait_ready(self, workers: int = 1, timeout: float = 300.0, model: Optional[str] = None) -> List[Dict[str, Any]]:
         deadline = time.monotonic() + timeout
         last = "not started"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"TorchServe exited with {self.process.returncode}:\n{self.tail_logs()}")
             try:
-                ready = [w for w in self.workers() if w.get("status") == "READY"]
+                ready = [w for w in self.workers(model) if w.get("status") == "READY"]
                 if len(ready) >= workers:
                     return ready
                 last = f"{len(ready)}/{workers} workers READY"
@@ -211,15 +219,15 @@ class LocalTorchServe:
 
     # -- APIs ------------------------------------------------------------------------------
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self, model: Optional[str] = None) -> Dict[str, Any]:
         reply = requests.get(
-            f"{self.management_url}/models/{self.model_name}", headers=self.keys.management_header(), timeout=10
+            f"{self.management_url}/models/{model or self.model_name}", headers=self.keys.management_header(), timeout=10
         )
         reply.raise_for_status()
         return reply.json()[0]
 
-    def workers(self) -> List[Dict[str, Any]]:
-        return list(self.describe().get("workers", []))
+    def workers(self, model: Optional[str] = None) -> List[Dict[str, Any]]:
+        return list(self.describe(model).get("workers", []))
 
     def scale(self, min_worker: int, max_worker: Optional[int] = None, timeout: float = 300.0) -> requests.Response:
         params = {"min_worker": min_worker, "synchronous": "true"}

@@ -114,3 +114,14 @@ def test_timeline_and_embedding_sections(quick_run: Dict[str, Any]) -> None:
     for expected in ("timeline decode+preprocess", "timeline worker peak RSS", "timeline single pass",
                      "embedding request / labels request"):
         assert expected in names
+
+
+def test_held_section(quick_run: Dict[str, Any]) -> None:
+    held = quick_run["http"]["held"]
+    # The long video's timeline is refused by the clip registration, before decoding.
+    assert held["clip_registration_refusal"]["status"] == 413
+    assert "slowfast_r50_timeline" in held["clip_registration_refusal"]["message"]
+    assert held["abandoned"]["windows_read"] >= 1  # the timeline registration streamed it
+    assert _positive(held["after_abandoned_s"]) and _positive(held["loaded_p95_over_alone"])
+    names = " ".join(t["name"] for t in quick_run["targets"])
+    assert "abandoned" in names and "long timelines streaming" in names

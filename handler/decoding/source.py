@@ -8,6 +8,7 @@ from typing import Callable
 import av
 
 from handler.decoding.budget import DecodeLimits
+from handler.body_reader import BodyReader
 from handler.errors import RequestError
 
 STILL_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "apng")
@@ -24,7 +25,7 @@ def open_container(data: bytes) -> av.container.InputContainer:
     """The file opened for demuxing (bounded probe); 422/415 for what is no video."""
     try:
         container = av.open(
-            io.BytesIO(data),
+            BodyReader(data),  # io.BytesIO would copy a bytearray body whole
             mode="r",
             metadata_errors="ignore",
             # Bound the probe itself; declared frame sizes are checked before any decoding.

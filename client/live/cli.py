@@ -161,8 +161,8 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None)
         if args.out is not None and not to_stdout:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             handle = open(args.out, "w", encoding="utf-8")
-        display = Display(sys.stderr if to_stdout else stdout, tty=(sys.stderr if to_stdout else stdout).isatty(),
-                          topk=args.topk)
+        shown = sys.stderr if to_stdout else stdout  # JSON lines on stdout: the table goes to stderr
+        display = Display(shown, sys.stderr, tty=shown.isatty(), topk=args.topk)
         smoothed = args.average > 1 or args.threshold is not None
         output = LiveOutput(display, JsonLines(stdout if to_stdout else handle), Smoother(args.average, args.threshold),
                             args.topk, smoothed)

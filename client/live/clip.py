@@ -33,8 +33,8 @@ class PacketRecord:
     """One compressed packet as read from the source (``data`` copied out of FFmpeg's buffer).
 
     ``pts``/``dts``/``duration`` are in the source stream's ``time_base`` units (None when the
-    container gave none); ``t`` is ``pts`` in seconds on the session's clock; ``read_at`` the
-    time.monotonic() at which it was read.
+    container gave none); ``t`` is ``pts`` in seconds on the session's clock, ``stream_t`` in the
+    source's own seconds; ``read_at`` the time.monotonic() at which it was read.
     """
 
     data: bytes
@@ -44,17 +44,19 @@ class PacketRecord:
     keyframe: bool
     t: float
     read_at: float
+    stream_t: float = 0.0
 
 
 @dataclass(frozen=True)
 class FrameRecord:
     """One decoded frame scaled to the model's short side (encode mode): ``frame`` is a yuv420p
-    ``av.VideoFrame`` of (height, width) with the short side at the model's; ``t`` seconds on the
-    session's clock; ``read_at`` as PacketRecord."""
+    ``av.VideoFrame`` of (height, width) with the short side at the model's; ``t``, ``stream_t``
+    and ``read_at`` as PacketRecord."""
 
     frame: av.VideoFrame
     t: float
     read_at: float
+    stream_t: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,8 @@ class Clip:
     mode: str  # "remux" or "encode"
     frames: int  # packets (remux) or frames (encode) in the clip
     container: str = "mpegts"
-    partial: bool = False  # the window's start was no longer in the buffer: the clip is shorter
+    partial: bool = False
+    stream_offset: float = 0.0  # session time minus the source's own time, for this clip's segment  # the window's start was no longer in the buffer: the clip is shorter
 
 
 def _window_fields(offset: float, length: float) -> Dict[str, str]:
@@ -126,7 +129,8 @@ def remux(packets: Sequence[PacketRecord], fmt: StreamFormat, start: float, end:
             packet.is_keyframe = record.keyframe
             out.mux(packet)
     return Clip(buffer.getvalue(), _window_fields(start - origin_t, end - start), start, end,
-                max(p.read_at for p in packets), "remux", len(packets), fmt.container, partial=origin_t > start + 1e-6)
+                max(p.read_at for p in packets), "remux", len(packets), fmt.container, partial=origin_t > start + 1e-6,
+                stream_offset=packets[0].t - packets[0].stream_t)
 
 
 def encode(frames: Sequence[FrameRecord], start: float, end: float) -> Clip:
@@ -150,7 +154,8 @@ def encode(frames: Sequence[FrameRecord], start: float, end: float) -> Clip:
         for packet in stream.encode(None):
             out.mux(packet)
     return Clip(buffer.getvalue(), _window_fields(start - origin, end - start), start, end,
-                max(f.read_at for f in frames), "encode", len(frames), "mpegts", partial=origin > start + 1e-6)
+                max(f.read_at for f in frames), "encode", len(frames), "mpegts", partial=origin > start + 1e-6,
+                stream_offset=frames[0].t - frames[0].stream_t)
 
 
 def scaled_size(width: int, height: int, short_side: int) -> tuple:

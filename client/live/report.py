@@ -2,10 +2,12 @@
 otherwise), JSON lines (``--out``) per window and per event, smoothing over ``--average`` windows
 and ``--threshold`` events, and the summary at the end.
 
-A window line: ``{"window", "segment", "start", "end", "status", "predictions", "latency_ms",
-"mode", "clip_bytes", "clip_options"}`` (times in seconds on the session's clock; ``error`` instead of
-``predictions`` when it failed; ``clip_options``: the start/end sent with the clip, seconds from
-its first frame). An event line: ``{"event": "start"|"end", "label", "t", "score"}``.
+A window line: ``{"window", "segment", "start", "end", "stream_start", "stream_end", "status",
+"predictions", "latency_ms", "mode", "clip_bytes", "clip_options"}``: ``start``/``end`` in seconds
+on the session's clock (from its first frame, gaps included), ``stream_*`` in the source's own
+timestamps, ``error`` instead of ``predictions`` when it failed, ``clip_options`` the start/end
+sent with the clip (seconds from its first frame). An event line: ``{"event": "start"|"end",
+"label", "t", "score"}``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ BAR_WIDTH = 30
 
 def window_line(result: WindowResult, topk: int) -> Dict[str, Any]:
     line: Dict[str, Any] = {"window": result.index, "segment": result.segment, "start": round(result.start, 4),
-                            "end": round(result.end, 4)}
+                            "end": round(result.end, 4),
+                            "stream_start": round(result.start - result.stream_offset, 4),
+                            "stream_end": round(result.end - result.stream_offset, 4)}
     if isinstance(result.outcome, Answer):
         body = result.outcome.body
         line["status"] = "ok"
@@ -85,11 +89,11 @@ class Smoother:
 
 
 class Display:
-    """Answers as they come: on a terminal a table redrawn in place, otherwise a line per window.
-    Notes (connections, drops) and events are printed as lines in both."""
+    """Answers as they come on ``stream``: on a terminal a table redrawn in place, otherwise a line
+    per window. Notes (connections, drops, events, the summary) go to ``notes`` as lines."""
 
-    def __init__(self, stream: IO[str], tty: bool, topk: int) -> None:
-        self.stream, self.tty, self.topk = stream, tty, topk
+    def __init__(self, stream: IO[str], notes: IO[str], tty: bool, topk: int) -> None:
+        self.stream, self.notes, self.tty, self.topk = stream, notes, tty, topk
         self.drawn = 0  # lines of the table on screen
 
     def _clear(self) -> None:
@@ -99,7 +103,8 @@ class Display:
 
     def note(self, text: str) -> None:
         self._clear()
-        print(text, file=self.stream, flush=True)
+        self.stream.flush()
+        print(text, file=self.notes, flush=True)
 
     def window(self, result: WindowResult, scores: List[Tuple[str, float]], stats: LiveStats, smoothed: bool) -> None:
         span = f"{result.start:8.2f}-{result.end:.2f} s"

@@ -34,6 +34,7 @@ class WindowResult:
     outcome: Outcome
     latency_s: float  # from the window's last frame read to its answer
     partial: bool = False
+    stream_offset: float = 0.0  # session time minus the source's own timestamps (seconds)
 
 
 @dataclass
@@ -175,7 +176,7 @@ class LiveRunner:
             outcome = self.transport.send(clip.data, fields)
             latency = time.monotonic() - clip.last_read_at
             self._finish(WindowResult(index, clip.start, clip.end, segment, clip.mode, len(clip.data), clip.fields,
-                                      outcome, latency, clip.partial))
+                                      outcome, latency, clip.partial, clip.stream_offset))
         finally:
             with self.lock:
                 self.in_flight -= 1

@@ -79,7 +79,7 @@ def play(path: Path, url: str, start_at: float = 0.0, loop: bool = False,
     the wall clock); from ``start_at`` seconds into the file. Returns the packets sent."""
     sent = 0
     fmt = output_format(url)
-    options = {"rtsp_transport": "tcp"} if fmt == "rtsp" else {}
+    options = {"rtsp_transport": "udp"} if fmt == "rtsp" else {}  # rtsp-server-perl records over UDP only
     with av.open(url, "w", format=fmt, options=options) as out:
         with av.open(str(path)) as source:
             stream = source.streams.video[0]

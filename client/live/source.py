@@ -199,10 +199,10 @@ class Reader:
                 if not decode:
                     duration = packet.duration or round(frame_s / time_base)
                     yield PacketRecord(bytes(packet), packet.pts if packet.pts is not None else ts, packet.dts,
-                                       duration, packet.is_keyframe, t, read_at)
+                                       duration, packet.is_keyframe, t, read_at, ts * time_base)
                     continue
                 for frame in stream.decode(packet):
                     if frame.pts is None:
                         continue
                     frame_t = origin_t + (frame.pts - origin_ts) * time_base
-                    yield FrameRecord(to_model_size(frame, self.short_side), frame_t, read_at)
+                    yield FrameRecord(to_model_size(frame, self.short_side), frame_t, read_at, frame.pts * time_base)

@@ -73,10 +73,10 @@ def output_format(url: str) -> Optional[str]:
     return None
 
 
-def play(path: Path, url: str, start_at: float = 0.0, loop: bool = False,
+def play(path: Path, url: str, start_at: float = 0.0, stop_at: Optional[float] = None, loop: bool = False,
          clock=time.monotonic, sleep=time.sleep) -> int:
     """Copy ``path``'s video packets to ``url``, each when its time comes (decode timestamps against
-    the wall clock); from ``start_at`` seconds into the file. Returns the packets sent."""
+    the wall clock), from ``start_at`` seconds into the file to ``stop_at``. Returns the packets sent."""
     sent = 0
     fmt = output_format(url)
     options = {"rtsp_transport": "udp"} if fmt == "rtsp" else {}  # rtsp-server-perl records over UDP only
@@ -96,6 +96,8 @@ def play(path: Path, url: str, start_at: float = 0.0, loop: bool = False,
                     first = t if first is None else first
                     if t - first < start_at:
                         continue
+                    if stop_at is not None and t - first >= stop_at:
+                        return sent
                     due = t - first - start_at + loop_offset
                     wait = due - (clock() - began)
                     if wait > 0:
@@ -119,6 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("file", type=Path, help="a video file (see --prepare)")
     parser.add_argument("url", help="udp://127.0.0.1:PORT, rtsp://127.0.0.1:PORT/NAME, ...")
     parser.add_argument("--start-at", type=float, default=0.0, help="begin this many seconds into the file")
+    parser.add_argument("--stop-at", type=float, default=None, help="stop this many seconds into the file")
     parser.add_argument("--loop", action="store_true", help="play the file again and again")
     parser.add_argument("--prepare", type=Path, default=None, metavar="OUT.ts",
                         help="first make OUT.ts from FILE (25 fps H.264, a keyframe a second) and play that")
@@ -126,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     path = make_stream_file(args.file, args.prepare, seconds=args.seconds) if args.prepare else args.file
     try:
-        play(path, args.url, start_at=args.start_at, loop=args.loop)
+        play(path, args.url, start_at=args.start_at, stop_at=args.stop_at, loop=args.loop)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -12,13 +12,13 @@ import argparse
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Dict, Optional, Sequence
+from typing import IO, Dict, Optional, Sequence, Tuple
 
 from client.endpoint import MODEL, TOKEN_ENV, ClientError, REPO, default_url, resolve_endpoint
 from client.keys import KEY_FILE
 from client.live.model import local_short_side, window_from_server
 from client.live.report import Display, JsonLines, Smoother, summary, window_line
-from client.live.runner import LiveRunner, WindowResult
+from client.live.runner import LiveRunner, LiveStats, WindowResult
 from client.live.source import Reader, parse_source
 from client.options import OUTPUTS
 from client.transport import Answer, Transport
@@ -140,6 +140,11 @@ class LiveOutput:
 
 
 def main(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) -> int:
+    return run(argv, stdout)[0]
+
+
+def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) -> Tuple[int, Optional[LiveStats]]:
+    """``main``'s work: the exit status and the run's counts (None when it never started)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     problem = check_usage(args)
@@ -189,10 +194,10 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None)
             stats, status = runner.stats, 130
         output.events(output.smoother.close())
         display.note(summary(stats, args.hop))
-        return status or (1 if stats.failed else 0)
+        return status or (1 if stats.failed else 0), stats
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 1, None
     finally:
         if handle is not None:
             handle.close()

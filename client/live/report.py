@@ -3,7 +3,7 @@ otherwise), JSON lines (``--out``) per window and per event, smoothing over ``--
 and ``--threshold`` events, and the summary at the end.
 
 A window line: ``{"window", "segment", "start", "end", "stream_start", "stream_end", "status",
-"predictions", "latency_ms", "mode", "clip_bytes", "clip_options"}``: ``start``/``end`` in seconds
+"predictions", "latency_ms", "handler_ms", "mode", "clip_bytes", "clip_options"}``: ``start``/``end`` in seconds
 on the session's clock (from its first frame, gaps included), ``stream_*`` in the source's own
 timestamps, ``error`` instead of ``predictions`` when it failed, ``clip_options`` the start/end
 sent with the clip (seconds from its first frame). An event line: ``{"event": "start"|"end",
@@ -35,6 +35,8 @@ def window_line(result: WindowResult, topk: int) -> Dict[str, Any]:
             line["predictions"] = body["predictions"][:topk]
         if "embedding" in body:
             line["embedding"] = body["embedding"]
+        if "handler_total" in (body.get("timings_ms") or {}):
+            line["handler_ms"] = body["timings_ms"]["handler_total"]  # the server's share of the latency
     else:
         failure = result.outcome
         line.update(status="failed", error={"reason": failure.reason, "message": failure.message,

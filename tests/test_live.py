@@ -277,3 +277,42 @@ def test_reencode_sends_frames_at_the_short_side(stream_file: Path, tmp_path: Pa
     frames = decoded(bodies[0])
     assert frames[0][1].shape[:2] == (128, 170)
     assert abs(len(frames) - WINDOW * FPS) <= 1
+
+
+def test_ctrl_c_stops_with_a_summary(stream_file: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from harness.torchserve import REPO
+
+    with FakeTorchServe(answered_with(0.2)) as fake:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "client", "live", str(stream_file), "--realtime", "--url", fake.url, "--token", "t",
+             "--window", f"{WINDOW}", "--out", str(tmp_path / "live.jsonl")],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(fake.requests) < 2:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "windows sent" in err and "latency from a window's last frame" in err, err
+    assert "Traceback" not in err
+    lines = (tmp_path / "live.jsonl").read_text().splitlines()
+    assert len(lines) >= 2 and all(json.loads(line)["status"] == "ok" for line in lines)
+
+
+def test_on_a_terminal_the_table_is_redrawn_in_place() -> None:
+    from client.live.report import Display
+    from client.live.runner import LiveStats
+
+    screen, notes = io.StringIO(), io.StringIO()
+    display = Display(screen, notes, tty=True, topk=2)
+    result = WindowResult(0, 1.0, 3.13, 0, "remux", 10, {}, Answer({}, 1), 0.5)
+    display.window(result, [("waving", 0.6), ("clapping", 0.3)], LiveStats(sent=1), smoothed=False)
+    assert screen.getvalue().count("\n") == 3 and "waving" in screen.getvalue()
+    display.window(result, [("clapping", 0.7), ("waving", 0.2)], LiveStats(sent=2), smoothed=False)
+    assert "\x1b[3F\x1b[J" in screen.getvalue()  # back up over the 3 lines drawn, clear, draw anew
+    display.note("stream dropped")
+    assert notes.getvalue() == "stream dropped\n" and screen.getvalue().endswith("\x1b[3F\x1b[J")

@@ -129,6 +129,8 @@ class Reader:
                     yield Dropped("end of file", None)
                     return
                 reason = "the stream ended"
+            except av.error.ExitError:  # PyAV's timeout interrupted a read or an open
+                reason = f"no data for {self.stall_timeout:g} s"
             except (av.error.FFmpegError, OSError) as exc:
                 reason = f"{exc.__class__.__name__}: {exc}"
             if got_data:

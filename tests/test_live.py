@@ -316,3 +316,30 @@ def test_on_a_terminal_the_table_is_redrawn_in_place() -> None:
     assert "\x1b[3F\x1b[J" in screen.getvalue()  # back up over the 3 lines drawn, clear, draw anew
     display.note("stream dropped")
     assert notes.getvalue() == "stream dropped\n" and screen.getvalue().endswith("\x1b[3F\x1b[J")
+
+
+def test_a_jump_in_the_streams_timestamps_starts_a_new_segment(tmp_path: Path) -> None:
+    from fractions import Fraction
+
+    from client.live.source import Connected, Reader
+
+    path = tmp_path / "gap.ts"
+    with av.open(str(path), "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=FPS, options={"g": "25", "bf": "0", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, FPS)
+        for k in list(range(0, 3 * FPS)) + list(range(8 * FPS, 11 * FPS)):  # 3 s, 5 s missing, 3 s
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), k % 255, dtype=np.uint8), format="rgb24")
+            frame.pts, frame.time_base = k, Fraction(1, FPS)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    events = list(Reader(parse_source(str(path)), reencode=False, short_side=256).events())
+    connected = [i for i, e in enumerate(events) if isinstance(e, Connected)]
+    assert len(connected) == 2 and "jumped" in events[connected[1]].note
+    before = [e for e in events[: connected[1]] if isinstance(e, PacketRecord)]
+    after = [e for e in events[connected[1]:] if isinstance(e, PacketRecord)]
+    assert len(before) == len(after) == 3 * FPS
+    assert after[0].keyframe and after[0].stream_t - before[-1].stream_t == pytest.approx(5.04, abs=0.01)
+    assert after[0].t - before[-1].t == pytest.approx(5.04, abs=0.01)  # a file read at speed keeps its own clock

@@ -22,7 +22,7 @@ from client.live.clip import FrameRecord, PacketRecord, StreamFormat, stream_for
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "srt", "tcp", "http", "https", "hls")
 JUMP_BACK_S = 1.0  # timestamps going back more than this (B-frames reorder less): a new segment
-JUMP_AHEAD_S = 10.0  # or forward more than this: the sender restarted or skipped
+JUMP_AHEAD_S = 2.0  # or forward more than this: stream lost (a sender that stopped and came back) or skipped
 
 
 @dataclass(frozen=True)
@@ -145,11 +145,14 @@ class Reader:
             yield Dropped(reason, delay)
             self.sleep(delay)
 
-    def _new_segment(self, read_at: float) -> float:
-        """The session time at which a new segment's first frame is placed."""
+    def _new_segment(self, read_at: float, stream_time: Optional[float]) -> float:
+        """The session time at which a new segment's first frame is placed: when it arrived (a live
+        source), or where the file's own timestamps put it (``stream_time``, a file read at speed)."""
         self.segment += 1
         if self.session_origin is None:
             self.session_origin = read_at
+        if stream_time is not None and not self.spec.live:
+            return stream_time
         return read_at - self.session_origin
 
     def _connection(self) -> Iterator[Event]:
@@ -174,6 +177,7 @@ class Reader:
             origin_t = 0.0
             last_t: Optional[float] = None
             paced_from: Optional[float] = None
+            previous: Optional[tuple] = None  # (origin_ts, origin_t, last_t) of the segment before a jump
             for packet in container.demux(stream):
                 if self.stopped:
                     return
@@ -184,13 +188,17 @@ class Reader:
                 if origin_ts is not None:
                     t = origin_t + (ts - origin_ts) * time_base
                     if t < last_t - JUMP_BACK_S or t > last_t + JUMP_AHEAD_S:
-                        origin_ts = None  # the stream's clock jumped: a segment of its own
+                        previous = (origin_ts, origin_t, last_t)
+                        origin_ts, last_t = None, None  # the stream's clock jumped: a segment of its own
                         yield Connected(fmt, self.segment + 1, "the stream's timestamps jumped: a new segment")
                 if origin_ts is None:
                     if not packet.is_keyframe and not decode:
                         continue  # nothing before a segment's first keyframe can be decoded
-                    origin_ts, origin_t = ts, self._new_segment(read_at)
-                    paced_from = read_at - origin_t
+                    continued = None if previous is None else max(
+                        previous[1] + (ts - previous[0]) * time_base, previous[2] + frame_s)
+                    origin_ts, origin_t = ts, self._new_segment(read_at, continued)
+                    if paced_from is None:
+                        paced_from = read_at - origin_t
                 t = origin_t + (ts - origin_ts) * time_base
                 last_t = t if last_t is None else max(last_t, t)
                 if self.spec.realtime:

@@ -343,3 +343,14 @@ def test_a_jump_in_the_streams_timestamps_starts_a_new_segment(tmp_path: Path) -
     assert len(before) == len(after) == 3 * FPS
     assert after[0].keyframe and after[0].stream_t - before[-1].stream_t == pytest.approx(5.04, abs=0.01)
     assert after[0].t - before[-1].t == pytest.approx(5.04, abs=0.01)  # a file read at speed keeps its own clock
+
+
+def test_json_lines_on_stdout_move_the_table_to_stderr(stream_file: Path, capsys) -> None:
+    stdout = io.StringIO()
+    with FakeTorchServe(answered_with(0.0)) as fake:
+        status = live_cli.main([str(stream_file), "--url", fake.url, "--token", "t", "--window", f"{WINDOW}",
+                                "--hop", "4", "--out", "-"], stdout=stdout)
+    lines = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    err = capsys.readouterr().err
+    assert status == 0 and [line["window"] for line in lines] == [0, 1, 2]
+    assert err.count("latency") >= 3 and "texting" in err  # the per-window lines, beside the notes

@@ -116,7 +116,8 @@ def test_udp_stream_dropped_and_resumed(server, transport, stream_file: Path, tm
         thread = threading.Thread(target=resume, daemon=True)
         thread.start()
         status, windows, err = live(server, url, tmp_path, "--window", f"{contract.window_seconds}", "--hop", "1",
-                                    "--stall-timeout", "1.5", "--duration", "17", capsys=capsys)
+                                    # two in flight: a slow answer from before the gap must not cost every window after it
+                                    "--concurrency", "2", "--stall-timeout", "1.5", "--duration", "17", capsys=capsys)
         thread.join(5)
     finally:
         for process in (first, getattr(resume, "process", None)):

@@ -94,7 +94,8 @@ def test_a_files_windows_are_the_files_own_windows(server, transport, stream_fil
     assert asked == pytest.approx(contract.window_seconds, abs=2e-4)
     for line in windows:
         assert line["mode"] == "remux" and line["end"] - line["start"] == pytest.approx(asked, abs=1e-3)
-        assert_same_answer(line, ask(transport, saved_clip(tmp_path, line), line["clip_options"]))
+        if line["window"] == 0:  # (the clips sent alone: also in the UDP and RTSP tests)
+            assert_same_answer(line, ask(transport, saved_clip(tmp_path, line), line["clip_options"]))
         whole = ask(transport, stream_file.read_bytes(),
                     {"start": f"{line['stream_start']:.6f}", "end": f"{line['stream_end']:.6f}"})
         assert_same_answer(line, whole)
@@ -131,10 +132,10 @@ def test_udp_stream_dropped_and_resumed(server, transport, stream_file: Path, tm
     assert [line["window"] for line in windows] == list(range(len(windows)))
     hops = [b["end"] - a["end"] for a, b in zip(windows, windows[1:]) if a["segment"] == b["segment"]]
     assert all(hop >= 1.0 - 0.05 for hop in hops), hops
-    # Two windows each side of the gap, sent alone, answer the same.
-    for segment in sorted(segments)[:2]:
-        for line in [w for w in windows if w["segment"] == segment and w["status"] == "ok"][:2]:
-            assert_same_answer(line, ask(transport, saved_clip(tmp_path, line), line["clip_options"]))
+    # A window each side of the gap, sent alone, answers the same.
+    for segment in (0, max(segments)):
+        line = next(w for w in windows if w["segment"] == segment and w["status"] == "ok")
+        assert_same_answer(line, ask(transport, saved_clip(tmp_path, line), line["clip_options"]))
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m client",
         description="Classify videos with slowfast-serve: one file as a table, or files/folders as JSON lines.",
+        epilog="A camera or a stream: python -m client live SOURCE (python -m client live --help).",
     )
     parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                         help="video files or folders (searched recursively for videos)")

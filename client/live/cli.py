@@ -28,7 +28,10 @@ SMOOTHING_TOPK = 20  # labels asked per window when averaging or thresholding
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m client live", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m client live",
+        description="Actions in a camera or a stream as they happen: every --hop seconds the newest window "
+                    "(the model's) goes to the server as a small clip; answers as a table or lines, and JSON lines.")
     parser.add_argument("source", help="rtsp://, rtmp://, udp://, srt://, http(s):// stream, a camera "
                                        "(/dev/video0) or a video file")
     timing = parser.add_argument_group("windows")

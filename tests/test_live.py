@@ -354,3 +354,20 @@ def test_json_lines_on_stdout_move_the_table_to_stderr(stream_file: Path, capsys
     err = capsys.readouterr().err
     assert status == 0 and [line["window"] for line in lines] == [0, 1, 2]
     assert err.count("latency") >= 3 and "texting" in err  # the per-window lines, beside the notes
+
+
+def test_threshold_events_are_written_between_the_windows(stream_file: Path, tmp_path: Path) -> None:
+    scores = iter([0.9, 0.8, 0.2, 0.1, 0.7])
+
+    def answer(request) -> Reply:
+        return ok([{"label": "waving", "index": 1, "probability": next(scores)}], windows=[[0.0, WINDOW]])
+
+    with FakeTorchServe(answer) as fake:
+        status, lines, _ = run_live(fake.url, stream_file, tmp_path, "--hop", "2", "--max-windows", "5",
+                                    "--threshold", "0.5")
+        asked = {r.headers["topk"] for r in fake.requests}
+    kinds = [("window", line["window"]) if "window" in line else (line["event"], line["t"]) for line in lines]
+    ends = [line["end"] for line in lines if "window" in line]
+    assert status == 0 and asked == {str(live_cli.SMOOTHING_TOPK)}
+    assert kinds == [("window", 0), ("start", ends[0]), ("window", 1), ("window", 2), ("end", ends[2]),
+                     ("window", 3), ("window", 4), ("start", ends[4]), ("end", ends[4])]  # the last closed at the end

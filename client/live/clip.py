@@ -7,7 +7,8 @@ file without decoding. Encode (sources whose packets cannot travel alone: raw ca
 
 Either way the clip comes with the ``start``/``end`` request options (seconds from the clip's first
 frame) that make the server look at exactly the window, so its answer is the window's and the same
-clip sent alone gets the same answer.
+clip sent alone gets the same answer. A window is the half-open ``[start, end)`` in seconds, ``end``
+being the end of its newest frame (that frame's time plus its duration), so that frame is in it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import av
 import numpy as np
@@ -189,11 +189,15 @@ def test_results_are_reported_in_window_order() -> None:
 # -- a server slower than the hop ---------------------------------------------------------
 
 
-def answered_with(delay_s: float, delays=None):
+def answered_with(delay_s: float, delays=None, keep: Optional[list] = None):
+    """The fake's answer: a window of WINDOW s after ``delay_s`` (or ``delays`` in turn). ``keep``:
+    the fake's request list, emptied at each request (its bodies are no part of the client's memory)."""
     count = [0]
 
     def answer(request) -> Reply:
         count[0] += 1
+        if keep is not None:
+            keep.clear()
         reply = ok(windows=[[0.0, WINDOW]])
         reply.delay_s = delays[count[0] % len(delays)] if delays else delay_s
         return reply
@@ -201,11 +205,14 @@ def answered_with(delay_s: float, delays=None):
     return answer
 
 
-def run_live(url: str, source: Path, tmp_path: Path, *flags: str) -> tuple:
+def run_live(url: str, source: Path, tmp_path: Path, *flags: str, stats: Optional[list] = None) -> tuple:
+    """(exit status, the JSON lines, what was shown); ``stats`` gets the run's LiveStats."""
     out = tmp_path / "live.jsonl"
     stdout = io.StringIO()
-    status = live_cli.main([str(source), "--url", url, "--token", "t", "--window", f"{WINDOW}", "--out", str(out),
-                            *flags], stdout=stdout)
+    status, counts = live_cli.run([str(source), "--url", url, "--token", "t", "--window", f"{WINDOW}", "--out", str(out),
+                                   *flags], stdout=stdout)
+    if stats is not None:
+        stats.append(counts)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     return status, lines, stdout.getvalue()
 
@@ -223,8 +230,10 @@ def test_a_slow_server_costs_skipped_windows_not_latency_or_memory(stream_file: 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        with FakeTorchServe(answered_with(delay)) as fake:
-            status, lines, _ = run_live(fake.url, stream_file, tmp_path, "--realtime", "--hop", "0.5")
+        received: list = []
+        counts: list = []
+        with FakeTorchServe(answered_with(delay, keep=received), requests=received) as fake:
+            status, lines, _ = run_live(fake.url, stream_file, tmp_path, "--realtime", "--hop", "0.5", stats=counts)
     finally:
         stop.set()
         sampler.join()
@@ -239,8 +248,14 @@ def test_a_slow_server_costs_skipped_windows_not_latency_or_memory(stream_file: 
     latencies = [line["latency_ms"] / 1000 for line in windows]
     assert max(latencies) < delay + 1.0, latencies  # never the queue's wait, only the answer's time
     assert [line["window"] for line in windows] == list(range(len(windows)))
+    # The buffer held a window and at most one keyframe interval (1 s) of the stream, not the 12 s read,
+    # and at most `concurrency` clips were out at once.
+    assert counts[0].buffer_seconds_max <= WINDOW + 1.0 + 2 / FPS, counts[0]
+    assert counts[0].in_flight_max == 1
+    # The process's Python memory (the buffer, clips in flight, lines) is flat: 0.4-1.7 MB seen, as
+    # clips come and go; what the first half reached, the second does not exceed by more than 1 MB.
     half = len(samples) // 2
-    assert max(samples[half:]) - max(samples[:half]) < 2 * 2**20, samples  # flat: no growth in the second half
+    assert max(samples[half:]) - max(samples[:half]) < 2**20, samples
 
 
 def test_overlapping_windows_are_reported_in_order(stream_file: Path, tmp_path: Path, capsys) -> None:

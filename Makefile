@@ -1,5 +1,5 @@
 # slowfast-serve: export SlowFast R50 to TorchScript, archive it, serve it with TorchServe.
-.PHONY: help install check-java export mar serve start stop status test test-unit test-all bench scale predict kserve clean
+.PHONY: help install check-java rtsp-server export mar serve start stop status test test-unit test-all bench scale predict kserve clean
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -42,6 +42,7 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/pip install -r requirements.txt
 	touch $@
 	@$(MAKE) --no-print-directory $(BIN)/.activate-hook
+	@$(MAKE) --no-print-directory rtsp-server
 
 # `torchserve --start` by hand must read config.properties: the venv's activate exports TS_CONFIG_FILE.
 $(BIN)/.activate-hook: $(HOOK)
@@ -51,6 +52,16 @@ $(BIN)/.activate-hook: $(HOOK)
 	touch $@
 
 install: $(BIN)/.installed $(BIN)/.activate-hook
+
+# Optional, never fatal: an RTSP relay for the live client's RTSP test (tests/test_live_integration.py
+# skips without it). Debian's rtsp-server-perl, installed when root with apt-get; its system service
+# (an RTSP server on 127.0.0.1:554) is left stopped and disabled: the test starts its own on free ports.
+rtsp-server:
+	@command -v rtsp-server-perl >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rtsp-server-perl >/dev/null 2>&1 \
+	  && { systemctl disable --now rtsp-server-perl >/dev/null 2>&1 || true; } \
+	  && echo "installed rtsp-server-perl (for the live RTSP test)"; } \
+	  || echo "note: rtsp-server-perl not installed (needs root and apt-get): the live RTSP test will skip"
 
 check-java:
 	@java -version >/dev/null 2>&1 || { echo "TorchServe needs Java 11+: install it (Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless; macOS: brew install openjdk@17)"; exit 1; }

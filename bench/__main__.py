@@ -15,7 +15,9 @@ stderr. Sections:
 6. a streamed timeline of the 600 s video at the default stride (bench/features.py);
 7. an embedding request against a labels request of the same clip;
 8. clients who leave: the default clip alone, right after a streamed timeline of a 600 s video is
-   abandoned 3 s in, and while 4 clients stream long timelines (bench/held.py).
+   abandoned 3 s in, and while 4 clients stream long timelines (bench/held.py);
+9. live: ``python -m client live`` on a 25 fps UDP stream at hop 1 s: latency from a window's last
+   frame to its answer (p50, p95) and the share of windows skipped (bench/live.py).
 
 Run it alone on the machine: anything else on the cores is measured too.
 """
@@ -37,8 +39,8 @@ from harness.paths import MAR, PT, REPO
 
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 THROUGHPUT_CLIP = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 clip
-SECTIONS = ("stages", "model", "runtimes", "latency", "throughput", "growth", "timeline", "embedding", "held")
-SERVED = ("latency", "throughput", "growth", "timeline", "embedding", "held")
+SECTIONS = ("stages", "model", "runtimes", "latency", "throughput", "growth", "timeline", "embedding", "live", "held")
+SERVED = ("latency", "throughput", "growth", "timeline", "embedding", "live", "held")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
 
@@ -63,6 +65,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--batches", type=_csv_ints, default=None, help="model-only micro-batch sizes (default 1,2,4; quick 1)")
     parser.add_argument("--growth-seconds", type=_csv_floats, default=None, help="video lengths for cost growth (default 10,60,600; quick 2,4)")
     parser.add_argument("--growth-reps", type=int, default=None, help="timed requests per growth video (default 3; quick 1)")
+    parser.add_argument("--live-seconds", type=float, default=None, help="length of the live run (default 60; quick 12)")
     parser.add_argument("--clips", default=None, help="comma-separated real clip names (default: every decodable clip; quick: one Kinetics clip)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
@@ -77,6 +80,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         "reps": 1 if quick else 5, "warmup": 0 if quick else 1, "http_reps": 1 if quick else 20,
         "clients": 2 if quick else 4, "per_client": 1 if quick else 6, "batches": [1] if quick else [1, 2, 4],
         "growth_seconds": [2.0, 4.0] if quick else [10.0, 60.0, 600.0], "growth_reps": 1 if quick else 3,
+        "live_seconds": 12.0 if quick else 60.0,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -225,6 +229,10 @@ def main(argv: List[str]) -> int:
                 http["timeline"] = features.timeline(served, timeline_clip, handler.contract.num_frames)
             if "embedding" in args.sections:
                 http["embedding"] = features.embedding_cost(served, tp_clip, args.growth_reps * 2, args.warmup)
+            if "live" in args.sections:
+                from bench import live as livemod
+
+                http["live"] = livemod.run(served, tp_clip["path"], args.live_seconds)
             if held_clip:  # last: the timelines it abandons run on until the server stops
                 from bench import held
 
@@ -243,6 +251,10 @@ def main(argv: List[str]) -> int:
     clean = _sanitize(results)
     args.json.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
     table = report.render(clean)
+    if clean.get("http", {}).get("live"):
+        from bench import live as livemod
+
+        table += "\n" + "\n".join(livemod.render(clean["http"]["live"]))
     print(table)
     progress(f"wrote {args.json} ({results['meta']['elapsed_s']:.0f} s in all)")
     if args.record:

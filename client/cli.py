@@ -5,6 +5,7 @@ its embedding (``--embedding [--out FILE.npy]``) or its timeline (``--timeline [
 Anything else (several paths, folders, ``--glob``, ``--from-list``, ``--out results.jsonl``): a bulk
 run writing one JSON line per input (client/results.py), with progress, retries and ``--resume``.
 Exit status: 0 when every input was answered, 1 when any failed, 2 for a usage error, 130 on Ctrl-C.
+``python -m client live SOURCE``: a camera or a stream, window by window (client/live/cli.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m client",
         description="Classify videos with slowfast-serve: one file as a table, or files/folders as JSON lines.",
+        epilog="A camera or a stream: python -m client live SOURCE (python -m client live --help).",
     )
     parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                         help="video files or folders (searched recursively for videos)")
@@ -131,6 +133,11 @@ def run_many(args: argparse.Namespace, transport: Transport) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["live"]:  # a file called "live" is still ./live
+        from client.live.cli import main as live_main
+
+        return live_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     single = is_single(args)

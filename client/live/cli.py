@@ -1,0 +1,206 @@
+"""``python -m client live SOURCE [options]``: actions in a camera or a stream, as they happen.
+
+Every ``--hop`` seconds the newest window (the model's, asked of the server) goes to the server as
+a small clip; answers are shown as they come and written as JSON lines (``--out``). Stop with
+Ctrl-C (a summary follows; exit status 130), ``--duration`` or ``--max-windows``; a file ends by
+itself (exit status 0, or 1 if any window failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Dict, Optional, Sequence, Tuple
+
+from client.endpoint import MODEL, TOKEN_ENV, ClientError, REPO, default_url, resolve_endpoint
+from client.keys import KEY_FILE
+from client.live.model import local_short_side, window_from_server
+from client.live.report import Display, JsonLines, Smoother, summary, window_line
+from client.live.runner import LiveRunner, LiveStats, WindowResult
+from client.live.source import Reader, parse_source
+from client.options import OUTPUTS
+from client.transport import Answer, Transport
+
+FALLBACK_SHORT_SIDE = 256  # only when encoding and the model file is not at hand
+SMOOTHING_TOPK = 20  # labels asked per window when averaging or thresholding
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m client live",
+        description="Actions in a camera or a stream as they happen: every --hop seconds the newest window "
+                    "(the model's) goes to the server as a small clip; answers as a table or lines, and JSON lines.")
+    parser.add_argument("source", help="rtsp://, rtmp://, udp://, srt://, http(s):// stream, a camera "
+                                       "(/dev/video0) or a video file")
+    timing = parser.add_argument_group("windows")
+    timing.add_argument("--hop", type=float, default=1.0, help="seconds of stream between windows sent (default: 1)")
+    timing.add_argument("--window", type=float, default=None,
+                        help="window length in seconds (default: the model's, asked of the server)")
+    timing.add_argument("--realtime", action="store_true", help="a file: play it at its own pace, as a live source")
+    timing.add_argument("--reencode", action="store_true",
+                        help="encode each window at the model's short side instead of copying the stream's packets")
+    timing.add_argument("--short-side", type=int, default=None,
+                        help="short side of encoded windows (default: the model file's, else 256)")
+    timing.add_argument("--concurrency", type=int, default=1,
+                        help="windows in flight at once (default: 1); a window due when all are busy is skipped")
+    timing.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    timing.add_argument("--max-windows", type=int, default=None, help="stop after sending this many windows")
+    smooth = parser.add_argument_group("smoothing and events")
+    smooth.add_argument("--average", type=int, default=1, help="show the mean over the last N windows (default: 1)")
+    smooth.add_argument("--threshold", type=float, default=None,
+                        help="a label whose (averaged) probability reaches P starts an event; falling below ends it")
+    request = parser.add_argument_group("request options")
+    request.add_argument("--topk", type=int, default=5, help="labels per window (default: 5)")
+    request.add_argument("--crops", type=int, choices=(1, 3), default=None, help="spatial crops per window")
+    request.add_argument("--output", choices=OUTPUTS, default=None, help="labels (default), embedding or both")
+    request.add_argument("--embedding", action="store_true", help="same as --output embedding")
+    request.add_argument("--normalize", action="store_true", help="L2-normalise the embedding")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, default=None, help="JSON lines, one per window and event (- : stdout)")
+    out.add_argument("--save-clips", type=Path, default=None, metavar="DIR",
+                     help="also keep each window's clip as sent (window_NNNNNN.ts/.mkv)")
+    source = parser.add_argument_group("source")
+    source.add_argument("--stall-timeout", type=float, default=5.0,
+                        help="seconds without data before the stream counts as dropped (default: 5)")
+    source.add_argument("--give-up", type=float, default=None,
+                        help="stop after this many seconds without data (default: keep reconnecting)")
+    source.add_argument("--rtsp-transport", choices=("tcp", "udp"), default="tcp", help="RTSP transport (default: tcp)")
+    server = parser.add_argument_group("server")
+    server.add_argument("--url", default=None, help=f"inference address or full predictions URL (default: {default_url()})")
+    server.add_argument("--model", default=MODEL, help=f"model name (default: {MODEL})")
+    server.add_argument("--token", default=None, help=f"inference key (default: ${TOKEN_ENV}, else the local key file)")
+    server.add_argument("--key-file", type=Path, default=None,
+                        help=f"TorchServe key file for local URLs (default: {REPO / KEY_FILE})")
+    server.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds to wait for one window's answer (default: 30; a later answer is stale)")
+    server.add_argument("--retries", type=int, default=1,
+                        help="attempts per window (default: 1: the next window is a hop away)")
+    return parser
+
+
+def check_usage(args: argparse.Namespace) -> Optional[str]:
+    if args.hop <= 0:
+        return "--hop must be > 0 seconds"
+    if args.window is not None and args.window <= 0:
+        return "--window must be > 0 seconds"
+    if args.concurrency < 1:
+        return "--concurrency must be 1 or more"
+    if args.average < 1:
+        return "--average must be 1 or more windows"
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        return "--threshold is a probability: 0 < P <= 1"
+    if args.retries < 1:
+        return "--retries is the number of attempts per window: 1 or more"
+    if args.topk < 1:
+        return "--topk must be 1 or more"
+    if args.embedding and args.output not in (None, "embedding", "both"):
+        return f"--embedding and --output {args.output} contradict each other"
+    if args.realtime and "://" in args.source:
+        return "--realtime paces a file; a stream already comes at its own pace"
+    return None
+
+
+def request_fields(args: argparse.Namespace) -> Dict[str, str]:
+    """The server options every window carries (its start/end are added per window)."""
+    smoothing = args.average > 1 or args.threshold is not None
+    fields = {"topk": str(max(args.topk, SMOOTHING_TOPK) if smoothing else args.topk)}
+    if args.crops:
+        fields["crops"] = str(args.crops)
+    output = args.output or ("embedding" if args.embedding else "labels")
+    if output != "labels":
+        fields["output"] = output
+    if args.normalize:
+        fields["normalize"] = "true"
+    return fields
+
+
+class LiveOutput:
+    """The runner's ``on_result``: smoothing, events, the display and the JSON lines."""
+
+    def __init__(self, display: Display, lines: JsonLines, smoother: Smoother, topk: int, smoothed: bool) -> None:
+        self.display, self.lines, self.smoother, self.topk, self.smoothed = display, lines, smoother, topk, smoothed
+        self.runner: Optional[LiveRunner] = None
+
+    def result(self, result: WindowResult) -> None:
+        line = window_line(result, self.topk)
+        scores = []
+        events = []
+        if isinstance(result.outcome, Answer) and "predictions" in result.outcome.body:
+            scores, events = self.smoother.update(result.outcome.body["predictions"], result.end, result.segment)
+            if self.smoothed:
+                line["smoothed"] = [{"label": label, "score": round(score, 6)} for label, score in scores[: self.topk]]
+        self.lines.write(line)
+        self.display.window(result, scores, self.runner.stats, self.smoothed)
+        self.events(events)
+
+    def events(self, events) -> None:
+        for event in events:
+            self.lines.write(event)
+            score = "" if event["score"] is None else f" ({event['score']:.4f})"
+            self.display.note(f"event {event['event']}: {event['label']} at {event['t']:.2f} s{score}")
+
+
+def main(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) -> int:
+    return run(argv, stdout)[0]
+
+
+def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) -> Tuple[int, Optional[LiveStats]]:
+    """``main``'s work: the exit status and the run's counts (None when it never started)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = check_usage(args)
+    if problem:
+        parser.error(problem)
+    stdout = stdout or sys.stdout
+    handle: Optional[IO[str]] = None
+    try:
+        spec = parse_source(args.source, args.realtime)
+        endpoint = resolve_endpoint(args.url, args.model, args.token, args.key_file)
+        transport = Transport(endpoint, timeout=args.timeout, attempts=args.retries, backoff=0.5, max_backoff=2.0)
+        fields = request_fields(args)
+        window = args.window
+        if window is None:
+            window, _ = window_from_server(transport, fields)
+            print(f"window {window:g} s (the model's, from the server), a window every {args.hop:g} s", file=sys.stderr)
+        short_side = args.short_side or local_short_side(args.model) or FALLBACK_SHORT_SIDE
+        to_stdout = args.out is not None and str(args.out) == "-"
+        if args.out is not None and not to_stdout:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(args.out, "w", encoding="utf-8")
+        shown = sys.stderr if to_stdout else stdout  # JSON lines on stdout: the table goes to stderr
+        display = Display(shown, sys.stderr, tty=shown.isatty(), topk=args.topk)
+        smoothed = args.average > 1 or args.threshold is not None
+        output = LiveOutput(display, JsonLines(stdout if to_stdout else handle), Smoother(args.average, args.threshold),
+                            args.topk, smoothed)
+        reader = Reader(spec, reencode=args.reencode, short_side=short_side, stall_timeout=args.stall_timeout,
+                        give_up_s=args.give_up, rtsp_transport=args.rtsp_transport)
+        runner = LiveRunner(reader, transport, fields, window, args.hop, args.concurrency, output.result,
+                            display.note, save_clips=args.save_clips, max_windows=args.max_windows)
+        output.runner = runner
+        timer = threading.Timer(args.duration, runner.stop) if args.duration else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        status = 0
+        try:
+            stats = runner.run()
+            runner.wait(args.timeout)
+        except KeyboardInterrupt:
+            runner.stop()
+            display.note("interrupted: waiting up to 5 s for the windows in flight")
+            try:
+                runner.wait(5.0)
+            except KeyboardInterrupt:
+                pass
+            stats, status = runner.stats, 130
+        output.events(output.smoother.close())
+        display.note(summary(stats, args.hop))
+        return status or (1 if stats.failed else 0), stats
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1, None
+    finally:
+        if handle is not None:
+            handle.close()

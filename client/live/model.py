@@ -1,0 +1,81 @@
+"""What the client needs to know of the served model: its window length (and, to encode, its
+short side), asked of the server rather than assumed, so another model's window is honoured.
+
+The window: a probe clip longer than any window, sent once; the server answers with the window it
+looked at (``windows: [[a, b]]``), whose length is the model's ``window_seconds`` (to 1e-4 s, the
+answer's rounding). The short side: the preprocessing contract inside the model file, when that
+file is at hand (a server on this machine); the answer does not carry it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from fractions import Fraction
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import av
+import numpy as np
+
+from client.endpoint import REPO, ClientError
+from client.transport import Failure, Transport
+
+PROBE_SECONDS = 16.0  # longer than any window a video model looks at
+PROBE_FPS = 4
+PROBE_SIZE = (64, 48)
+CONTRACT_FILE = "slowfast_contract.json"  # handler/contract.py's name for it inside the .pt
+
+
+def probe_clip(seconds: float = PROBE_SECONDS, fps: int = PROBE_FPS) -> bytes:
+    """A tiny H.264 MPEG-TS of ``seconds`` of flat grey shades at ``fps`` (a few kB)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = PROBE_SIZE[0], PROBE_SIZE[1], "yuv420p"
+        for k in range(round(seconds * fps)):
+            shade = np.full((PROBE_SIZE[1], PROBE_SIZE[0], 3), (40 + 8 * k) % 256, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(shade, format="rgb24")
+            frame.pts, frame.time_base = k, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def window_from_server(transport: Transport, fields: Dict[str, str]) -> Tuple[float, Dict]:
+    """The model's window in seconds, from the window the server picks in a long probe clip.
+    Raises:
+        ClientError: no answer, or an answer without a window shorter than the probe.
+    """
+    outcome = transport.send(probe_clip(), {**fields, "clips": "1"})
+    if isinstance(outcome, Failure):
+        raise ClientError(f"asking the server for the model's window: {outcome.describe()}")
+    windows = outcome.body.get("windows") or []
+    if len(windows) != 1 or not isinstance(windows[0], list) or len(windows[0]) != 2:
+        raise ClientError(f"the server's answer names no window ({str(outcome.body)[:200]}): give --window SECONDS")
+    start, end = (float(v) for v in windows[0])
+    if end - start >= PROBE_SECONDS - 0.5:
+        raise ClientError(f"the model's window is {PROBE_SECONDS:g} s or longer: give --window SECONDS")
+    return round(end - start, 4), outcome.body
+
+
+def contract_from_model_file(path: Path) -> Optional[Dict]:
+    """The preprocessing contract stored in a TorchScript file (a zip; read without torch), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"extra/{CONTRACT_FILE}")), None)
+            return json.loads(archive.read(name)) if name else None
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+
+
+def local_short_side(model: str, model_file: Optional[Path] = None) -> Optional[int]:
+    """The short side in ``model_file`` (default: this repo's build/<model>.pt), or None."""
+    contract = contract_from_model_file(model_file or REPO / "build" / f"{model}.pt")
+    try:
+        return int(contract["short_side"]) if contract else None
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
-from bench.util import REPO, percentile, progress, summary
+from bench.util import percentile, progress, summary
+from harness.paths import REPO
 
 FPS = 25
 HOP_S = 1.0

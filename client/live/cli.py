@@ -20,7 +20,7 @@ from client.live.model import local_short_side, window_from_server
 from client.live.report import Display, JsonLines, Smoother, summary, window_line
 from client.live.runner import LiveRunner, LiveStats, WindowResult
 from client.live.source import Reader, parse_source
-from client.options import OUTPUTS
+from handler.options import OUTPUTS
 from client.transport import Answer, Transport
 
 FALLBACK_SHORT_SIDE = 256  # only when encoding and the model file is not at hand
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     request = parser.add_argument_group("request options")
     request.add_argument("--topk", type=int, default=5, help="labels per window (default: 5)")
     request.add_argument("--crops", type=int, choices=(1, 3), default=None, help="spatial crops per window")
-    request.add_argument("--output", choices=OUTPUTS, default=None, help="labels (default), embedding or both")
+    request.add_argument("--output", choices=tuple(OUTPUTS), default=None, help="labels (default), embedding or both")
     request.add_argument("--embedding", action="store_true", help="same as --output embedding")
     request.add_argument("--normalize", action="store_true", help="L2-normalise the embedding")
     out = parser.add_argument_group("output")

@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from bench.util import REPO, machine, progress
+from client.endpoint import default_model
 
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
-MAR = REPO / "model_store" / "slowfast_r50.mar"
-PT = REPO / "build" / "slowfast_r50.pt"
+MODEL = default_model()  # config.properties' first model, as `make start` serves it
+MAR = REPO / "model_store" / f"{MODEL}.mar"
+PT = REPO / "build" / f"{MODEL}.pt"
 THROUGHPUT_CLIP = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 clip
 SECTIONS = ("stages", "model", "runtimes", "latency", "throughput", "growth", "timeline", "embedding")
 SERVED = ("latency", "throughput", "growth", "timeline", "embedding")

@@ -15,9 +15,10 @@ import torch
 import yaml
 
 from bench.util import REPO
+from client.endpoint import default_model
 from harness.context import FakeContext, NullMetricsCache
 
-PT = REPO / "build" / "slowfast_r50.pt"
+PT = REPO / "build" / f"{default_model()}.pt"
 MODEL_CONFIG = REPO / "model-config.yaml"
 
 

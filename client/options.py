@@ -10,11 +10,15 @@ import argparse
 from typing import Dict
 
 OUTPUTS = ("labels", "embedding", "both")
+DEFAULT_TOPK = 5
 
 
 def add_request_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("request options (passed to the server as they are)")
-    group.add_argument("--topk", type=int, default=5, help="labels per answer (default: 5)")
+    group.add_argument("--topk", type=int, default=DEFAULT_TOPK,
+                       help="labels per answer (default: 5; with --threshold and no other --topk: every label above it)")
+    group.add_argument("--threshold", type=float, default=None,
+                       help="only labels with probability >= this (0..1): multi-label (sigmoid) models, or a cut-off")
     group.add_argument("--clips", type=int, default=None, help="temporal windows to average (server default: 1)")
     group.add_argument("--crops", type=int, choices=(1, 3), default=None, help="spatial crops per window")
     group.add_argument("--output", choices=OUTPUTS, default=None,
@@ -36,9 +40,11 @@ def output_of(args: argparse.Namespace) -> str:
 
 def request_fields(args: argparse.Namespace, stream: bool = False) -> Dict[str, str]:
     """The options a request carries, as header name -> text (only those the user set)."""
-    fields: Dict[str, str] = {"topk": str(args.topk)}
-    for name in ("clips", "crops", "stride", "start", "end"):
-        value = getattr(args, name)
+    fields: Dict[str, str] = {}
+    if getattr(args, "threshold", None) is None or args.topk != DEFAULT_TOPK:
+        fields["topk"] = str(args.topk)
+    for name in ("clips", "crops", "stride", "start", "end", "threshold"):
+        value = getattr(args, name, None)
         if value is not None:
             fields[name] = f"{value:g}" if isinstance(value, float) else str(value)
     output = output_of(args)

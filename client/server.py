@@ -20,9 +20,9 @@ import requests
 
 from client.keys import KeyFileError, read_keys
 from client.config import repo_property
+from client.endpoint import MODEL
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = "slowfast_r50"
 
 
 def management_url() -> str:
@@ -38,19 +38,19 @@ def _torchserve() -> str:
     return str(candidate) if candidate.exists() else "torchserve"
 
 
-def describe(timeout: float = 5.0) -> list:
+def describe(timeout: float = 5.0, model: str = MODEL) -> list:
     keys = read_keys(REPO)
-    reply = requests.get(f"{management_url()}/models/{MODEL}", headers=keys.management_header(), timeout=timeout)
+    reply = requests.get(f"{management_url()}/models/{model}", headers=keys.management_header(), timeout=timeout)
     reply.raise_for_status()
     return reply.json()
 
 
-def wait_ready(deadline_s: float, workers: int = 1) -> list:
+def wait_ready(deadline_s: float, workers: int = 1, model_name: str = MODEL) -> list:
     stop_at = time.monotonic() + deadline_s
     last_error = "no answer yet"
     while time.monotonic() < stop_at:
         try:
-            model = describe()
+            model = describe(model=model_name)
             ready = [w for w in model[0].get("workers", []) if w.get("status") == "READY"]
             if len(ready) >= workers:
                 return model
@@ -58,7 +58,7 @@ def wait_ready(deadline_s: float, workers: int = 1) -> list:
         except (requests.RequestException, KeyFileError, ValueError, IndexError) as exc:
             last_error = str(exc)
         time.sleep(1.0)
-    raise TimeoutError(f"model {MODEL} not ready after {deadline_s:.0f} s ({last_error})")
+    raise TimeoutError(f"model {model_name} not ready after {deadline_s:.0f} s ({last_error})")
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -68,30 +68,37 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def start(timeout_s: float) -> int:
-    if not (REPO / "model_store" / f"{MODEL}.mar").exists():
-        print("model_store/slowfast_r50.mar is missing: run `make mar` first", file=sys.stderr)
-        return 1
+def start(timeout_s: float, models: Optional[List[str]] = None) -> int:
+    """Start TorchServe serving ``models`` (names of model_store/NAME.mar; default: config.properties'
+    load_models) side by side, and wait until each has a READY worker."""
+    models = models or [MODEL]
+    for name in models:
+        if not (REPO / "model_store" / f"{name}.mar").exists():
+            print(f"model_store/{name}.mar is missing: run `make mar MODEL={name}` first", file=sys.stderr)
+            return 1
+    # --models overrides config.properties' load_models for this start.
+    chosen = ["--models", *[f"{name}={name}.mar" for name in models]] if models != [MODEL] else []
     # TS_CONFIG_FILE wins over --ts-config in the launcher: set it too, to this repo's file.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "TS_CONFIG_FILE": str(REPO / "config.properties")}
     # --ncs: no config snapshots, so each start reads config.properties afresh.
     # The daemon must not inherit our stdout: a pipe reader (`make start | tail`) would never see EOF.
     subprocess.run(
-        [_torchserve(), "--start", "--ncs", "--ts-config", "config.properties"],
+        [_torchserve(), "--start", "--ncs", "--ts-config", "config.properties", *chosen],
         cwd=REPO, env=env, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        wait_ready(timeout_s)
+        for name in models:
+            wait_ready(timeout_s, model_name=name)
     except TimeoutError as exc:
         print(f"{exc}\n--- logs/model_log.log ---\n{_tail(REPO / 'logs' / 'model_log.log')}", file=sys.stderr)
         return 1
     keys = read_keys(REPO)
     print(
-        f"\nTorchServe is up with {MODEL}.\n"
+        f"\nTorchServe is up with {', '.join(models)}.\n"
         f"  inference key: {keys.inference}   (key_file.json; new keys on every start)\n\n"
         f"  curl -H \"Authorization: Bearer {keys.inference}\" -H \"Content-Type: application/octet-stream\" \\\n"
-        f"       --data-binary @../shared/videos/tv__WUzgd7C1pWA.mp4 {inference_url()}/predictions/{MODEL}\n\n"
+        f"       --data-binary @../shared/videos/tv__WUzgd7C1pWA.mp4 {inference_url()}/predictions/{models[0]}\n\n"
         f"  make predict VIDEO=clip.mp4     make scale WORKERS=2     make stop\n"
     )
     return 0
@@ -111,7 +118,8 @@ def status() -> int:
     return 0
 
 
-def scale(workers: int, timeout_s: float, url: Optional[str] = None, key_file: Optional[Path] = None) -> int:
+def scale(workers: int, timeout_s: float, url: Optional[str] = None, key_file: Optional[Path] = None,
+          model: str = MODEL) -> int:
     """PUT min_worker=max_worker=``workers`` (synchronous) on this repo's server, or on ``url`` with
     the management key of ``key_file``."""
     try:
@@ -120,7 +128,7 @@ def scale(workers: int, timeout_s: float, url: Optional[str] = None, key_file: O
         print(f"cannot read the management key: {exc}", file=sys.stderr)
         return 1
     reply = requests.put(
-        f"{(url or management_url()).rstrip('/')}/models/{MODEL}",
+        f"{(url or management_url()).rstrip('/')}/models/{model}",
         params={"min_worker": workers, "max_worker": max(workers, 1), "synchronous": "true"},
         headers=keys.management_header(),
         timeout=timeout_s,
@@ -134,21 +142,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     start_cmd = sub.add_parser("start")
     start_cmd.add_argument("--timeout", type=float, default=300)
+    start_cmd.add_argument("--models", nargs="*", default=None, help=f"names of model_store/NAME.mar to serve (default: {MODEL})")
     sub.add_parser("stop")
     sub.add_parser("status")
     scale_cmd = sub.add_parser("scale")
     scale_cmd.add_argument("--workers", type=int, required=True)
+    scale_cmd.add_argument("--model", default=MODEL, help=f"model to scale (default: {MODEL})")
     scale_cmd.add_argument("--timeout", type=float, default=300)
     scale_cmd.add_argument("--url", default=None, help="management address (default: config.properties)")
     scale_cmd.add_argument("--key-file", type=Path, default=None, help="key_file.json (default: the repo's)")
     args = parser.parse_args(argv)
     if args.command == "start":
-        return start(args.timeout)
+        return start(args.timeout, args.models)
     if args.command == "stop":
         return stop()
     if args.command == "status":
         return status()
-    return scale(args.workers, args.timeout, args.url, args.key_file)
+    return scale(args.workers, args.timeout, args.url, args.key_file, args.model)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,8 @@ class RequestOptions:
     ``stride`` seconds (None = one window length); ``start``/``end`` limit either to a part of the
     video (seconds, None = its start/end); ``crops`` per window; ``output`` labels, embedding or
     both (``normalize``: L2-normalised embedding); ``stream``: one JSON line per window as computed.
+    ``threshold``: only labels whose probability is at least this (0..1); without ``topk`` given,
+    every such label.
     """
 
     topk: int
@@ -173,6 +175,7 @@ class RequestOptions:
     start: Optional[float] = None
     end: Optional[float] = None
     stream: bool = False
+    threshold: Optional[float] = None
 
     @property
     def wants_labels(self) -> bool:
@@ -183,7 +186,9 @@ class RequestOptions:
         return self.output in ("embedding", "both")
 
 
-REQUEST_OPTION_NAMES = ("topk", "clips", "crops", "output", "normalize", "timeline", "stride", "start", "end", "stream")
+REQUEST_OPTION_NAMES = (
+    "topk", "clips", "crops", "output", "normalize", "timeline", "stride", "start", "end", "stream", "threshold",
+)
 
 
 def _text(raw: Any) -> str:
@@ -222,11 +227,22 @@ def _read_seconds(name: str, raw: Any) -> float:
     return value
 
 
+def _read_probability(name: str, raw: Any) -> float:
+    try:
+        value = float(_text(raw)) if not isinstance(raw, bool) else math.nan
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise RequestError(400, "bad_option", f"option {name} must be a probability in 0..1, got {_text(raw)[:40]!r}")
+    return value
+
+
 _READERS = {
     "topk": _read_int, "clips": _read_int, "crops": _read_int,
     "normalize": _read_bool, "timeline": _read_bool, "stream": _read_bool,
     "stride": _read_seconds, "start": _read_seconds, "end": _read_seconds,
     "output": lambda name, raw: _text(raw).lower(),
+    "threshold": _read_probability,
 }
 
 
@@ -235,9 +251,9 @@ def resolve_request_options(
 ) -> RequestOptions:
     """Validate the options a request gave (field, header or KServe parameter) over the defaults."""
     values = {name: _READERS[name](name, given[name]) for name in REQUEST_OPTION_NAMES if given.get(name) is not None}
-    resolved = replace(
-        RequestOptions(topk=min(defaults.topk, num_classes), clips=defaults.clips, crops=defaults.crops), **values
-    )
+    # A threshold alone selects every label at or above it; with topk, the top k of those.
+    topk = num_classes if "threshold" in values and "topk" not in values else min(defaults.topk, num_classes)
+    resolved = replace(RequestOptions(topk=topk, clips=defaults.clips, crops=defaults.crops), **values)
     if not 1 <= resolved.topk <= num_classes:
         raise RequestError(400, "bad_option", f"topk must be in 1..{num_classes}, got {resolved.topk}")
     if not 1 <= resolved.clips <= defaults.max_clips:

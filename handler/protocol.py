@@ -238,9 +238,14 @@ def _floats(values: Sequence[float]) -> List[float]:
     return [float(f"{v:.9g}") for v in values]
 
 
-def top_predictions(probabilities: Sequence[float], labels: Sequence[str], k: int) -> List[Dict[str, Any]]:
-    """Top-``k`` of a (classes,) probability vector, descending, as ``{label, index, probability}``."""
+def top_predictions(
+    probabilities: Sequence[float], labels: Sequence[str], k: int, threshold: Optional[float] = None
+) -> List[Dict[str, Any]]:
+    """Top-``k`` of a (classes,) probability vector, descending, as ``{label, index, probability}``;
+    with ``threshold``, only those at or above it (possibly none)."""
     order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])[:k]
+    if threshold is not None:
+        order = [i for i in order if probabilities[i] >= threshold]
     return [{"label": labels[i], "index": i, "probability": float(probabilities[i])} for i in order]
 
 
@@ -257,12 +262,12 @@ class ModelInfo:
 
 def render_window(
     model: ModelInfo, window: Tuple[float, float], probabilities: Sequence[float],
-    embedding: Optional[Sequence[float]], topk: int,
+    embedding: Optional[Sequence[float]], topk: int, threshold: Optional[float] = None,
 ) -> Dict[str, Any]:
     """One timeline entry: ``{start, end, predictions?, embedding?}`` (embedding as a plain list)."""
     entry: Dict[str, Any] = {"start": round(window[0], 4), "end": round(window[1], 4)}
     if probabilities is not None:
-        entry["predictions"] = top_predictions(probabilities, model.labels, topk)
+        entry["predictions"] = top_predictions(probabilities, model.labels, topk, threshold)
     if embedding is not None:
         entry["embedding"] = _floats(embedding)
     return entry

@@ -8,12 +8,12 @@ soon as its last view has run, so memory is bounded by the micro-batch, not by t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Iterator, List, Sequence, Tuple
 
 import torch
 
-from handler.contract import PreprocessContract
+from handler.contract import PreprocessContract, combine_views
 from handler.transforms import crop_and_normalize, crop_offsets, pack_pathways
 
 # [slow (B,3,T/alpha,c,c), fast (B,3,T,c,c)] float -> (probabilities (B,classes), embeddings (B,D)) float32
@@ -31,7 +31,8 @@ class WindowJob:
 
 @dataclass(frozen=True)
 class WindowScores:
-    """A window's scores, averaged over its crops.
+    """A window's scores over its crops: probabilities combined by the contract's rule (mean for
+    softmax, max for sigmoid: ``combine_views``), the embedding averaged.
 
     ``probabilities``: (classes,) float32; ``embedding``: (D,) float32; times are this window's
     share of the micro-batches it ran in, in ms.
@@ -49,7 +50,7 @@ class WindowScores:
 class _Pending:
     job: WindowJob
     views_left: int
-    probability_sum: torch.Tensor = None  # type: ignore[assignment]
+    probability_rows: List[torch.Tensor] = field(default_factory=list)
     embedding_sum: torch.Tensor = None  # type: ignore[assignment]
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
@@ -59,9 +60,13 @@ def _score_views(
     views: Sequence[Tuple[_Pending, Tuple[int, int]]], contract: PreprocessContract, infer: Infer
 ) -> None:
     started = time.perf_counter()
-    fast = torch.cat(
-        [crop_and_normalize(p.job.frames, [offset], contract.crop_size, contract.mean, contract.std) for p, offset in views]
-    )
+    # Frames are RGB; a BGR model gets its channels flipped after normalizing with its own
+    # (BGR-ordered) mean and std reversed into RGB order.
+    bgr = contract.channel_order == "BGR"
+    mean, std = (contract.mean[::-1], contract.std[::-1]) if bgr else (contract.mean, contract.std)
+    fast = torch.cat([crop_and_normalize(p.job.frames, [offset], contract.crop_size, mean, std) for p, offset in views])
+    if bgr:
+        fast = fast.flip(1)
     pathways = pack_pathways(fast, contract.alpha)
     prepared = time.perf_counter()
     probabilities, embeddings = infer(pathways)
@@ -69,11 +74,10 @@ def _score_views(
     share_pre = (prepared - started) * 1000 / len(views)
     share_inf = (finished - prepared) * 1000 / len(views)
     for row, (pending, _) in enumerate(views):
-        if pending.probability_sum is None:
-            pending.probability_sum = probabilities[row].clone()
+        pending.probability_rows.append(probabilities[row].clone())
+        if pending.embedding_sum is None:
             pending.embedding_sum = embeddings[row].clone()
         else:
-            pending.probability_sum += probabilities[row]
             pending.embedding_sum += embeddings[row]
         pending.views_left -= 1
         pending.preprocess_ms += share_pre
@@ -98,7 +102,8 @@ def run_windows(
             done = waiting.pop(0)
             n = done.job.crops
             yield WindowScores(
-                key=done.job.key, probabilities=done.probability_sum / n, embedding=done.embedding_sum / n,
+                key=done.job.key, probabilities=combine_views(torch.stack(done.probability_rows), contract.activation),
+                embedding=done.embedding_sum / n,
                 views=n, preprocess_ms=done.preprocess_ms, inference_ms=done.inference_ms,
             )
 
@@ -117,10 +122,11 @@ def run_windows(
     yield from finished()
 
 
-def mean_scores(scores: Sequence[WindowScores]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities (classes,), embedding (D,)) float32 averaged over windows (each the mean of
-    its crops, so this is the mean over all views when windows have equal crops)."""
+def mean_scores(scores: Sequence[WindowScores], activation: str = "softmax") -> Tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (classes,), embedding (D,)) float32 over windows: probabilities combined as
+    views are (mean for softmax: the mean over all views when windows have equal crops; max for
+    sigmoid), the embedding averaged."""
     return (
-        torch.stack([s.probabilities for s in scores]).mean(0),
+        combine_views(torch.stack([s.probabilities for s in scores]), activation),
         torch.stack([s.embedding for s in scores]).mean(0),
     )

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from handler.contract import CONTRACT_FILE, ContractError, PreprocessContract
+from handler.contract import CONTRACT_FILE, ContractError, PreprocessContract, activate
 from handler.options import ServeOptions
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,8 @@ class ModelRuntime:
         )
         with torch.inference_mode(), autocast:
             logits, embeddings = self.module.forward_with_embedding(pathways)
-        # Softmax in float32 even under fp16 autocast.
-        return torch.softmax(logits.float(), dim=1).cpu(), embeddings.float().cpu()
+        # The contract's activation (softmax or sigmoid), in float32 even under fp16 autocast.
+        return activate(logits, self.contract.activation).cpu(), embeddings.float().cpu()
 
     def probabilities(self, pathways: List[torch.Tensor]) -> torch.Tensor:
         """Softmax over classes only: (B, classes) float32 on CPU (``infer``'s first output)."""

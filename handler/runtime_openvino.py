@@ -25,7 +25,7 @@ from typing import Any, FrozenSet, List, Optional, Tuple
 import numpy as np
 import torch
 
-from handler.contract import PreprocessContract
+from handler.contract import PreprocessContract, activate
 from handler.options import ServeOptions
 from handler.runtime import cpu_thread_count, dummy_pathways, read_model
 
@@ -205,4 +205,4 @@ class OpenVinoRuntime:
             request.wait()
             logits.append(torch.from_numpy(request.get_output_tensor(0).data.copy()))
             embeddings.append(torch.from_numpy(request.get_output_tensor(1).data.copy()))
-        return torch.softmax(torch.cat(logits).float(), dim=1), torch.cat(embeddings).float()
+        return activate(torch.cat(logits), self.contract.activation), torch.cat(embeddings).float()

@@ -202,7 +202,7 @@ class SlowFastHandler(BaseHandler):
             self.model, window,
             scores.probabilities.tolist() if options.wants_labels else None,
             self._embedding(scores.embedding, options).tolist() if options.wants_embedding else None,
-            options.topk,
+            options.topk, options.threshold,
         )
 
     @staticmethod
@@ -224,11 +224,11 @@ class SlowFastHandler(BaseHandler):
     def _answer(self, request: RequestWork, video: VideoWork, batch_size: int, total_ms: float) -> Dict[str, Any]:
         options = request.options
         assert options is not None
-        probabilities, embedding = mean_scores(video.scores)
+        probabilities, embedding = mean_scores(video.scores, self.contract.activation)
         info = video.decoder.info
         answer: Dict[str, Any] = {}
         if options.wants_labels:
-            answer["predictions"] = top_predictions(probabilities.tolist(), self.model.labels, options.topk)
+            answer["predictions"] = top_predictions(probabilities.tolist(), self.model.labels, options.topk, options.threshold)
         if options.wants_embedding:
             answer["embedding"] = render_embedding(
                 self.model, self._embedding(embedding, options).tolist(), options.normalize

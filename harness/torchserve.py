@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import requests
 
@@ -24,7 +24,6 @@ from client.config import read_properties
 from client.keys import KeyFileError, Keys, read_keys
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = "slowfast_r50"
 
 
 def free_port() -> int:
@@ -37,7 +36,9 @@ class LocalTorchServe:
     """A TorchServe process serving ``mar`` from ``workdir``; use as a context manager.
 
     ``properties`` override config.properties entries (e.g. ``service_envelope``). The model is
-    loaded at start-up under ``model_name`` and ``start`` returns once a worker is READY.
+    loaded at start-up under ``model_name`` (default: the archive's stem, as `make mar` names it)
+    and ``start`` returns once a worker is READY. ``also``: more archives served side by side, each
+    under its stem (``predictions_url_of(name)``), each with a READY worker before ``start`` returns.
     """
 
     def __init__(
@@ -45,12 +46,14 @@ class LocalTorchServe:
         mar: Path,
         workdir: Path,
         properties: Optional[Mapping[str, str]] = None,
-        model_name: str = MODEL,
+        model_name: Optional[str] = None,
         ready_timeout: float = 300.0,
+        also: Sequence[Path] = (),
     ) -> None:
         self.mar = Path(mar).resolve()
+        self.also = [Path(m).resolve() for m in also]
         self.workdir = Path(workdir)
-        self.model_name = model_name
+        self.model_name = model_name or self.mar.stem
         self.ready_timeout = ready_timeout
         self.ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_inf", "grpc_mgmt")}
         self.worker_port = self._free_worker_port()
@@ -59,7 +62,9 @@ class LocalTorchServe:
         self.properties.update(
             {
                 "model_store": str(self.workdir / "model_store"),
-                "load_models": f"{model_name}={self.mar.name}",
+                "load_models": ",".join(
+                    [f"{self.model_name}={self.mar.name}"] + [f"{m.stem}={m.name}" for m in self.also]
+                ),
                 "initial_worker_port": str(self.worker_port),
             }
         )
@@ -92,7 +97,10 @@ class LocalTorchServe:
 
     @property
     def predictions_url(self) -> str:
-        return f"{self.inference_url}/predictions/{self.model_name}"
+        return self.predictions_url_of(self.model_name)
+
+    def predictions_url_of(self, model_name: str) -> str:
+        return f"{self.inference_url}/predictions/{model_name}"
 
     @property
     def keys(self) -> Keys:
@@ -131,12 +139,13 @@ class LocalTorchServe:
     def _start_once(self) -> "LocalTorchServe":
         store = self.workdir / "model_store"
         store.mkdir(parents=True, exist_ok=True)
-        target = store / self.mar.name
-        if not target.exists():
-            try:
-                os.link(self.mar, target)  # no copy of ~130 MB where the filesystem allows
-            except OSError:
-                shutil.copy2(self.mar, target)
+        for mar in [self.mar, *self.also]:
+            target = store / mar.name
+            if not target.exists():
+                try:
+                    os.link(mar, target)  # no copy of ~130 MB where the filesystem allows
+                except OSError:
+                    shutil.copy2(mar, target)
         config = self.workdir / "config.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
         venv_bin = str(Path(sys.executable).parent)
@@ -157,19 +166,21 @@ class LocalTorchServe:
         )
         try:
             self.wait_ready(workers=1, timeout=self.ready_timeout)
+            for mar in self.also:
+                self.wait_ready(workers=1, timeout=self.ready_timeout, model_name=mar.stem)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def wait_ready(self, workers: int = 1, timeout: float = 300.0) -> List[Dict[str, Any]]:
+    def wait_ready(self, workers: int = 1, timeout: float = 300.0, model_name: Optional[str] = None) -> List[Dict[str, Any]]:
         deadline = time.monotonic() + timeout
         last = "not started"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"TorchServe exited with {self.process.returncode}:\n{self.tail_logs()}")
             try:
-                ready = [w for w in self.workers() if w.get("status") == "READY"]
+                ready = [w for w in self.workers(model_name) if w.get("status") == "READY"]
                 if len(ready) >= workers:
                     return ready
                 last = f"{len(ready)}/{workers} workers READY"
@@ -211,15 +222,16 @@ class LocalTorchServe:
 
     # -- APIs ------------------------------------------------------------------------------
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self, model_name: Optional[str] = None) -> Dict[str, Any]:
         reply = requests.get(
-            f"{self.management_url}/models/{self.model_name}", headers=self.keys.management_header(), timeout=10
+            f"{self.management_url}/models/{model_name or self.model_name}", headers=self.keys.management_header(),
+            timeout=10,
         )
         reply.raise_for_status()
         return reply.json()[0]
 
-    def workers(self) -> List[Dict[str, Any]]:
-        return list(self.describe().get("workers", []))
+    def workers(self, model_name: Optional[str] = None) -> List[Dict[str, Any]]:
+        return list(self.describe(model_name).get("workers", []))
 
     def scale(self, min_worker: int, max_worker: Optional[int] = None, timeout: float = 300.0) -> requests.Response:
         params = {"min_worker": min_worker, "synchronous": "true"}
@@ -231,11 +243,14 @@ class LocalTorchServe:
         )
 
     def predict(
-        self, video: bytes, headers: Optional[Mapping[str, str]] = None, timeout: float = 300.0
+        self, video: bytes, headers: Optional[Mapping[str, str]] = None, timeout: float = 300.0,
+        model_name: Optional[str] = None,
     ) -> requests.Response:
-        """POST raw video bytes with the inference key; extra ``headers`` (e.g. ``{"topk": "10"}``)."""
+        """POST raw video bytes with the inference key to ``model_name`` (default: the main model);
+        extra ``headers`` (e.g. ``{"topk": "10"}``)."""
         all_headers = {"Content-Type": "application/octet-stream", **self.keys.inference_header(), **(headers or {})}
-        return requests.post(self.predictions_url, data=video, headers=all_headers, timeout=timeout)
+        url = self.predictions_url_of(model_name or self.model_name)
+        return requests.post(url, data=video, headers=all_headers, timeout=timeout)
 
     def metrics(self) -> str:
         reply = requests.get(f"{self.metrics_url}/metrics", timeout=10)

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from export.build import build_variant
-from export.checkpoint import CheckpointError, read_state_dict, weights_origin
+from export.checkpoint import CheckpointError, checkpoint_name, read_state_dict, weights_origin
 from export.save import load_with_contract, save_with_contract
 from export.scriptable import ScriptabilityError, script_slowfast
 from export.variants import (
@@ -75,7 +75,8 @@ def load_weights(
         except CheckpointError as exc:
             why = f"{variant.name}'s model-zoo checkpoint is unavailable ({exc})"
             log.warning(random_weights_warning(variant, why))
-            return variant, None, weights_origin(None, seed, f"trained weights could not be downloaded: {exc}")
+            reason = str(exc).replace(f" checkpoint {variant.checkpoint_url}: ", ": ").replace(f"checkpoint {variant.checkpoint_url}", "it")
+            return variant, None, weights_origin(None, seed, f"{checkpoint_name(variant.checkpoint_url)}: {reason}")
         return variant, state, weights_origin(variant.checkpoint_url, seed)
     state = read_state_dict(checkpoint)
     variant = choose_variant(requested_variant, model_name, state)

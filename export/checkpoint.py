@@ -76,16 +76,16 @@ def download(url: str, destination: Path, connect_timeout: float = CONNECT_TIMEO
             try:
                 with requests.get(url, stream=True, timeout=(connect_timeout, read_timeout)) as reply:
                     if reply.status_code != 200:
-                        raise DownloadError(f"could not download {url}: HTTP {reply.status_code} {reply.reason}")
+                        raise DownloadError(f"could not download checkpoint {url}: HTTP {reply.status_code} {reply.reason}")
                     expected = reply.headers.get("Content-Length")
                     received = 0
                     for block in reply.iter_content(1 << 20):
                         out.write(block)
                         received += len(block)
             except requests.RequestException as exc:
-                raise DownloadError(f"could not download {url}: {_reason(exc)}") from exc
+                raise DownloadError(f"could not download checkpoint {url}: {_reason(exc)}") from exc
         if expected is not None and received != int(expected):
-            raise DownloadError(f"could not download {url}: truncated body ({received} of {expected} bytes)")
+            raise DownloadError(f"could not download checkpoint {url}: truncated body ({received} of {expected} bytes)")
         _load(partial, url)  # not a checkpoint: refused before it reaches the cache
         os.replace(partial, destination)
     finally:

@@ -38,7 +38,7 @@ MODEL = default_model()  # config.properties' first model, as `make start` serve
 MAR = REPO / "model_store" / f"{MODEL}.mar"
 PT = REPO / "build" / f"{MODEL}.pt"
 THROUGHPUT_CLIP = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 clip
-SECTIONS = ("stages", "model", "runtimes", "latency", "throughput", "growth", "timeline", "embedding")
+SECTIONS = ("stages", "model", "runtimes", "variants", "latency", "throughput", "growth", "timeline", "embedding")
 SERVED = ("latency", "throughput", "growth", "timeline", "embedding")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
@@ -195,6 +195,11 @@ def main(argv: List[str]) -> int:
 
         progress(f"CPU runtimes side by side (default here: {handler.runtime.name})")
         results["runtimes"] = runtimes.compare(handler, args.pt, args.reps, args.warmup, quick=args.quick)
+    if "variants" in args.sections:
+        from bench import variants
+
+        progress("each SlowFast variant's model-only forward (default CPU runtime, random weights)")
+        results["variants"] = variants.compare(args.reps, args.warmup, quick=args.quick)
 
     # -- through TorchServe ------------------------------------------------------------------
     if serving:

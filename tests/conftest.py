@@ -14,10 +14,14 @@ SHARED = REPO.parent / "shared"
 VIDEOS = SHARED / "videos"
 sys.path.insert(0, str(REPO))
 
+from client.endpoint import default_model  # noqa: E402
 from harness.torchserve import LocalTorchServe  # noqa: E402
 
-PT = REPO / "build" / "slowfast_r50.pt"
-MAR = REPO / "model_store" / "slowfast_r50.mar"
+# The model `make mar` builds and config.properties serves; its name, classes and embedding size
+# come from its contract (the ``contract`` fixture), not from literals.
+MODEL = default_model()
+PT = REPO / "build" / f"{MODEL}.pt"
+MAR = REPO / "model_store" / f"{MODEL}.mar"
 
 
 def read_manifest() -> Dict[str, Dict[str, str]]:

@@ -109,7 +109,7 @@ def test_model_zoo_checkpoint_round_trip(tmp_path, eager):
                 buffer.normal_(0, 0.1)
     checkpoint = tmp_path / "SLOWFAST_8x8_R50.pyth"
     torch.save({"model_state": trained.state_dict(), "epoch": 196}, checkpoint)
-    output = tmp_path / "model.pt"
+    output = tmp_path / f"{CONTRACT.model_name}.pt"  # the serving name is the file's stem
     assert export_main(["--output", str(output), "--checkpoint", str(checkpoint)]) == 0
     scripted, contract = load_with_contract(output)
     # the saved contract says which file the weights came from, by name and content hash

@@ -264,3 +264,32 @@ def test_heavy_variant_exports_scripted_equal_to_eager(name, tmp_path):
     contract = export(tmp_path / f"{name}.pt", "random", seed=0)
     _, saved = load_with_contract(tmp_path / f"{name}.pt")
     assert saved == contract and saved.model_name == saved.variant == name
+
+
+# -- each variant: preprocessing against pytorchvideo's own pipeline -----------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "found here: on tv__WUzgd7C1pWA.mp4 the handler's 64-of-128 sampling picks a later frame than "
+    "UniformTemporalSubsample for fast frame 62 (12.5 levels mean; every other frame exact); "
+    "handler/sampling.py + decoding.py's choice, left to their owner"))
+def test_every_variant_preprocesses_like_the_default_or_is_checked_against_pytorchvideo(shared_videos):
+    """R101 shares the default's preprocessing numbers (so tests/test_reference_parity.py covers it);
+    the 16x8 samples 64 frames over 128/30 s and is compared here with the tutorial pipeline fed the
+    same window and frame count, on a Kinetics clip (no resize: at most 1 level of rounding)."""
+    from tests.reference_pipeline import reference_pathways
+    from tests.test_reference_parity import LEVEL, ours
+
+    labels = read_label_file(VARIANTS[DEFAULT_VARIANT].labels_file)
+    default = contract_for(VARIANTS[DEFAULT_VARIANT], labels)
+    same = ("num_frames", "alpha", "window_seconds", "short_side", "crop_size", "mean", "std", "channel_order")
+    r101 = contract_for(VARIANTS["slowfast_r101"], labels)
+    assert [getattr(r101, f) for f in same] == [getattr(default, f) for f in same]
+    contract = contract_for(VARIANTS["slowfast_16x8_r101_50_50"], labels)
+    path = shared_videos / "tv__WUzgd7C1pWA.mp4"
+    window, (slow, fast) = ours(path, contract)
+    assert window[1] - window[0] == pytest.approx(128 / 30, abs=1e-3)
+    ref_slow, ref_fast = reference_pathways(str(path), window, num_frames=contract.num_frames, alpha=contract.alpha)
+    assert fast.shape == ref_fast.shape == (3, 64, 256, 256) and slow.shape == ref_slow.shape == (3, 16, 256, 256)
+    assert float(((fast - ref_fast).abs() / LEVEL).max()) <= 1.01
+    assert float(((slow - ref_slow).abs() / LEVEL).max()) <= 1.01

@@ -5,16 +5,36 @@ PYTHON_SYS ?= python3
 VENV       := .venv
 BIN        := $(VENV)/bin
 PY         := $(BIN)/python
-MODEL      := slowfast_r50
+# MODEL: the serving name (/predictions/$(MODEL), model_store/$(MODEL).mar). A variant's name
+# (export/variants.py: slowfast_r50, slowfast_r101, slowfast_16x8_r101_50_50) builds that variant;
+# another name is a model of your own: its variant is VARIANT or recognised from CHECKPOINT.
+MODEL      ?= slowfast_r50
 PT         := build/$(MODEL).pt
 MAR        := model_store/$(MODEL).mar
-# CHECKPOINT=path-or-URL: export with these weights (remembered in build/.checkpoint until another
-# is given; CHECKPOINT=random goes back to seeded random weights). Unset: the remembered one.
+# CHECKPOINT=path-or-URL: export with these weights; CHECKPOINT=random: seeded random weights;
+# unset: the last ones given for this MODEL, else the variant's model-zoo checkpoint (downloaded
+# once into $$TORCH_HOME/hub/checkpoints; seeded random weights, loudly, where it cannot be fetched).
+# LABELS=classes.txt|classes.json names a fine-tuned head's classes; ACTIVATION=sigmoid for
+# multi-label heads; VARIANT=slowfast_r101 when the checkpoint's shapes do not say.
 CHECKPOINT ?=
-CKPT_STAMP := build/.checkpoint
-RECORDED_CHECKPOINT := $(shell cat $(CKPT_STAMP) 2>/dev/null)
-WEIGHTS    := $(or $(CHECKPOINT),$(RECORDED_CHECKPOINT),random)
-EXPORT_ARGS := --output $(PT) $(if $(filter-out random,$(WEIGHTS)),--checkpoint $(WEIGHTS))
+LABELS     ?=
+VARIANT    ?=
+ACTIVATION ?=
+# The stamp holds the export options of build/$(MODEL).pt, one per line; each option not given
+# keeps its recorded value.
+CKPT_STAMP := build/$(MODEL).export
+recorded    = $(shell sed -n 's/^$(1)=//p' $(CKPT_STAMP) 2>/dev/null)
+WEIGHTS    := $(or $(CHECKPOINT),$(call recorded,checkpoint),default)
+LABELS_USED := $(or $(LABELS),$(call recorded,labels))
+VARIANT_USED := $(or $(VARIANT),$(call recorded,variant))
+ACTIVATION_USED := $(or $(ACTIVATION),$(call recorded,activation))
+STAMP_TEXT := checkpoint=$(WEIGHTS) labels=$(LABELS_USED) variant=$(VARIANT_USED) activation=$(ACTIVATION_USED)
+RECORDED_TEXT := $(shell cat $(CKPT_STAMP) 2>/dev/null)
+EXPORT_ARGS := --output $(PT) $(if $(filter-out default,$(WEIGHTS)),--checkpoint $(WEIGHTS)) \
+               $(if $(LABELS_USED),--labels $(LABELS_USED)) $(if $(VARIANT_USED),--variant $(VARIANT_USED)) \
+               $(if $(ACTIVATION_USED),--activation $(ACTIVATION_USED))
+# Models `make start` serves side by side (each built with `make mar MODEL=...` first).
+MODELS     ?= $(MODEL)
 HOOK       := client/activate-hook.sh
 WORKERS    ?= 2
 VIDEO      ?= ../shared/videos/tv__WUzgd7C1pWA.mp4
@@ -32,7 +52,7 @@ help:
 	@echo "make serve      install, export, archive and start TorchServe with $(MODEL) loaded"
 	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
 	@echo "make test-unit  the tests that need no TorchServe and no export (under a minute)"
-	@echo "make install | export | mar [CHECKPOINT=path|URL|random] | start | stop | status"
+	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] | start [MODELS=\"a b\"] | stop | status"
 	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | clean"
 
 $(BIN)/.installed: requirements.txt
@@ -68,25 +88,22 @@ check-java:
 	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
 	 if [ "$${v:-0}" -lt 11 ]; then echo "Java $$v found; TorchServe needs Java 11+ (e.g. sudo apt-get install -y openjdk-17-jre-headless)"; exit 1; fi
 
-# The stamp holds the weights the .pt is exported from; it is rewritten (so the .pt is re-exported)
-# only when CHECKPOINT names other weights; a missing stamp (weights unknown) is written, so the
-# .pt is re-exported from the weights named, by default random ones.
-ifneq ($(CHECKPOINT),)
-ifneq ($(CHECKPOINT),$(RECORDED_CHECKPOINT))
+# The stamp is rewritten (so the .pt is re-exported) only when the options differ from the
+# recorded ones; a missing stamp (options unknown) is written, so the .pt is re-exported.
+ifneq ($(strip $(STAMP_TEXT)),$(strip $(RECORDED_TEXT)))
 .PHONY: $(CKPT_STAMP)
-endif
 endif
 $(CKPT_STAMP):
 	@mkdir -p $(@D)
-	printf '%s\n' '$(WEIGHTS)' > $@
+	printf '%s\n' $(foreach w,$(STAMP_TEXT),'$(w)') > $@
 
-# The .pt is rebuilt when the exporter, the contract, the weights named or a local checkpoint file change.
+# The .pt is rebuilt when the exporter, the contract, the options or a local checkpoint/label file change.
 $(PT): $(BIN)/.installed $(wildcard export/*.py export/*.txt) handler/contract.py $(CKPT_STAMP) \
-       $(if $(filter-out random,$(WEIGHTS)),$(wildcard $(WEIGHTS)))
-	$(PY) -m export $(EXPORT_ARGS)
+       $(if $(filter-out default random,$(WEIGHTS)),$(wildcard $(WEIGHTS))) $(wildcard $(LABELS_USED))
+	$(PY) -m export $(strip $(EXPORT_ARGS))
 
 export: $(BIN)/.installed $(CKPT_STAMP)
-	$(PY) -m export $(EXPORT_ARGS)
+	$(PY) -m export $(strip $(EXPORT_ARGS))
 
 $(MAR): $(PT) $(wildcard handler/*.py handler/*/*.py) model-config.yaml
 	$(PY) -m export.archive --model-file $(PT) --output $(MAR)
@@ -94,7 +111,7 @@ $(MAR): $(PT) $(wildcard handler/*.py handler/*/*.py) model-config.yaml
 mar: $(MAR)
 
 start: $(MAR)
-	@$(PY) -m client.server start
+	@$(PY) -m client.server start --models $(MODELS)
 
 serve: install mar start
 
@@ -118,10 +135,10 @@ bench: $(MAR)
 	$(PY) -m bench $(BENCH_ARGS)
 
 scale:
-	@$(PY) -m client.server scale --workers $(WORKERS) $(if $(MANAGEMENT_URL),--url $(MANAGEMENT_URL)) $(if $(KEY_FILE),--key-file $(KEY_FILE))
+	@$(PY) -m client.server scale --model $(MODEL) --workers $(WORKERS) $(if $(MANAGEMENT_URL),--url $(MANAGEMENT_URL)) $(if $(KEY_FILE),--key-file $(KEY_FILE))
 
 predict:
-	@$(PY) -m client "$(VIDEO)" --topk $(TOPK) $(if $(URL),--url $(URL)) $(if $(KEY_FILE),--key-file $(KEY_FILE))
+	@$(PY) -m client "$(VIDEO)" --model $(MODEL) --topk $(TOPK) $(if $(URL),--url $(URL)) $(if $(KEY_FILE),--key-file $(KEY_FILE))
 
 kserve: $(MAR)
 	$(PY) -m deploy.kserve.build

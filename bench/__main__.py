@@ -39,7 +39,8 @@ from harness.paths import MAR, PT, REPO
 
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 THROUGHPUT_CLIP = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 clip
-SECTIONS = ("stages", "model", "runtimes", "latency", "throughput", "growth", "timeline", "embedding", "live", "held")
+SECTIONS = ("stages", "model", "runtimes", "variants", "latency", "throughput", "growth", "timeline", "embedding",
+            "live", "held")
 SERVED = ("latency", "throughput", "growth", "timeline", "embedding", "live", "held")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
@@ -204,6 +205,11 @@ def main(argv: List[str]) -> int:
 
         progress(f"CPU runtimes side by side (default here: {handler.runtime.name})")
         results["runtimes"] = runtimes.compare(handler, args.pt, args.reps, args.warmup, quick=args.quick)
+    if "variants" in args.sections:
+        from bench import variants
+
+        progress("each SlowFast variant's model-only forward (default CPU runtime, random weights)")
+        results["variants"] = variants.compare(args.reps, args.warmup, quick=args.quick)
 
     # -- through TorchServe ------------------------------------------------------------------
     if serving:

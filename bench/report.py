@@ -234,6 +234,16 @@ def render(results: Dict[str, Any]) -> str:
                          "vs frozen TS", "load s"], rows)
         lines.append(f"  OpenVINO conversion of the .pt: {_f(runtimes.get('convert_s'), '.1f')} s; "
                      f"reading the cached IR instead: {_f(runtimes.get('cached_read_s'), '.1f')} s")
+    family = results.get("variants")
+    if family:
+        lines.append("")
+        lines.append("3b. SlowFast variants, model-only forward of one view on the default CPU runtime")
+        base = next(iter(family.values()))["forward_ms"]["median"]
+        rows = [[name, v["frames"], f"{v['top1']:.2f} / {v['top5']:.2f}", f"{v['gflops']:.1f}", f"{v['params_m']:.1f}",
+                 v["runtime"], fmt_ms(v["forward_ms"]["median"]), _f(v["forward_ms"]["median"] / base, ".2f", "x")]
+                for name, v in family.items()]
+        lines += _table(["variant", "frames x rate", "top-1 / top-5", "GFLOPs", "params M", "runs as",
+                         "forward ms", "vs first"], rows)
     http = results.get("http", {})
     if http.get("latency"):
         lines.append("")

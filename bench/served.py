@@ -18,11 +18,11 @@ from typing import Any, Dict, List, Optional
 import requests
 
 from harness.inproc import InProcessHandler
+from harness.paths import TIMELINE_MODEL  # config.properties: the same .mar again, for long timelines
 from harness.memory import RssSampler, peak_rss_mb, reset_peak, rss_mb
 from bench.util import percentile, progress, ratio, summary
 
 
-TIMELINE_MODEL = "slowfast_r50_timeline"  # config.properties: the same .mar again, for long timelines
 
 
 class Served:

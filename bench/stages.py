@@ -133,9 +133,10 @@ def model_only(handler: InProcessHandler, batches: List[int], reps: int, warmup:
 
 def _eager_forward(handler: InProcessHandler, reps: int, warmup: int) -> Dict[str, float]:
     """The same network, eager pytorchvideo (no freeze/optimize), micro-batch 1: what optimizing buys."""
-    from export.build import build_slowfast_r50
+    from export.build import build_variant
+    from export.variants import get_variant
 
-    model = build_slowfast_r50()
+    model = build_variant(get_variant(handler.contract.variant), num_classes=handler.contract.num_classes)
     pathways = handler.dummy_pathways(1)
     times = []
     with torch.inference_mode():

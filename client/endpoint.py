@@ -17,10 +17,21 @@ from urllib.parse import urlparse
 from client.config import REPO, repo_property
 from client.keys import KEY_FILE, KeyFileError, Keys, read_keys
 
-MODEL = "slowfast_r50"
 # The same model registered again for long work (config.properties load_models): its own worker
 # takes timelines, so one a client abandons (TorchServe cannot cancel it) never holds clip answers.
 TIMELINE_SUFFIX = "_timeline"
+
+
+def default_model() -> str:
+    """The first model config.properties loads (``load_models=name=name.mar,...``): the one
+    `make start` serves by default; ``--model`` picks another."""
+    first = repo_property("load_models", "").split(",")[0].strip()
+    name = first.partition("=")[0].strip() if "=" in first else first.removesuffix(".mar")
+    if not name or name == "all":
+        raise ClientError("config.properties names no model in load_models: pass --model NAME")
+    return name
+
+
 TOKEN_ENV = "SLOWFAST_TOKEN"
 MANAGEMENT_TOKEN_ENV = "SLOWFAST_MANAGEMENT_TOKEN"
 TORCHSERVE_MANAGEMENT_PORT = 8081
@@ -28,6 +39,9 @@ TORCHSERVE_MANAGEMENT_PORT = 8081
 
 class ClientError(RuntimeError):
     """Anything that stops the client; the message is what the user sees."""
+
+
+MODEL = default_model()
 
 
 def default_url() -> str:

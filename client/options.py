@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict
 
-from handler.options import REQUEST_OPTIONS, RequestOption
+from handler.options import REQUEST_OPTIONS, RequestOption, request_option
 
 _TYPES = {"int": int, "float": float, "seconds": float}
 
@@ -67,4 +67,7 @@ def request_fields(args: argparse.Namespace, stream: bool = False) -> Dict[str, 
         if value is None or value is False or (option.name == "output" and value == option.default):
             continue
         fields[option.name] = _as_text(value)
+    # --threshold alone asks for every label above it: the client's own topk default is not sent.
+    if "threshold" in fields and given["topk"] == request_option("topk").client_default:
+        del fields["topk"]
     return fields

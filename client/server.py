@@ -21,8 +21,7 @@ import requests
 
 from client.keys import KeyFileError, read_keys
 from client.config import REPO, repo_property
-
-MODEL = "slowfast_r50"
+from client.endpoint import MODEL, TIMELINE_SUFFIX
 
 
 def management_url() -> str:
@@ -64,7 +63,9 @@ def wait_ready(deadline_s: float, workers: int = 1, model: str = MODEL) -> list:
         except (requests.RequestException, KeyFileError, ValueError, IndexError) as exc:
             last_error = str(exc)
         time.sleep(1.0)
-    raise TimeoutError(f"model {model} not ready after {deadline_s:.0f} s ({last_error})")
+        stop_at = time.monotonic() + timeout_s
+        for model in registrations:
+            wait_ready(max(1.0, stop_at - time.monotonic()), model=model)
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -74,33 +75,45 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def start(timeout_s: float) -> int:
-    if not (REPO / "model_store" / f"{MODEL}.mar").exists():
-        print("model_store/slowfast_r50.mar is missing: run `make mar` first", file=sys.stderr)
-        return 1
+def start(timeout_s: float, models: Optional[List[str]] = None) -> int:
+    """Start TorchServe serving ``models`` (names of model_store/NAME.mar; default: config.properties'
+    load_models) side by side, and wait until each has a READY worker."""
+    served = models or [MODEL]
+    for name in served:
+        if not (REPO / "model_store" / f"{name}.mar").exists():
+            print(f"model_store/{name}.mar is missing: run `make mar MODEL={name}` first", file=sys.stderr)
+            return 1
+    # --models overrides config.properties' load_models for this start; each model also gets its
+    # registration for long timelines, as load_models gives the default one.
+    if models:
+        registrations = [r for name in served for r in (name, f"{name}{TIMELINE_SUFFIX}")]
+        chosen = ["--models", *[f"{r}={name}.mar" for name in served for r in (name, f"{name}{TIMELINE_SUFFIX}")]]
+    else:
+        registrations, chosen = registered_models(), []
     # TS_CONFIG_FILE wins over --ts-config in the launcher: set it too, to this repo's file.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "TS_CONFIG_FILE": str(REPO / "config.properties")}
     # --ncs: no config snapshots, so each start reads config.properties afresh.
     # The daemon must not inherit our stdout: a pipe reader (`make start | tail`) would never see EOF.
     subprocess.run(
-        [_torchserve(), "--start", "--ncs", "--ts-config", "config.properties"],
+        [_torchserve(), "--start", "--ncs", "--ts-config", "config.properties", *chosen],
         cwd=REPO, env=env, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         stop_at = time.monotonic() + timeout_s
-        for model in registered_models():
+        for model in registrations:
             wait_ready(max(1.0, stop_at - time.monotonic()), model=model)
     except TimeoutError as exc:
         print(f"{exc}\n--- logs/model_log.log ---\n{_tail(REPO / 'logs' / 'model_log.log')}", file=sys.stderr)
         return 1
     keys = read_keys(REPO)
     print(
-        f"\nTorchServe is up with {', '.join(registered_models())}.\n"
+        f"\nTorchServe is up with {', '.join(registrations)}.\n"
         f"  inference key: {keys.inference}   (key_file.json; new keys on every start)\n\n"
         f"  curl -H \"Authorization: Bearer {keys.inference}\" -H \"Content-Type: application/octet-stream\" \\\n"
-        f"       --data-binary @../shared/videos/tv__WUzgd7C1pWA.mp4 {inference_url()}/predictions/{MODEL}\n"
-        f"  long timelines (-H \"timeline: true\" -H \"stream: true\"): {inference_url()}/predictions/{MODEL}_timeline\n\n"
+        f"       --data-binary @../shared/videos/tv__WUzgd7C1pWA.mp4 {inference_url()}/predictions/{served[0]}\n"
+        f"  long timelines (-H \"timeline: true\" -H \"stream: true\"): "
+        f"{inference_url()}/predictions/{served[0]}{TIMELINE_SUFFIX}\n\n"
         f"  make predict VIDEO=clip.mp4     make scale WORKERS=2     make stop\n"
     )
     return 0
@@ -144,10 +157,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     start_cmd = sub.add_parser("start")
     start_cmd.add_argument("--timeout", type=float, default=300)
+    start_cmd.add_argument("--models", nargs="*", default=None, help=f"names of model_store/NAME.mar to serve (default: {MODEL})")
     sub.add_parser("stop")
     sub.add_parser("status")
     scale_cmd = sub.add_parser("scale")
     scale_cmd.add_argument("--workers", type=int, required=True)
+    scale_cmd.add_argument("--model", default=MODEL, help=f"model to scale (default: {MODEL})")
     scale_cmd.add_argument("--timeout", type=float, default=300)
     scale_cmd.add_argument("--url", default=None, help="management address (default: config.properties)")
     scale_cmd.add_argument("--key-file", type=Path, default=None, help="key_file.json (default: the repo's)")
@@ -155,7 +170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                            help=f"which registration (default {MODEL}; {MODEL}_timeline takes long timelines)")
     args = parser.parse_args(argv)
     if args.command == "start":
-        return start(args.timeout)
+        return start(args.timeout, args.models)
     if args.command == "stop":
         return stop()
     if args.command == "status":

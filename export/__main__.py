@@ -1,46 +1,112 @@
-"""``python -m export --output build/slowfast_r50.pt [--checkpoint PATH_OR_URL]``.
+"""``python -m export --output build/NAME.pt [--model-name NAME] [--variant V] [--checkpoint default|random|PATH|URL] [--labels FILE]``.
 
-Builds SlowFast R50 with pytorchvideo, scripts it, checks the scripted module against the eager
-one (batch 1 and 3, crops 224 and 256), saves it with its preprocessing contract, reloads the
-saved file and checks it again. Exits non-zero with a message on any failure.
+Builds a SlowFast variant (export/variants.py) with pytorchvideo, loads its weights, scripts it,
+checks the scripted module against the eager one (batch 1 and 3, crops 224 and 256), saves it
+with its preprocessing contract, reloads the saved file and checks it again. Exits non-zero with a
+message on any failure.
+
+Weights: ``default`` (or none given) is the variant's model-zoo checkpoint, downloaded once into
+torch.hub's cache; where it cannot be fetched (no network) the export falls back to seeded random
+weights and says so, here and in every answer. ``random`` asks for those; a path or URL must load.
+A fine-tuned checkpoint's class count comes from its head; ``--labels`` names its classes.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from export.build import build_slowfast_r50
-from export.checkpoint import CheckpointError, weights_origin
-from export.reference import slowfast_r50_contract
+import torch
+
+from export.build import build_variant
+from export.checkpoint import CheckpointError, checkpoint_name, read_state_dict, weights_origin
 from export.save import load_with_contract, save_with_contract
 from export.scriptable import ScriptabilityError, script_slowfast
+from export.variants import (
+    DEFAULT_VARIANT, VARIANTS, Variant, VariantError, contract_for, get_variant, head_classes, read_label_file,
+    recognise, resolve_labels,
+)
 from export.verify import TOLERANCE, VerificationError, check_against, reference_outputs
+from handler.contract import ACTIVATIONS, CHANNEL_ORDERS, PreprocessContract
 
 log = logging.getLogger("export")
 
-RANDOM_WEIGHTS_WARNING = (
-    "No --checkpoint given: exporting SEEDED RANDOM WEIGHTS. The service will run, but its "
-    "predictions mean nothing until you export trained weights, e.g. "
-    "`make export CHECKPOINT=/path/to/SLOWFAST_8x8_R50.pyth` "
-    "(pytorchvideo model zoo: https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/SLOWFAST_8x8_R50.pyth)."
-)
+DEFAULT_WEIGHTS = "default"
+RANDOM_WEIGHTS = "random"
 
 
-def export(output: Path, checkpoint: Optional[str], seed: int) -> None:
+def random_weights_warning(variant: Variant, why: str) -> str:
+    return (
+        f"{why}: exporting SEEDED RANDOM WEIGHTS. The service will run, but its predictions mean "
+        f"nothing until you export trained weights: `make mar MODEL={variant.name}` on a machine that "
+        f"reaches {variant.checkpoint_url}, or `make mar CHECKPOINT=/path/to/{variant.checkpoint_url.rsplit('/', 1)[-1]}`."
+    )
+
+
+def choose_variant(requested: Optional[str], model_name: str, state_dict: Optional[Dict[str, torch.Tensor]]) -> Variant:
+    """--variant, else the serving name when it is a variant's, else the one the weights fit, else the default."""
+    if requested:
+        return get_variant(requested)
+    if model_name in VARIANTS:
+        return VARIANTS[model_name]
+    if state_dict is not None:
+        found = recognise(state_dict)
+        log.info("the checkpoint's shapes are those of %s", found.name)
+        return found
+    return VARIANTS[DEFAULT_VARIANT]
+
+
+def load_weights(
+    checkpoint: str, requested_variant: Optional[str], model_name: str, seed: int
+) -> Tuple[Variant, Optional[Dict[str, torch.Tensor]], str]:
+    """(variant, state dict or None for random weights, the contract's ``weights`` text)."""
+    if checkpoint == RANDOM_WEIGHTS:
+        variant = choose_variant(requested_variant, model_name, None)
+        log.warning(random_weights_warning(variant, "CHECKPOINT=random"))
+        return variant, None, weights_origin(None, seed)
+    if checkpoint == DEFAULT_WEIGHTS:
+        variant = choose_variant(requested_variant, model_name, None)
+        try:
+            state = read_state_dict(variant.checkpoint_url)
+        except CheckpointError as exc:
+            why = f"{variant.name}'s model-zoo checkpoint is unavailable ({exc})"
+            log.warning(random_weights_warning(variant, why))
+            reason = str(exc).replace(f" checkpoint {variant.checkpoint_url}: ", ": ").replace(f"checkpoint {variant.checkpoint_url}", "it")
+            return variant, None, weights_origin(None, seed, f"{checkpoint_name(variant.checkpoint_url)}: {reason}")
+        return variant, state, weights_origin(variant.checkpoint_url, seed)
+    state = read_state_dict(checkpoint)
+    variant = choose_variant(requested_variant, model_name, state)
+    return variant, state, weights_origin(checkpoint, seed)
+
+
+def export(
+    output: Path,
+    checkpoint: Optional[str] = None,
+    seed: int = 0,
+    *,
+    model_name: Optional[str] = None,
+    variant: Optional[str] = None,
+    labels: Optional[Path] = None,
+    activation: Optional[str] = None,
+    channel_order: Optional[str] = None,
+) -> PreprocessContract:
+    """Export and verify; returns the contract written. ``checkpoint`` None means ``default``."""
     started = time.monotonic()
-    if not checkpoint:
-        log.warning(RANDOM_WEIGHTS_WARNING)
-    eager = build_slowfast_r50(checkpoint, seed=seed)
-    # After the build: a URL checkpoint is in the hub cache by now, hashed without a second download.
-    contract = dataclasses.replace(slowfast_r50_contract(), weights=weights_origin(checkpoint, seed))
+    name = model_name or output.stem
+    chosen, state, weights = load_weights(checkpoint or DEFAULT_WEIGHTS, variant, name, seed)
+    classes = head_classes(state) if state is not None else (len(read_label_file(labels)) if labels else 400)
+    contract = contract_for(
+        chosen, resolve_labels(chosen, classes, labels), model_name=name, weights=weights,
+        activation=activation, channel_order=channel_order,
+    )
+    eager = build_variant(chosen, state, source=checkpoint or chosen.checkpoint_url, seed=seed, num_classes=classes)
     log.info("weights: %s", contract.weights)
-    log.info("built slowfast_r50 (%d parameters)", sum(p.numel() for p in eager.parameters()))
+    log.info("built %s as %s: %d classes, %s, %s input (%d parameters)", chosen.name, name, contract.num_classes,
+             contract.activation, contract.channel_order, sum(p.numel() for p in eager.parameters()))
     scripted = script_slowfast(eager)
     expected = reference_outputs(eager, contract)
     worst = check_against(scripted, expected, contract, "scripted")
@@ -53,18 +119,27 @@ def export(output: Path, checkpoint: Optional[str], seed: int) -> None:
         "wrote %s (%.1f MB): scripted == eager (logits and embedding) within %.2g (max |diff| %.2g) in %.0f s",
         output, output.stat().st_size / 1e6, TOLERANCE, worst, time.monotonic() - started,
     )
+    return contract
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, type=Path, help="where to write the TorchScript .pt")
-    parser.add_argument("--checkpoint", default=None, help="model-zoo .pyth / state-dict file, or an http(s) URL")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random weights (no checkpoint)")
+    parser.add_argument("--checkpoint", default=DEFAULT_WEIGHTS,
+                        help="default (the variant's model-zoo weights, random if unreachable), random, a file or an http(s) URL")
+    parser.add_argument("--model-name", default=None, help="the serving name (default: the output's stem)")
+    parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
+                        help="the architecture (default: the model name's, else recognised from the checkpoint)")
+    parser.add_argument("--labels", type=Path, default=None, help="class names: text, one per line, or JSON {name: index}")
+    parser.add_argument("--activation", choices=ACTIVATIONS, default=None, help="softmax (default) or sigmoid (multi-label)")
+    parser.add_argument("--channel-order", choices=CHANNEL_ORDERS, default=None, help="the model's input channel order")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        export(args.output, args.checkpoint, args.seed)
-    except (CheckpointError, ScriptabilityError, VerificationError) as exc:
+        export(args.output, args.checkpoint, args.seed, model_name=args.model_name, variant=args.variant,
+               labels=args.labels, activation=args.activation, channel_order=args.channel_order)
+    except (CheckpointError, VariantError, ScriptabilityError, VerificationError, OSError) as exc:
         log.error("%s", exc)
         return 1
     return 0

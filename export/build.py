@@ -1,25 +1,30 @@
-"""Build SlowFast R50 exactly as ``pytorchvideo.models.hub.slowfast_r50`` does."""
+"""Build a SlowFast variant exactly as its ``pytorchvideo.models.hub`` builder does, with weights."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
-from pytorchvideo.models.hub import slowfast_r50
 from pytorchvideo.models.net import Net
 
 from export.checkpoint import load_strict, read_state_dict
+from export.variants import DEFAULT_VARIANT, Variant, build, get_variant, head_classes
+
+
+def build_variant(variant: Variant, state_dict: Optional[Mapping[str, torch.Tensor]] = None,
+                  source: str = "", seed: int = 0, num_classes: int = 400) -> Net:
+    """The eager network in eval mode: ``state_dict`` loaded strictly (its head decides the class
+    count), or pytorchvideo's own initialization under ``seed`` with ``num_classes`` outputs."""
+    classes = head_classes(state_dict) if state_dict is not None else num_classes
+    model = build(variant, classes, seed=seed)
+    if state_dict is not None:
+        load_strict(model, state_dict, source, what=f"{variant.name} ({classes} classes)")
+    return model.eval()
 
 
 def build_slowfast_r50(checkpoint: Optional[str] = None, seed: int = 0) -> Net:
-    """The eager pytorchvideo network in eval mode.
-
-    Without a checkpoint the weights are pytorchvideo's own initialization under ``seed``:
-    reproducible, and meaningless as predictions. With one, weights load strictly.
-    """
-    torch.manual_seed(seed)
-    # The hub builder (fusion kernel (7,1,1), 400 classes) is what the model-zoo checkpoint fits.
-    model = slowfast_r50(pretrained=False)
+    """The default variant, from a checkpoint path/URL or seeded random weights (tests, bench)."""
+    variant = get_variant(DEFAULT_VARIANT)
     if checkpoint:
-        load_strict(model, read_state_dict(checkpoint), checkpoint)
-    return model.eval()
+        return build_variant(variant, read_state_dict(checkpoint), checkpoint)
+    return build_variant(variant, seed=seed)

@@ -18,8 +18,14 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Tuple
 
+import torch
+
 CONTRACT_FILE = "slowfast_contract.json"
-CONTRACT_VERSION = 2  # 2: embedding_* fields
+CONTRACT_VERSION = 3  # 2: embedding_* fields; 3: activation, channel_order, variant
+# Version 2 files (before activation/channel order) read as softmax, RGB: what they were.
+READABLE_VERSIONS = (2, 3)
+ACTIVATIONS = ("softmax", "sigmoid")
+CHANNEL_ORDERS = ("RGB", "BGR")
 
 
 class ContractError(ValueError):
@@ -44,6 +50,11 @@ class PreprocessContract:
             the network it is taken.
         weights: where the weights come from, e.g. "checkpoint SLOWFAST_8x8_R50.pyth sha256:1a2b3c4d5e6f"
             or "random weights, seed 0 (predictions are meaningless)"; "unknown" where not recorded.
+        activation: "softmax" (one class per clip; views averaged) or "sigmoid" (multi-label,
+            per-class probabilities; views combined by max, the Charades protocol).
+        channel_order: "RGB" or "BGR": the order of the model's input channels (mean/std follow it).
+        variant: the architecture (export/variants.py) the weights are for; model_name is the
+            serving name, which a fine-tuned model chooses freely.
     """
 
     model_name: str
@@ -59,6 +70,9 @@ class PreprocessContract:
     embedding_size: int
     embedding_source: str
     weights: str = "unknown"
+    activation: str = "softmax"
+    channel_order: str = "RGB"
+    variant: str = "slowfast_r50"
     version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -75,6 +89,10 @@ class PreprocessContract:
             problems.append("labels must be non-empty and unique")
         if self.embedding_size < 1 or not self.embedding_name:
             problems.append("the embedding needs a name and a size >= 1")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
+        if self.channel_order not in CHANNEL_ORDERS:
+            problems.append(f"channel_order {self.channel_order!r} is not one of {CHANNEL_ORDERS}")
         if self.version != CONTRACT_VERSION:
             problems.append(f"contract version {self.version} is not {CONTRACT_VERSION}")
         if problems:
@@ -95,6 +113,7 @@ class PreprocessContract:
     def from_json(cls, text: str | bytes) -> "PreprocessContract":
         try:
             raw: Dict[str, Any] = json.loads(text)
+            version = int(raw.get("version", -1))
             return cls(
                 model_name=str(raw["model_name"]),
                 num_frames=int(raw["num_frames"]),
@@ -109,9 +128,30 @@ class PreprocessContract:
                 embedding_size=int(raw["embedding_size"]),
                 embedding_source=str(raw["embedding_source"]),
                 weights=str(raw.get("weights", "unknown")),
-                version=int(raw.get("version", -1)),
+                activation=str(raw.get("activation", "softmax")),
+                channel_order=str(raw.get("channel_order", "RGB")),
+                variant=str(raw.get("variant", raw["model_name"])),
+                version=CONTRACT_VERSION if version in READABLE_VERSIONS else version,
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ContractError):
                 raise
             raise ContractError(f"unreadable preprocessing contract: {exc!r}") from exc
+
+
+def activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
+    """(B, classes) logits -> (B, classes) float32 probabilities: softmax over classes, or a
+    sigmoid per class (multi-label: they need not sum to 1). Computed in float32 whatever the
+    logits' dtype (fp16 autocast)."""
+    logits = logits.float()
+    if activation == "sigmoid":
+        return torch.sigmoid(logits)
+    if activation == "softmax":
+        return torch.softmax(logits, dim=1)
+    raise ContractError(f"activation {activation!r} is not one of {ACTIVATIONS}")
+
+
+def combine_views(probabilities: torch.Tensor, activation: str) -> torch.Tensor:
+    """(V, classes) probabilities of V views (crops, windows) -> (classes,): the mean for softmax,
+    the max for sigmoid (a multi-label action seen in any view is in the clip: Charades' protocol)."""
+    return probabilities.amax(0) if activation == "sigmoid" else probabilities.mean(0)

@@ -25,7 +25,7 @@ class HandlerMetrics:
     """
 
     def __init__(self, context: Any) -> None:
-        self._model = "slowfast_r50"
+        self._model = "unknown"  # set_model_name gives the contract's name
         self._decode = self._frames = self._views = self._seconds = self._requests = self._rejected = None
         cache = getattr(context, "metrics", None)
         self._ok = cache is not None and MetricTypes is not None and hasattr(cache, "add_metric_to_cache")

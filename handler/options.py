@@ -80,6 +80,9 @@ REQUEST_OPTIONS: Tuple[RequestOption, ...] = (
     RequestOption("end", "seconds", "look up to this second", unset="the video's end"),
     RequestOption("stream", "bool", "send a timeline as JSON lines, one per window as computed", default=False,
                   client=False),
+    RequestOption("threshold", "float", "only labels whose probability is at least this (alone: every such label, "
+                  "with topk: the top k of them); for multi-label (sigmoid) models or as a cut-off", low=0, high=1,
+                  unset="none"),
 )
 REQUEST_OPTION_NAMES = tuple(option.name for option in REQUEST_OPTIONS)
 
@@ -197,17 +200,25 @@ class ServeOptions:
         return cls(**values)
 
 
-def registration_settings(config: Mapping[str, Any], registered_name: str) -> Mapping[str, Any]:
+def registration_settings(
+    config: Mapping[str, Any], registered_name: str, archive_name: str = ""
+) -> Mapping[str, Any]:
     """The ``handler:`` settings of the archive as registered under ``registered_name``: the
     ``registrations.<name>:`` entries of model-config.yaml over ``handler:`` (one .mar, several
-    registrations in config.properties load_models, each with its own workers and settings)."""
+    registrations in config.properties load_models, each with its own workers and settings).
+
+    ``{model}`` in a registration's name or in a string setting stands for ``archive_name`` (the
+    .mar's model name), so one model-config serves every variant and fine-tuned model."""
     registrations = config.get("registrations") or {}
     if not isinstance(registrations, Mapping):
         raise ConfigError("model-config registrations: must map registered names to handler settings")
-    overrides = registrations.get(registered_name) or {}
+    named = {str(key).replace("{model}", archive_name): value for key, value in registrations.items()}
+    overrides = named.get(registered_name) or {}
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"model-config registrations.{registered_name}: must be a mapping of handler settings")
-    return {**(config.get("handler") or {}), **overrides}
+    merged = {**(config.get("handler") or {}), **overrides}
+    return {key: value.replace("{model}", archive_name) if isinstance(value, str) else value
+            for key, value in merged.items()}
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -260,6 +271,8 @@ class RequestOptions:
     ``clips`` windows spread over the video, or with ``timeline`` a window every ``stride``
     seconds (None = one window length); ``start``/``end`` limit either to a part of the video
     (seconds, None = its start/end); ``stream``: one JSON line per window as computed.
+    ``threshold``: only labels whose probability is at least this; without ``topk`` given, every
+    such label.
     """
 
     topk: int
@@ -272,6 +285,7 @@ class RequestOptions:
     start: Optional[float] = None
     end: Optional[float] = None
     stream: bool = False
+    threshold: Optional[float] = None
 
     @property
     def kinds(self) -> Tuple[str, ...]:
@@ -364,9 +378,9 @@ def resolve_request_options(
         option.name: read_option(option, given[option.name], highs)
         for option in REQUEST_OPTIONS if given.get(option.name) is not None
     }
-    resolved = replace(
-        RequestOptions(topk=min(defaults.topk, num_classes), clips=defaults.clips, crops=defaults.crops), **values
-    )
+    # A threshold alone selects every label at or above it; with topk, the top k of those.
+    topk = num_classes if "threshold" in values and "topk" not in values else min(defaults.topk, num_classes)
+    resolved = replace(RequestOptions(topk=topk, clips=defaults.clips, crops=defaults.crops), **values)
     if resolved.timeline and "clips" in values:
         raise _bad("clips and timeline exclude each other: a timeline has a window every stride seconds")
     if not resolved.timeline and resolved.stride is not None:

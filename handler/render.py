@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import torch
 
@@ -39,6 +39,7 @@ class ModelInfo:
     weights: str
     runtime: str
     embedding_dim: int
+    activation: str = "softmax"
 
 
 def _floats(values: Sequence[float]) -> List[float]:
@@ -46,9 +47,14 @@ def _floats(values: Sequence[float]) -> List[float]:
     return [float(f"{v:.9g}") for v in values]
 
 
-def top_predictions(probabilities: Sequence[float], labels: Sequence[str], k: int) -> List[Dict[str, Any]]:
-    """Top-``k`` of a (classes,) probability vector, descending, as ``{label, index, probability}``."""
+def top_predictions(
+    probabilities: Sequence[float], labels: Sequence[str], k: int, threshold: Optional[float] = None
+) -> List[Dict[str, Any]]:
+    """Top-``k`` of a (classes,) probability vector, descending, as ``{label, index, probability}``;
+    with ``threshold``, only those at or above it (possibly none)."""
     order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])[:k]
+    if threshold is not None:
+        order = [i for i in order if probabilities[i] >= threshold]
     return [{"label": labels[i], "index": i, "probability": float(probabilities[i])} for i in order]
 
 
@@ -74,13 +80,20 @@ class OutputKind:
 
 
 def _predictions(vector: torch.Tensor, model: ModelInfo, options: RequestOptions) -> List[Dict[str, Any]]:
-    return top_predictions(vector.tolist(), model.labels, options.topk)
+    return top_predictions(vector.tolist(), model.labels, options.topk, options.threshold)
+
+
+# A threshold can leave videos with different numbers of labels: a tensor's rows are padded to the
+# longest with this entry (index -1: no label).
+NO_LABEL = {"label": "", "probability": 0.0, "index": -1}
 
 
 def _label_tensors(values: List[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
-    shape = [len(values), len(values[0])]
+    width = max(len(top) for top in values)
+    rows = [top + [NO_LABEL] * (width - len(top)) for top in values]
+    shape = [len(rows), width]
     return [
-        {"name": name, "datatype": datatype, "shape": shape, "data": [p[key] for top in values for p in top]}
+        {"name": name, "datatype": datatype, "shape": shape, "data": [p[key] for top in rows for p in top]}
         for name, datatype, key in (("labels", "BYTES", "label"), ("probabilities", "FP32", "probability"),
                                     ("indices", "INT64", "index"))
     ]
@@ -159,7 +172,7 @@ def video_answer(
     ``windows``: the plan's windows (seconds), ``scores``: theirs, in the same order. ``warnings``: sentences from planning and decoding; ``decode_errors``: packets that failed to
     decode (said in one more warning); ``total_ms``: the handler's time for the whole batch.
     """
-    mean = mean_scores(scores)
+    mean = mean_scores(scores, model.activation)
     answer: Dict[str, Any] = {}
     for kind in kinds_of(options):
         answer[kind.key] = kind.video_json(kind.vector(mean, options), model, options)

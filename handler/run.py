@@ -8,12 +8,12 @@ soon as its last view has run, so memory is bounded by the micro-batch, not by t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from handler.contract import PreprocessContract
+from handler.contract import PreprocessContract, combine_views
 from handler.runtime_base import Outputs
 from handler.transforms import crop_and_normalize, crop_offsets, pack_pathways
 
@@ -32,7 +32,8 @@ class WindowJob:
 
 @dataclass(frozen=True)
 class WindowScores:
-    """A window's model outputs, averaged over its crops.
+    """A window's model outputs over its crops: probabilities combined by the contract's rule
+    (``combine_views``: mean for softmax, max for sigmoid), the embedding averaged.
 
     ``outputs``: each (N,) float32 (e.g. probabilities (classes,), embedding (D,)); times are
     this window's share of the micro-batches it ran in, in ms.
@@ -57,7 +58,7 @@ class WindowScores:
 class _Pending:
     job: WindowJob
     views_left: int
-    sums: Optional[List[torch.Tensor]] = None  # one running sum per output, over the views run
+    rows: List[List[torch.Tensor]] = field(default_factory=list)  # per output, one (N,) row per view run
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
 
@@ -66,10 +67,16 @@ def _score_views(
     views: Sequence[Tuple[_Pending, Tuple[int, int]]], contract: PreprocessContract, infer: Infer
 ) -> None:
     started = time.perf_counter()
+    # Frames are RGB; a BGR model gets its channels flipped after normalizing with its own
+    # (BGR-ordered) mean and std reversed into RGB order.
+    bgr = contract.channel_order == "BGR"
+    mean, std = (contract.mean[::-1], contract.std[::-1]) if bgr else (contract.mean, contract.std)
     fast = torch.cat([
-        crop_and_normalize(p.job.frames, [offset], crop_size=contract.crop_size, mean=contract.mean, std=contract.std)
+        crop_and_normalize(p.job.frames, [offset], crop_size=contract.crop_size, mean=mean, std=std)
         for p, offset in views
     ])
+    if bgr:
+        fast = fast.flip(1)
     pathways = pack_pathways(fast, contract.alpha)
     prepared = time.perf_counter()
     outputs = infer(pathways)
@@ -77,11 +84,10 @@ def _score_views(
     share_pre = (prepared - started) * 1000 / len(views)
     share_inf = (finished - prepared) * 1000 / len(views)
     for row, (pending, _) in enumerate(views):
-        if pending.sums is None:
-            pending.sums = [output[row].clone() for output in outputs]
-        else:
-            for total, output in zip(pending.sums, outputs):
-                total += output[row]
+        if not pending.rows:
+            pending.rows = [[] for _ in outputs]
+        for kept, output in zip(pending.rows, outputs):
+            kept.append(output[row].clone())
         pending.views_left -= 1
         pending.preprocess_ms += share_pre
         pending.inference_ms += share_inf
@@ -103,10 +109,9 @@ def run_windows(
     def finished() -> Iterator[WindowScores]:
         while waiting and waiting[0].views_left == 0:
             done = waiting.pop(0)
-            n = done.job.crops
             yield WindowScores(
-                key=done.job.key, outputs=Outputs(*(total / n for total in done.sums)),
-                views=n, preprocess_ms=done.preprocess_ms, inference_ms=done.inference_ms,
+                key=done.job.key, outputs=combine_outputs(done.rows, contract.activation),
+                views=done.job.crops, preprocess_ms=done.preprocess_ms, inference_ms=done.inference_ms,
             )
 
     for job in jobs:
@@ -124,7 +129,14 @@ def run_windows(
     yield from finished()
 
 
-def mean_scores(scores: Sequence[WindowScores]) -> Outputs:
-    """Each output (N,) float32 averaged over windows (each the mean of its crops, so this is the
-    mean over all views when windows have equal crops)."""
-    return Outputs(*(torch.stack(values).mean(0) for values in zip(*(s.outputs for s in scores))))
+def combine_outputs(rows: Sequence[Sequence[torch.Tensor]], activation: str) -> Outputs:
+    """Per output, V rows (N,) float32 of V views (crops, windows) -> one (N,): probabilities by
+    ``combine_views`` (mean for softmax, max for sigmoid), every other output averaged."""
+    probabilities, *others = (torch.stack(list(values)) for values in rows)
+    return Outputs(combine_views(probabilities, activation), *(values.mean(0) for values in others))
+
+
+def mean_scores(scores: Sequence[WindowScores], activation: str = "softmax") -> Outputs:
+    """Each output (N,) float32 over windows, combined as views are (``combine_outputs``: for
+    softmax the mean over all views when windows have equal crops, for sigmoid the max)."""
+    return combine_outputs(list(zip(*(s.outputs for s in scores))), activation)

@@ -13,7 +13,7 @@ from typing import List, NamedTuple, Optional, Protocol, Tuple
 
 import torch
 
-from handler.contract import CONTRACT_FILE, ContractError, PreprocessContract
+from handler.contract import CONTRACT_FILE, ContractError, PreprocessContract, activate
 from handler.options import ServeOptions
 
 # The scripted module's exported method returning (logits, embedding) from one pass.
@@ -23,7 +23,8 @@ EMBEDDING_METHOD = "forward_with_embedding"
 class Outputs(NamedTuple):
     """What one forward gives, one row per view, float32 on CPU.
 
-    ``probabilities``: (B, classes), the softmax of the logits; ``embedding``: (B, D), the pooled
+    ``probabilities``: (B, classes), the contract's activation of the logits (softmax, or a
+    per-class sigmoid for multi-label models); ``embedding``: (B, D), the pooled
     SlowFast feature. A single window's or video's outputs drop the batch dimension.
     """
 
@@ -31,11 +32,12 @@ class Outputs(NamedTuple):
     embedding: torch.Tensor
 
 
-def model_outputs(logits: torch.Tensor, embeddings: torch.Tensor) -> Outputs:
+def model_outputs(logits: torch.Tensor, embeddings: torch.Tensor, activation: str) -> Outputs:
     """``Outputs`` from the scripted module's ``(logits (B, classes), embedding (B, D))``.
 
-    The softmax runs in float32 even when the forward ran in fp16/bf16."""
-    return Outputs(torch.softmax(logits.float(), dim=1).cpu(), embeddings.float().cpu())
+    ``activation``: the contract's (softmax or sigmoid), run in float32 even when the forward ran
+    in fp16/bf16."""
+    return Outputs(activate(logits, activation).cpu(), embeddings.float().cpu())
 
 
 class Runtime(Protocol):

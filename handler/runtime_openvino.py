@@ -203,4 +203,4 @@ class OpenVinoRuntime:
             request.wait()
             logits.append(torch.from_numpy(request.get_output_tensor(0).data.copy()))
             embeddings.append(torch.from_numpy(request.get_output_tensor(1).data.copy()))
-        return model_outputs(torch.cat(logits), torch.cat(embeddings))
+        return model_outputs(torch.cat(logits), torch.cat(embeddings), self.contract.activation)

@@ -80,4 +80,4 @@ class TorchScriptRuntime:
         )
         with torch.inference_mode(), autocast:
             logits, embeddings = self.module.forward_with_embedding(pathways)
-        return model_outputs(logits, embeddings)
+        return model_outputs(logits, embeddings, self.contract.activation)

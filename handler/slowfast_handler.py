@@ -61,7 +61,8 @@ class SlowFastHandler(BaseHandler):
         # One .mar may be registered under several names (config.properties load_models), each
         # with its own settings: model_name is the name this worker was registered under.
         registered = str(getattr(context, "model_name", "") or "")
-        self.options = ServeOptions.from_config(registration_settings(config, registered))
+        archive = str((self.manifest or {}).get("model", {}).get("modelName", ""))
+        self.options = ServeOptions.from_config(registration_settings(config, registered, archive))
         # Before any thread pool starts: the pools inherit the priority (handler/priority.py).
         lower_cpu_priority(self.options.cpu_nice)
         workers = int(config.get("minWorkers", 1) or 1)
@@ -74,6 +75,7 @@ class SlowFastHandler(BaseHandler):
         self.model = ModelInfo(
             name=self.contract.model_name, labels=self.contract.labels, weights=self.contract.weights,
             runtime=self.runtime.name, embedding_dim=self.contract.embedding_size,
+            activation=self.contract.activation,
         )
         self.limits = DecodeLimits(
             max_frame_pixels=self.options.max_frame_pixels,

@@ -22,6 +22,13 @@ class NullMetricsCache:
         return NullMetric()
 
 
+def _only_model_file(model_dir: Path) -> str:
+    found = sorted(p.name for p in model_dir.glob("*.pt"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{model_dir} holds {len(found)} .pt files ({found[:5]}): name one with serialized=")
+    return found[0]
+
+
 class FakeContext:
     """Properties, manifest, model config, per-request headers and statuses, streamed replies.
 
@@ -35,11 +42,13 @@ class FakeContext:
         batch_size: int = 1,
         config: Optional[Mapping[str, Any]] = None,
         gpu_id: Optional[int] = None,
-        serialized: str = "slowfast_r50.pt",
+        serialized: Optional[str] = None,
         metrics: Any = None,
     ) -> None:
+        # The one .pt in model_dir unless named; the model is named after it, as `make mar` does.
+        serialized = serialized or _only_model_file(Path(model_dir))
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id, "batch_size": batch_size}
-        self.manifest = {"model": {"modelName": "slowfast_r50", "serializedFile": serialized}}
+        self.manifest = {"model": {"modelName": Path(serialized).stem, "serializedFile": serialized}}
         self.model_yaml_config = dict(config) if config is not None else {"minWorkers": 1, "handler": {"warmup": False}}
         self.metrics = metrics
         self.statuses: Dict[int, Tuple[int, str]] = {}

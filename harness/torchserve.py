@@ -24,7 +24,6 @@ from client.config import read_properties
 from client.keys import KeyFileError, Keys, read_keys
 from harness.paths import REPO
 
-MODEL = "slowfast_r50"
 
 
 def free_port() -> int:
@@ -37,9 +36,10 @@ class LocalTorchServe:
     """A TorchServe process serving ``mar`` from ``workdir``; use as a context manager.
 
     ``properties`` override config.properties entries (e.g. ``service_envelope``). The model is
-    loaded at start-up under ``model_name``, and again under each of ``also_as`` (the repo's
-    config.properties registers it as slowfast_r50_timeline too); ``start`` returns once every
-    registration has a READY worker.
+    loaded at start-up under ``model_name`` (default: the archive's stem, as `make mar` names it),
+    and again under each of ``also_as`` (the repo's config.properties registers it as
+    ``<name>_timeline`` too). ``also``: more archives served side by side, each under its stem
+    (``predictions_url_of(name)``). ``start`` returns once every registration has a READY worker.
     """
 
     def __init__(
@@ -47,14 +47,16 @@ class LocalTorchServe:
         mar: Path,
         workdir: Path,
         properties: Optional[Mapping[str, str]] = None,
-        model_name: str = MODEL,
+        model_name: Optional[str] = None,
         ready_timeout: float = 300.0,
         also_as: Sequence[str] = (),
+        also: Sequence[Path] = (),
     ) -> None:
         self.mar = Path(mar).resolve()
+        self.also = [Path(m).resolve() for m in also]
         self.workdir = Path(workdir)
-        self.model_name = model_name
-        self.registrations = [model_name, *also_as]
+        self.model_name = model_name or self.mar.stem
+        self.registrations = [self.model_name, *also_as]
         self.ready_timeout = ready_timeout
         self.ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc_inf", "grpc_mgmt")}
         self.worker_port = self._free_worker_port()
@@ -63,7 +65,9 @@ class LocalTorchServe:
         self.properties.update(
             {
                 "model_store": str(self.workdir / "model_store"),
-                "load_models": ",".join(f"{name}={self.mar.name}" for name in self.registrations),
+                "load_models": ",".join(
+                    [f"{name}={self.mar.name}" for name in self.registrations] + [f"{m.stem}={m.name}" for m in self.also]
+                ),
                 "initial_worker_port": str(self.worker_port),
             }
         )
@@ -96,10 +100,10 @@ class LocalTorchServe:
 
     @property
     def predictions_url(self) -> str:
-        return f"{self.inference_url}/predictions/{self.model_name}"
+        return self.predictions_url_of(self.model_name)
 
-    def predictions_url_of(self, model: str) -> str:
-        return f"{self.inference_url}/predictions/{model}"
+    def predictions_url_of(self, model_name: str) -> str:
+        return f"{self.inference_url}/predictions/{model_name}"
 
     @property
     def keys(self) -> Keys:
@@ -138,12 +142,13 @@ class LocalTorchServe:
     def _start_once(self) -> "LocalTorchServe":
         store = self.workdir / "model_store"
         store.mkdir(parents=True, exist_ok=True)
-        target = store / self.mar.name
-        if not target.exists():
-            try:
-                os.link(self.mar, target)  # no copy of ~130 MB where the filesystem allows
-            except OSError:
-                shutil.copy2(self.mar, target)
+        for mar in [self.mar, *self.also]:
+            target = store / mar.name
+            if not target.exists():
+                try:
+                    os.link(mar, target)  # no copy of ~130 MB where the filesystem allows
+                except OSError:
+                    shutil.copy2(mar, target)
         config = self.workdir / "config.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
         venv_bin = str(Path(sys.executable).parent)
@@ -163,7 +168,7 @@ class LocalTorchServe:
             start_new_session=True,  # one process group: stop() ends java and its workers together
         )
         try:
-            for name in self.registrations:
+            for name in [*self.registrations, *(mar.stem for mar in self.also)]:
                 self.wait_ready(workers=1, timeout=self.ready_timeout, model=name)
         except BaseException:
             self.stop()
@@ -239,11 +244,14 @@ class LocalTorchServe:
         )
 
     def predict(
-        self, video: bytes, headers: Optional[Mapping[str, str]] = None, timeout: float = 300.0
+        self, video: bytes, headers: Optional[Mapping[str, str]] = None, timeout: float = 300.0,
+        model_name: Optional[str] = None,
     ) -> requests.Response:
-        """POST raw video bytes with the inference key; extra ``headers`` (e.g. ``{"topk": "10"}``)."""
+        """POST raw video bytes with the inference key to ``model_name`` (default: the main model);
+        extra ``headers`` (e.g. ``{"topk": "10"}``)."""
         all_headers = {"Content-Type": "application/octet-stream", **self.keys.inference_header(), **(headers or {})}
-        return requests.post(self.predictions_url, data=video, headers=all_headers, timeout=timeout)
+        url = self.predictions_url_of(model_name or self.model_name)
+        return requests.post(url, data=video, headers=all_headers, timeout=timeout)
 
     def metrics(self) -> str:
         reply = requests.get(f"{self.metrics_url}/metrics", timeout=10)

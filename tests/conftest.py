@@ -11,8 +11,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.paths import MAR, PT, REPO, SHARED_VIDEOS as VIDEOS  # noqa: E402
+from harness.paths import MAR, MODEL, PT, REPO, SHARED_VIDEOS as VIDEOS  # noqa: E402
 from harness.torchserve import LocalTorchServe  # noqa: E402
+
+# The model `make mar` builds and config.properties serves (harness/paths.py); its name, classes
+# and embedding size come from its contract (the ``contract`` fixture), not from literals.
 
 
 def read_manifest() -> Dict[str, Dict[str, str]]:

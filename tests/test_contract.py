@@ -63,5 +63,6 @@ def test_contract_without_weights_reads_as_unknown():
 
 def test_built_model_carries_the_reference_contract_and_its_weights(contract):
     assert dataclasses.replace(contract, weights="unknown") == slowfast_r50_contract()
-    assert re.fullmatch(r"random weights, seed \d+ \(predictions are meaningless\)|checkpoint .+ sha256:[0-9a-f]{12}",
+    # Offline the default export falls back to random weights and says why (tests/test_checkpoint_download.py).
+    assert re.fullmatch(r"random weights, seed \d+ \(predictions are meaningless(; .+)?\)|checkpoint .+ sha256:[0-9a-f]{12}",
                         contract.weights), contract.weights

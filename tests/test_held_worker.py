@@ -99,7 +99,7 @@ def test_each_registration_gets_its_settings_from_model_config():
     from handler.options import ConfigError, ServeOptions, registration_settings
 
     config = yaml.safe_load((Path(__file__).parent.parent / "model-config.yaml").read_text())
-    clips, timelines = (ServeOptions.from_config(registration_settings(config, name))
+    clips, timelines = (ServeOptions.from_config(registration_settings(config, name, CLIP_MODEL))
                         for name in (CLIP_MODEL, TIMELINE_MODEL))
     assert (clips.max_streamed_views_per_request, clips.timeline_model, clips.cpu_nice) == (48, TIMELINE_MODEL, 0)
     assert (timelines.max_streamed_views_per_request, timelines.timeline_model, timelines.cpu_nice) == (2048, "", TIMELINE_NICE)
@@ -108,6 +108,11 @@ def test_each_registration_gets_its_settings_from_model_config():
     assert not clips.streaming_extends_budget and timelines.streaming_extends_budget
     with pytest.raises(ConfigError, match="unknown keys"):
         ServeOptions.from_config(registration_settings({"handler": {}, "registrations": {"x": {"nice": 3}}}, "x"))
+    # Every model's long-work registration, from the one model-config: a fine-tuned model's too.
+    mine = ServeOptions.from_config(registration_settings(config, "my_actions_timeline", "my_actions"))
+    assert mine.max_streamed_views_per_request == 2048
+    assert ServeOptions.from_config(registration_settings(config, "my_actions", "my_actions")).timeline_model == (
+        "my_actions_timeline")
 
 
 PRIORITY = """

@@ -59,14 +59,20 @@ def exports(calls: List[str]) -> List[str]:
     return [c for c in calls if c.startswith("-m export ")]
 
 
+def stamp(root: Path, model: str = "slowfast_r50") -> dict:
+    lines = (root / f"build/{model}.export").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines)
+
+
 def test_checkpoint_given_to_make_mar_is_exported_and_remembered(scratch: Path) -> None:
     (scratch / "a.pyth").write_bytes(b"a")
+    # No CHECKPOINT: the exporter's default, the variant's model-zoo weights (random where offline).
     assert exports(make(scratch, "mar")) == ["-m export --output build/slowfast_r50.pt"]
-    assert (scratch / "build/.checkpoint").read_text() == "random\n"
+    assert stamp(scratch)["checkpoint"] == "default"
     assert make(scratch, "mar") == []
     # The bug of issue 9: this used to keep the old weights.
     assert exports(make(scratch, "mar", "CHECKPOINT=a.pyth")) == ["-m export --output build/slowfast_r50.pt --checkpoint a.pyth"]
-    assert (scratch / "build/.checkpoint").read_text() == "a.pyth\n"
+    assert stamp(scratch)["checkpoint"] == "a.pyth"
     assert make(scratch, "mar", "CHECKPOINT=a.pyth") == []
     assert make(scratch, "mar") == [], "a plain `make mar` keeps the checkpoint exported last"
     os.utime(scratch / "a.pyth")  # the checkpoint file changed: re-export from it
@@ -76,17 +82,34 @@ def test_checkpoint_given_to_make_mar_is_exported_and_remembered(scratch: Path) 
     # a rebuild for another reason (the exporter changed) keeps the remembered weights
     os.utime(scratch / "export/__main__.py")
     assert exports(make(scratch, "mar")) == [f"-m export --output build/slowfast_r50.pt --checkpoint {url}"]
-    assert exports(make(scratch, "mar", "CHECKPOINT=random")) == ["-m export --output build/slowfast_r50.pt"]
-    assert exports(make(scratch, "export")) == ["-m export --output build/slowfast_r50.pt"]
+    assert exports(make(scratch, "mar", "CHECKPOINT=random")) == ["-m export --output build/slowfast_r50.pt --checkpoint random"]
+    assert exports(make(scratch, "export")) == ["-m export --output build/slowfast_r50.pt --checkpoint random"]
+    assert exports(make(scratch, "mar", "CHECKPOINT=default")) == ["-m export --output build/slowfast_r50.pt"]
+
+
+def test_each_model_has_its_own_file_archive_and_remembered_options(scratch: Path) -> None:
+    (scratch / "my.ckpt").write_bytes(b"c")
+    (scratch / "classes.txt").write_text("a\nb\n")
+    calls = make(scratch, "mar", "MODEL=slowfast_r101")
+    assert exports(calls) == ["-m export --output build/slowfast_r101.pt"]
+    assert "-m export.archive --model-file build/slowfast_r101.pt --output model_store/slowfast_r101.mar" in calls
+    fine_tuned = ["-m export --output build/my_actions.pt --checkpoint my.ckpt --labels classes.txt"]
+    assert exports(make(scratch, "mar", "MODEL=my_actions", "CHECKPOINT=my.ckpt", "LABELS=classes.txt")) == fine_tuned
+    assert stamp(scratch, "my_actions") == {"checkpoint": "my.ckpt", "labels": "classes.txt", "variant": "", "activation": ""}
+    assert make(scratch, "mar", "MODEL=my_actions") == [], "the model's options are remembered"
+    os.utime(scratch / "classes.txt")  # the labels changed: re-export
+    assert exports(make(scratch, "mar", "MODEL=my_actions")) == fine_tuned
+    assert exports(make(scratch, "mar", "MODEL=my_actions", "ACTIVATION=sigmoid")) == [fine_tuned[0] + " --activation sigmoid"]
+    assert make(scratch, "mar", "MODEL=slowfast_r101") == [], "another model's options leave this one alone"
 
 
 def test_dry_run_shows_the_export_and_changes_nothing(scratch: Path) -> None:
     make(scratch, "mar")
-    stamp = (scratch / "build/.checkpoint").read_text()
+    recorded = (scratch / "build/slowfast_r50.export").read_text()
     shown = subprocess.run(["make", "-n", "mar", "CHECKPOINT=b.pyth"], cwd=scratch, check=True,
                            capture_output=True, text=True).stdout
     assert "-m export --output build/slowfast_r50.pt --checkpoint b.pyth" in shown
-    assert (scratch / "build/.checkpoint").read_text() == stamp
+    assert (scratch / "build/slowfast_r50.export").read_text() == recorded
     assert "-m export" not in subprocess.run(["make", "-n", "mar"], cwd=scratch, check=True,
                                              capture_output=True, text=True).stdout
 

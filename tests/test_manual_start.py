@@ -28,11 +28,12 @@ import psutil
 import pytest
 import requests
 
+from client.endpoint import default_model
 from handler.server_config import FRONTEND_CLASS
 from harness.synth import make_video
 from harness.paths import REPO
 
-MODEL = "slowfast_r50"
+MODEL = default_model()  # config.properties' model, as `make start` serves it
 PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc inference": 7070, "grpc management": 7071}
 
 pytestmark = pytest.mark.integration

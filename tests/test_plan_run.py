@@ -26,6 +26,8 @@ class _Contract:
     std = (0.225, 0.225, 0.225)
     alpha = 4
     num_frames = 8
+    channel_order = "RGB"
+    activation = "softmax"
 
 
 CONTRACT = _Contract()

@@ -20,13 +20,14 @@ import pytest
 import requests
 
 from client.config import read_properties
+from client.endpoint import default_model
 from harness.paths import REPO
 from harness.torchserve import LocalTorchServe
 
 pytestmark = pytest.mark.integration
 
 CONFIG = read_properties(REPO / "config.properties")
-MODEL = "slowfast_r50"
+MODEL = default_model()  # config.properties' model, as `make start` serves it
 LOOPBACK_IPS = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 

@@ -22,9 +22,15 @@ class NullMetricsCache:
         return NullMetric()
 
 
+# What the manifest names when model_dir holds no .pt: a stand-in runtime never reads it.
+UNREAD_MODEL_FILE = "model.pt"
+
+
 def _only_model_file(model_dir: Path) -> str:
     found = sorted(p.name for p in model_dir.glob("*.pt"))
-    if len(found) != 1:
+    if not found:
+        return UNREAD_MODEL_FILE
+    if len(found) > 1:
         raise FileNotFoundError(f"{model_dir} holds {len(found)} .pt files ({found[:5]}): name one with serialized=")
     return found[0]
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from bench.inproc import InProcessHandler
+from harness.inproc import InProcessHandler
 from export.__main__ import main as export_main
 from export.archive import build_archive
 from export.save import load_with_contract, save_with_contract

@@ -175,8 +175,8 @@ def test_errors_that_remain_from_the_start_are_counted_and_reported():
         notes = decoder.notes
     assert sampled.decode_errors >= sampled.corrupt_frames >= 1
     assert notes == [
-        f"{sampled.corrupt_frames} of the {FRAMES} frames sampled from this video were decoded with errors even "
-        "from the start of the stream (damaged data that FFmpeg concealed); the answer is computed from them"
+        f"{sampled.corrupt_frames} of the {FRAMES} frames sampled from this video failed to decode cleanly, even "
+        "decoding from the start of the stream (damaged data that FFmpeg concealed); the answer is computed from them"
     ]
 
 

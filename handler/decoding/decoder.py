@@ -554,8 +554,8 @@ class VideoDecoder:
         if self.stats.frames_corrupt_sampled:
             notes.append(
                 f"{self.stats.frames_corrupt_sampled} of the {self.stats.frames_sampled} frames sampled from this "
-                "video were decoded with errors even from the start of the stream (damaged data that FFmpeg "
-                "concealed); the answer is computed from them"
+                "video failed to decode cleanly, even decoding from the start of the stream (damaged data that "
+                "FFmpeg concealed); the answer is computed from them"
             )
         return notes
 

@@ -19,6 +19,7 @@ from handler.sampling import clip_windows, instants_between, timeline_windows
 from handler.transforms import rotate_frames
 from handler.working_frame import FrameConverter, working_geometry
 from harness.synth import claiming_old_x264, make_video, parameter_sets_changed_mid_stream
+from tests.test_handler import handler, model_dir  # noqa: F401  (fixtures: the handler in-process)
 
 SHORT_SIDE, FRAMES, WINDOW = 256, 32, 64 / 30
 LIMITS = DecodeLimits(max_frame_pixels=10**8, max_decode_seconds=120)
@@ -174,8 +175,8 @@ def test_errors_that_remain_from_the_start_are_counted_and_reported():
         notes = decoder.notes
     assert sampled.decode_errors >= sampled.corrupt_frames >= 1
     assert notes == [
-        f"{sampled.corrupt_frames} of the {FRAMES} frames sampled from this video were decoded with errors even "
-        "from the start of the stream (damaged data that FFmpeg concealed); the answer is computed from them"
+        f"{sampled.corrupt_frames} of the {FRAMES} frames sampled from this video failed to decode cleanly, even "
+        "decoding from the start of the stream (damaged data that FFmpeg concealed); the answer is computed from them"
     ]
 
 
@@ -210,3 +211,18 @@ def test_every_seeked_window_of_the_shared_corpus_equals_its_one_pass_decode(sha
             assert mean_abs(sampled.frames, one.frames) == 0.0, (path.name, window)
             checked += 1
     assert checked >= 20
+
+
+# -- the answer: errors counted in its video section, a warning when frames stay corrupt --------
+
+
+def test_the_answer_counts_decode_errors_and_warns_only_when_they_remain(handler, model_dir, shared_videos):
+    from tests.test_handler import handle
+
+    rows = [{"body": _ps_change()}, {"body": (shared_videos / "dc__corrupted.mp4").read_bytes()}]
+    (changed, corrupted), _ = handle(handler, model_dir, rows)
+    # The default window of the changed stream is reached by a seek into part 2: the seek's
+    # errors are redone from further back and none is left.
+    assert changed["video"]["decode_errors"] == 0 and "warnings" not in changed
+    assert corrupted["video"]["decode_errors"] >= 1
+    assert any("failed to decode" in w for w in corrupted["warnings"])

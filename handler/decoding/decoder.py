@@ -138,7 +138,6 @@ class _Pass:
 
     where: str = ""
     seeked: bool = False
-    point: float = 0.0  # where it seeked to (absolute s)
     errors: int = 0  # packets refused and frames flagged corrupt
     frames: int = 0
     first: float = math.inf
@@ -247,12 +246,12 @@ class VideoDecoder:
         With ``seek=False`` it is the only one.
         """
         origin = self._start or 0.0
-        points: List[Optional[float]] = []
+        points: List[float] = []
         if self._seeking:
             points = [target] + [target - back for back in BACKOFF_SECONDS if target - back > origin]
         for point in points:
             self._seek(point)
-            yield _Pass(where=f"from {point - origin:.2f} s to the end of the stream", seeked=True, point=point)
+            yield _Pass(where=f"from {point - origin:.2f} s to the end of the stream", seeked=True)
         self._restart()
         yield _Pass(where="the whole stream from its first byte")
 
@@ -555,8 +554,8 @@ class VideoDecoder:
         if self.stats.frames_corrupt_sampled:
             notes.append(
                 f"{self.stats.frames_corrupt_sampled} of the {self.stats.frames_sampled} frames sampled from this "
-                "video were decoded with errors even from the start of the stream (damaged data that FFmpeg "
-                "concealed); the answer is computed from them"
+                "video failed to decode cleanly, even decoding from the start of the stream (damaged data that "
+                "FFmpeg concealed); the answer is computed from them"
             )
         return notes
 

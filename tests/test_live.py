@@ -386,3 +386,26 @@ def test_threshold_events_are_written_between_the_windows(stream_file: Path, tmp
     assert status == 0 and asked == {str(live_cli.SMOOTHING_TOPK)}
     assert kinds == [("window", 0), ("start", ends[0]), ("window", 1), ("window", 2), ("end", ends[2]),
                      ("window", 3), ("window", 4), ("start", ends[4]), ("end", ends[4])]  # the last closed at the end
+
+
+def test_raw_frames_like_a_cameras_are_encoded(tmp_path: Path) -> None:
+    """A source whose packets are raw frames (what a V4L2 camera gives) is encoded, not remuxed."""
+    from fractions import Fraction
+
+    raw = tmp_path / "raw.mkv"
+    with av.open(str(raw), "w", format="matroska") as out:
+        stream = out.add_stream("rawvideo", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for k in range(4 * FPS):
+            frame = av.VideoFrame.from_ndarray(np.full((240, 320, 3), k * 2 % 255, dtype=np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = k, Fraction(1, FPS)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+    with FakeTorchServe(answered_with(0.0)) as fake:
+        status, lines, _ = run_live(fake.url, raw, tmp_path, "--hop", "1", "--short-side", "120")
+        bodies = [r.body for r in fake.requests]
+    assert status == 0 and len(lines) == 2 and {line["mode"] for line in lines} == {"encode"}
+    frames = decoded(bodies[-1])
+    assert frames[0][1].shape[:2] == (120, 160) and abs(len(frames) - WINDOW * FPS) <= 1
+    assert max(len(b) for b in bodies) < 320 * 240 * 1.5 * 4  # a fraction of the raw window's 6 MB

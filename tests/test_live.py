@@ -386,3 +386,44 @@ def test_threshold_events_are_written_between_the_windows(stream_file: Path, tmp
     assert status == 0 and asked == {str(live_cli.SMOOTHING_TOPK)}
     assert kinds == [("window", 0), ("start", ends[0]), ("window", 1), ("window", 2), ("end", ends[2]),
                      ("window", 3), ("window", 4), ("start", ends[4]), ("end", ends[4])]  # the last closed at the end
+
+
+def test_raw_frames_like_a_cameras_are_encoded(tmp_path: Path) -> None:
+    """A source whose packets are raw frames (what a V4L2 camera gives) is encoded, not remuxed."""
+    from fractions import Fraction
+
+    raw = tmp_path / "raw.mkv"
+    with av.open(str(raw), "w", format="matroska") as out:
+        stream = out.add_stream("rawvideo", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for k in range(4 * FPS):
+            frame = av.VideoFrame.from_ndarray(np.full((240, 320, 3), k * 2 % 255, dtype=np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = k, Fraction(1, FPS)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+    with FakeTorchServe(answered_with(0.0)) as fake:
+        status, lines, _ = run_live(fake.url, raw, tmp_path, "--hop", "1", "--short-side", "120")
+        bodies = [r.body for r in fake.requests]
+    assert status == 0 and len(lines) == 2 and {line["mode"] for line in lines} == {"encode"}
+    frames = decoded(bodies[-1])
+    assert frames[0][1].shape[:2] == (120, 160) and abs(len(frames) - WINDOW * FPS) <= 1
+    assert max(len(b) for b in bodies) < 320 * 240 * 1.5 * 4  # a fraction of the raw window's 6 MB
+
+
+def test_the_window_is_asked_of_the_server_and_topk_fits_its_classes(stream_file: Path, tmp_path: Path) -> None:
+    def answer(request) -> Reply:
+        if int(request.headers["topk"]) > 10:  # a fine-tuned model with 10 classes
+            return Reply(400, {"code": 400, "reason": "bad_option", "message": "topk must be in 1..10, got 20"})
+        return ok(windows=[[6.9333, 9.0667]])  # the server's window in the 16 s probe: 2.1334 s
+
+    out = tmp_path / "live.jsonl"
+    with FakeTorchServe(answer) as fake:
+        status = live_cli.main([str(stream_file), "--url", fake.url, "--token", "t", "--average", "2", "--hop", "5",
+                                "--out", str(out)], stdout=io.StringIO())
+        probes = [r for r in fake.requests if r.headers.get("clips") == "1"]
+        windows = [r for r in fake.requests if "start" in r.headers]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert status == 0 and [p.headers["topk"] for p in probes] == ["20", "10"]
+    assert {w.headers["topk"] for w in windows} == {"10"} and len(lines) == 2
+    assert all(round(line["end"] - line["start"], 4) == 2.1334 for line in lines)

@@ -162,7 +162,7 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
         fields = request_fields(args)
         window = args.window
         if window is None:
-            window, _ = window_from_server(transport, fields)
+            window, fields = window_from_server(transport, fields)
             print(f"window {window:g} s (the model's, from the server), a window every {args.hop:g} s", file=sys.stderr)
         short_side = args.short_side or local_short_side(args.model) or FALLBACK_SHORT_SIDE
         to_stdout = args.out is not None and str(args.out) == "-"
@@ -201,6 +201,9 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1, None
+    except KeyboardInterrupt:  # before the stream was opened (asking the server for the window)
+        print("interrupted", file=sys.stderr)
+        return 130, None
     finally:
         if handle is not None:
             handle.close()

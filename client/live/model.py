@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from fractions import Fraction
 from pathlib import Path
@@ -45,12 +46,18 @@ def probe_clip(seconds: float = PROBE_SECONDS, fps: int = PROBE_FPS) -> bytes:
     return buffer.getvalue()
 
 
-def window_from_server(transport: Transport, fields: Dict[str, str]) -> Tuple[float, Dict]:
-    """The model's window in seconds, from the window the server picks in a long probe clip.
+def window_from_server(transport: Transport, fields: Dict[str, str]) -> Tuple[float, Dict[str, str]]:
+    """The model's window in seconds, from the window the server picks in a long probe clip, and the
+    request fields to use (``topk`` lowered to the model's class count if it has fewer).
     Raises:
         ClientError: no answer, or an answer without a window shorter than the probe.
     """
-    outcome = transport.send(probe_clip(), {**fields, "clips": "1"})
+    clip = probe_clip()
+    outcome = transport.send(clip, {**fields, "clips": "1"})
+    fewer = re.search(r"topk must be in 1\.\.(\d+)", outcome.message) if isinstance(outcome, Failure) else None
+    if fewer:  # a model with fewer classes than the labels asked for (averaging asks for 20)
+        fields = {**fields, "topk": fewer.group(1)}
+        outcome = transport.send(clip, {**fields, "clips": "1"})
     if isinstance(outcome, Failure):
         raise ClientError(f"asking the server for the model's window: {outcome.describe()}")
     windows = outcome.body.get("windows") or []
@@ -59,7 +66,7 @@ def window_from_server(transport: Transport, fields: Dict[str, str]) -> Tuple[fl
     start, end = (float(v) for v in windows[0])
     if end - start >= PROBE_SECONDS - 0.5:
         raise ClientError(f"the model's window is {PROBE_SECONDS:g} s or longer: give --window SECONDS")
-    return round(end - start, 4), outcome.body
+    return round(end - start, 4), fields
 
 
 def contract_from_model_file(path: Path) -> Optional[Dict]:

@@ -1,4 +1,8 @@
-"""Test and benchmark harness: isolated TorchServe instances and a fake TorchServe context.
+"""Test and benchmark harness, shared by ``tests/`` and ``bench/``; never imported by the handler or the CLI.
 
-Shared by ``tests/`` and ``bench/``; never imported by the handler or the CLI.
+- ``paths``: the repo, its built artifacts, the shared clip corpus;
+- ``torchserve``: isolated TorchServe instances on free ports; ``context``: a fake TorchServe
+  context; ``inproc``: the real handler loaded in this process as a worker loads it;
+- ``synth``: the one video synthesizer; ``reference``: the one reference pipeline (pytorchvideo);
+- ``memory``: a process's resident memory and its peak, from /proc.
 """

@@ -22,17 +22,16 @@ class NullMetricsCache:
         return NullMetric()
 
 
-# What the manifest names when model_dir holds no .pt: a stand-in runtime never reads it.
-UNREAD_MODEL_FILE = "model.pt"
-
-
 def _only_model_file(model_dir: Path) -> str:
+    """The one .pt in ``model_dir``; else the file `make mar` names for config.properties' model."""
     found = sorted(p.name for p in model_dir.glob("*.pt"))
-    if not found:
-        return UNREAD_MODEL_FILE
     if len(found) > 1:
         raise FileNotFoundError(f"{model_dir} holds {len(found)} .pt files ({found[:5]}): name one with serialized=")
-    return found[0]
+    if found:
+        return found[0]
+    from client.endpoint import default_model
+
+    return f"{default_model()}.pt"
 
 
 class FakeContext:

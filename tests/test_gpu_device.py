@@ -19,7 +19,8 @@ from handler import runtime as runtime_module
 from handler import runtime_base, runtime_torchscript
 from handler import slowfast_handler as handler_module
 from handler.runtime import choose_device
-from harness.context import UNREAD_MODEL_FILE, FakeContext
+from harness.context import FakeContext
+from harness.paths import MODEL
 
 
 @pytest.mark.parametrize(
@@ -92,7 +93,7 @@ def test_initialize_places_model_on_assigned_gpu(
     expected = torch.device(f"cuda:{gpu_id}")
     assert handler.device == expected
     assert [call["device"] for call in load.calls] == [expected]
-    assert load.calls[0]["path"] == tmp_path / UNREAD_MODEL_FILE
+    assert load.calls[0]["path"] == tmp_path / f"{MODEL}.pt"
     # GPU workers batch views by micro_batch_cuda and leave the CPU thread pool alone.
     assert handler.runtime.micro_batch == handler.options.micro_batch_cuda
     assert threads == []

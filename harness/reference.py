@@ -102,8 +102,11 @@ class ReferencePipeline:
         return self.run_timed(video, start, end)[2]
 
 
-def reference_pathways(path: Union[str, Path], window: Tuple[float, float]) -> List[torch.Tensor]:
+def reference_pathways(
+    path: Union[str, Path], window: Tuple[float, float], *, num_frames: int = 32, alpha: int = 4
+) -> List[torch.Tensor]:
     """``[slow (3,T/a,256,256), fast (3,T,256,256)]`` float32 of the file at ``path`` for ``window``
-    (seconds), as the tutorial computes them for slowfast_r50 (no batch dimension)."""
-    slow, fast = ReferencePipeline().run(Path(path).read_bytes(), window[0], window[1])
+    (seconds), as the tutorial computes them for slowfast_r50 (no batch dimension); ``num_frames``
+    and ``alpha`` for another variant's sampling."""
+    slow, fast = ReferencePipeline(num_frames=num_frames, alpha=alpha).run(Path(path).read_bytes(), window[0], window[1])
     return [slow[0], fast[0]]

@@ -269,15 +269,11 @@ def test_heavy_variant_exports_scripted_equal_to_eager(name, tmp_path):
 # -- each variant: preprocessing against pytorchvideo's own pipeline -----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "found here: on tv__WUzgd7C1pWA.mp4 the handler's 64-of-128 sampling picks a later frame than "
-    "UniformTemporalSubsample for fast frame 62 (12.5 levels mean; every other frame exact); "
-    "handler/sampling.py + decoding.py's choice, left to their owner"))
 def test_every_variant_preprocesses_like_the_default_or_is_checked_against_pytorchvideo(shared_videos):
     """R101 shares the default's preprocessing numbers (so tests/test_reference_parity.py covers it);
     the 16x8 samples 64 frames over 128/30 s and is compared here with the tutorial pipeline fed the
     same window and frame count, on a Kinetics clip (no resize: at most 1 level of rounding)."""
-    from tests.reference_pipeline import reference_pathways
+    from harness.reference import reference_pathways
     from tests.test_reference_parity import LEVEL, ours
 
     labels = read_label_file(VARIANTS[DEFAULT_VARIANT].labels_file)

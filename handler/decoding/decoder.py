@@ -221,7 +221,11 @@ class VideoDecoder:
 
     @property
     def _tolerance(self) -> float:
-        return max(MIN_TIME_TOLERANCE_SECONDS, TIME_TOLERANCE_FRAMES * self.info.frame_interval)
+        # Rounding reaches half a tick of the time base at most: an exact time base (1/15360,
+        # 1/90000) needs no more than the floor, so a 64-of-128 sampling's instants 1/63 of a frame
+        # before the next frame still get the frame shown then, as uniform subsampling does.
+        rounding = float(self._time_base) / 2 if self._time_base else math.inf
+        return max(MIN_TIME_TOLERANCE_SECONDS, min(TIME_TOLERANCE_FRAMES * self.info.frame_interval, rounding))
 
     def _check_deadline(self) -> None:
         self._budget.check()

@@ -20,7 +20,7 @@ def compare(reps: int, warmup: int, quick: bool = False) -> Dict[str, Any]:
     """``{variant: {forward_ms: {median, min}, runtime, load_s, top1, top5, gflops, params_m, frames}}``."""
     import torch
 
-    from bench.inproc import InProcessHandler
+    from harness.inproc import InProcessHandler
     from export.save import save_with_contract
     from export.scriptable import script_slowfast
     from export.variants import VARIANTS, build, contract_for, read_label_file

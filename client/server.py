@@ -162,12 +162,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub.add_parser("status")
     scale_cmd = sub.add_parser("scale")
     scale_cmd.add_argument("--workers", type=int, required=True)
-    scale_cmd.add_argument("--model", default=MODEL, help=f"model to scale (default: {MODEL})")
     scale_cmd.add_argument("--timeout", type=float, default=300)
     scale_cmd.add_argument("--url", default=None, help="management address (default: config.properties)")
     scale_cmd.add_argument("--key-file", type=Path, default=None, help="key_file.json (default: the repo's)")
     scale_cmd.add_argument("--model", default=MODEL,
-                           help=f"which registration (default {MODEL}; {MODEL}_timeline takes long timelines)")
+                           help=f"which registration (default {MODEL}; {MODEL}{TIMELINE_SUFFIX} takes long timelines)")
     args = parser.parse_args(argv)
     if args.command == "start":
         return start(args.timeout, args.models)

@@ -69,7 +69,8 @@ class SlowFastHandler(BaseHandler):
         self.device = choose_device(properties.get("gpu_id"))
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_thread_count(self.options, workers))
-        serialized = (self.manifest or {}).get("model", {}).get("serializedFile", "slowfast_r50.pt")
+        # torch-model-archiver always writes it: the .pt `make mar` packed.
+        serialized = self.manifest["model"]["serializedFile"]
         self.runtime = load_runtime(model_dir / serialized, self.device, self.options, workers=workers)
         self.contract = self.runtime.contract
         self.model = ModelInfo(

@@ -30,11 +30,12 @@ from typing import Any, Dict, List, Mapping, Optional
 import yaml
 
 from client.config import REPO, read_properties
+from client.endpoint import default_model
 
 HERE = Path(__file__).resolve().parent
 BASE_CONFIG = REPO / "config.properties"
 OVERLAY = HERE / "config.properties"
-DEFAULT_MAR = REPO / "model_store" / "slowfast_r50.mar"
+DEFAULT_MAR = REPO / "model_store" / f"{default_model()}.mar"  # what `make mar` wrote for config.properties' model
 DEFAULT_OUTPUT = HERE / "build"
 ENVELOPES = ("kserve", "kservev2")
 # Snapshot fields TorchServe reads per model version, as named in model-config.yaml.

@@ -9,6 +9,7 @@ itself (exit status 0, or 1 if any window failed).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -26,6 +27,23 @@ from client.transport import Answer, Transport
 FALLBACK_SHORT_SIDE = 256  # only when encoding and the model file is not at hand
 SMOOTHING_TOPK = 20  # labels asked per window when averaging or thresholding
 
+
+
+def _stop_on_ctrl_c(runner: "LiveRunner") -> threading.Event:
+    """Ctrl-C (SIGINT) stops the runner and sets the returned event; a second one interrupts at once.
+
+    A KeyboardInterrupt alone is not enough: raised inside PyAV's reading, it can surface as an
+    FFmpeg exit error that the reader takes for a stalled stream."""
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        runner.stop()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return interrupted
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -184,8 +202,11 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
             timer.daemon = True
             timer.start()
         status = 0
+        interrupted = _stop_on_ctrl_c(runner)
         try:
             stats = runner.run()
+            if interrupted.is_set():
+                raise KeyboardInterrupt
             runner.wait(args.timeout)
         except KeyboardInterrupt:
             runner.stop()
@@ -195,6 +216,8 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
             except KeyboardInterrupt:
                 pass
             stats, status = runner.stats, 130
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         output.events(output.smoother.close())
         display.note(summary(stats, args.hop))
         return status or (1 if stats.failed else 0), stats

@@ -63,9 +63,7 @@ def wait_ready(deadline_s: float, workers: int = 1, model: str = MODEL) -> list:
         except (requests.RequestException, KeyFileError, ValueError, IndexError) as exc:
             last_error = str(exc)
         time.sleep(1.0)
-        stop_at = time.monotonic() + timeout_s
-        for model in registrations:
-            wait_ready(max(1.0, stop_at - time.monotonic()), model=model)
+    raise TimeoutError(f"model {model} not ready after {deadline_s:.0f} s ({last_error})")
 
 
 def _tail(path: Path, lines: int = 25) -> str:

@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from client.bulk import pending, run_bulk, server_concurrency
-from client.endpoint import MODEL, TOKEN_ENV, ClientError, default_url, resolve_endpoint
+from client.endpoint import ClientError, add_endpoint_options, resolve_endpoint
 from client.inputs import discover
-from client.keys import KEY_FILE
 from client.options import add_request_options, output_of, request_fields
-from client.endpoint import REPO
 from client.predict import run_one
 from client.progress import Progress
 from client.results import ResultsWriter, embeddings_path, write_embeddings
@@ -54,12 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--progress-interval", type=float, default=10.0,
                        help="seconds between progress lines when not on a terminal (default: 10)")
     add_request_options(parser)
-    server = parser.add_argument_group("server")
-    server.add_argument("--url", default=None, help=f"inference address or full predictions URL (default: {default_url()})")
-    server.add_argument("--model", default=MODEL, help=f"model name (default: {MODEL})")
-    server.add_argument("--token", default=None, help=f"inference key (default: ${TOKEN_ENV}, else the local key file)")
-    server.add_argument("--key-file", type=Path, default=None,
-                        help=f"TorchServe key file for local URLs (default: {REPO / KEY_FILE})")
+    server = add_endpoint_options(parser)
     server.add_argument("--management-url", default=None,
                         help="management API, asked for batchSize x workers (default: beside --url)")
     server.add_argument("--management-token", default=None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
+import argparse
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
@@ -155,3 +156,15 @@ def resolve_endpoint(
         model=model,
         timeline_url=timeline_url(predictions),
     )
+
+
+def add_endpoint_options(parser: "argparse.ArgumentParser") -> "argparse._ArgumentGroup":
+    """The "server" flags every client command shares (--url, --model, --token, --key-file); the
+    group is returned for the command's own (timeouts, retries...)."""
+    server = parser.add_argument_group("server")
+    server.add_argument("--url", default=None, help=f"inference address or full predictions URL (default: {default_url()})")
+    server.add_argument("--model", default=MODEL, help=f"model name (default: {MODEL})")
+    server.add_argument("--token", default=None, help=f"inference key (default: ${TOKEN_ENV}, else the local key file)")
+    server.add_argument("--key-file", type=Path, default=None,
+                        help=f"TorchServe key file for local URLs (default: {REPO / KEY_FILE})")
+    return server

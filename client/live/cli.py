@@ -15,8 +15,7 @@ import threading
 from pathlib import Path
 from typing import IO, Dict, Optional, Sequence, Tuple
 
-from client.endpoint import MODEL, TOKEN_ENV, ClientError, REPO, default_url, resolve_endpoint
-from client.keys import KEY_FILE
+from client.endpoint import ClientError, add_endpoint_options, resolve_endpoint
 from client.live.model import local_short_side, window_from_server
 from client.live.report import Display, JsonLines, Smoother, summary, window_line
 from client.live.runner import LiveRunner, LiveStats, WindowResult
@@ -85,12 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--give-up", type=float, default=None,
                         help="stop after this many seconds without data (default: keep reconnecting)")
     source.add_argument("--rtsp-transport", choices=("tcp", "udp"), default="tcp", help="RTSP transport (default: tcp)")
-    server = parser.add_argument_group("server")
-    server.add_argument("--url", default=None, help=f"inference address or full predictions URL (default: {default_url()})")
-    server.add_argument("--model", default=MODEL, help=f"model name (default: {MODEL})")
-    server.add_argument("--token", default=None, help=f"inference key (default: ${TOKEN_ENV}, else the local key file)")
-    server.add_argument("--key-file", type=Path, default=None,
-                        help=f"TorchServe key file for local URLs (default: {REPO / KEY_FILE})")
+    server = add_endpoint_options(parser)
     server.add_argument("--timeout", type=float, default=30.0,
                         help="seconds to wait for one window's answer (default: 30; a later answer is stale)")
     server.add_argument("--retries", type=int, default=1,

@@ -252,7 +252,7 @@ class SlowFastHandler(BaseHandler):
         return video_answer(
             model=self.model, options=request.options, windows=video.plan.windows, scores=video.scores,
             video=video.decoder.info, frames_decoded=video.frames_decoded, decode_ms=video.decode_ms,
-            decode_errors=video.decode_errors, warnings=[*video.plan.warnings, *video.decoder.notes],
+            decode_errors=video.decode_errors, warnings=[*video.plan.warnings, *video.decoder.warnings],
             batch_size=batch_size, total_ms=total_ms,
         )
 

@@ -190,7 +190,7 @@ def test_seek_hostile_streams_sample_the_right_frames(name, clips):
             got = [frame_index(f) for f in decoder.sample(window, 32).frames]
             assert got == _expected_indices(present, window, first_decodable=first_decodable), (name, window)
         if name == "mp4_index_past_data":
-            assert any("index lists 10.00 s" in note for note in decoder.notes), decoder.notes
+            assert any("index lists 10.00 s" in note for note in decoder.warnings), decoder.warnings
 
 
 def test_window_that_cannot_be_filled_says_what_was_found():
@@ -296,7 +296,7 @@ def test_aspect_ratio_bomb_is_answered_from_its_centre(width, height):
                       frame_source=_strip_source(width, height))
     with VideoDecoder(data, LIMITS, 256) as decoder:
         sampled = list(decoder.sample_windows(clip_windows(decoder.info.duration, WINDOW, 2), 32))
-        notes = decoder.notes
+        notes = decoder.warnings
     expected = (32, 256, 1024, 3) if width > height else (32, 1024, 256, 3)
     for window in sampled:
         assert window.frames.shape == expected  # 4:1 at most, never 131072 x 256
@@ -313,7 +313,7 @@ def test_normal_aspect_ratios_are_not_cropped():
     data = make_video(frames=10, width=336, height=96, codec="libx264", options={"preset": "ultrafast"})  # 3.5:1
     with VideoDecoder(data, LIMITS, 256) as decoder:
         window = decoder.sample((0.0, 0.3), 4)
-        assert window.frames.shape == (4, 256, 896, 3) and not window.warnings and not decoder.notes
+        assert window.frames.shape == (4, 256, 896, 3) and not window.warnings and not decoder.warnings
 
 
 # -- the caller chooses instants, the decoder returns the frames shown at them (issue 18) --------

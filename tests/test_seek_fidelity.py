@@ -91,7 +91,7 @@ def test_a_window_after_parameter_sets_changed_equals_its_one_pass_decode(window
     # and none of the abandoned decode's are counted against the answer.
     assert got.decode_errors == 0 and got.corrupt_frames == 0
     assert decoder.stats.redecodes >= 1 and decoder.stats.discarded_errors >= 1
-    assert decoder.notes == []
+    assert decoder.warnings == []
 
 
 def test_a_streamed_timeline_over_the_change_equals_its_one_pass_decode():
@@ -137,7 +137,7 @@ def test_a_seeked_window_of_an_old_x264_stream_is_decoded_with_the_stream_starts
     # the one-pass decode by ~25 levels on average).
     assert got.decode_errors >= 1
     if got.corrupt_frames:
-        assert decoder.notes[-1].startswith(f"{got.corrupt_frames} of the {FRAMES} frames sampled")
+        assert decoder.warnings[-1].startswith(f"{got.corrupt_frames} of the {FRAMES} frames sampled")
 
 
 def test_priming_teaches_a_seeked_decoder_the_stream_start():
@@ -148,9 +148,9 @@ def test_priming_teaches_a_seeked_decoder_the_stream_start():
     def corrupt_flags(prime: bool) -> List[bool]:
         with VideoDecoder(data, ONE_THREAD, SHORT_SIDE) as decoder:
             if not prime:
-                decoder._primed = True  # noqa: SLF001 - as if learnt: today's behaviour, without priming
-                decoder._stream.codec_context.flush_buffers()
-            container, stream = decoder._container, decoder._stream
+                decoder._reader._primed = True  # noqa: SLF001 - as if learnt: today's behaviour, without priming
+                decoder._reader._stream.codec_context.flush_buffers()
+            container, stream = decoder._reader._container, decoder._reader._stream
             container.seek(int(3.0 / stream.time_base), stream=stream, backward=True)
             stream.codec_context.flush_buffers()
             return [f.is_corrupt for f in container.decode(stream)]
@@ -172,7 +172,7 @@ def test_errors_that_remain_from_the_start_are_counted_and_reported():
     window = (0.0, WINDOW)
     with VideoDecoder(data, ONE_THREAD, SHORT_SIDE) as decoder:
         sampled = decoder.sample(window, FRAMES)
-        notes = decoder.notes
+        notes = decoder.warnings
     assert sampled.decode_errors >= sampled.corrupt_frames >= 1
     assert notes == [
         f"{sampled.corrupt_frames} of the {FRAMES} frames sampled from this video failed to decode cleanly, even "
@@ -183,7 +183,7 @@ def test_errors_that_remain_from_the_start_are_counted_and_reported():
 def test_a_clean_stream_reports_no_errors_and_no_redecodes():
     data = make_video(frames=300, width=160, height=96, gop=30, options={"preset": "ultrafast"})
     (got,), decoder = seeked(data, [(5.0, 5.0 + WINDOW)])
-    assert got.decode_errors == 0 and got.corrupt_frames == 0 and decoder.notes == []
+    assert got.decode_errors == 0 and got.corrupt_frames == 0 and decoder.warnings == []
     assert decoder.stats.redecodes == 0 and decoder.stats.restarts == 0
     assert got.frames_decoded < 100  # one seek: the window and its GOP, not the video
 

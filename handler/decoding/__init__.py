@@ -6,9 +6,11 @@ A package with one job per module, read in this order:
 - ``source``: opening the container, choosing its video stream, and priming a codec context with
   the stream start (what a decoder must have seen to decode any later keyframe as from byte 0).
 - ``probe``: time base, first frame time, frame rate and duration, by demuxing alone.
-- ``decoder``: ``VideoDecoder``: start points (seek, back-off, byte 0) verified by what the decode
-  finds, frames at the instants a caller's policy chooses (``frames_at``), converted to working
-  frames; ``sample``/``sample_windows`` apply the uniform policy of ``handler.sampling``.
+- ``seek``: ``StreamReader``: one opened stream decoded forward from start points (the keyframe
+  before a target, further back, byte 0) that the decode itself proves right, frames in time order.
+- ``decoder``: ``VideoDecoder``: the frames shown at the instants a caller's policy chooses
+  (``frames_at``), windows close together decoded in one pass, converted to working frames;
+  ``sample``/``sample_windows`` apply the uniform policy of ``handler.sampling``.
 """
 
 import time  # noqa: F401  (tests pin time.monotonic through this module)

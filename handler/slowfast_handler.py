@@ -113,7 +113,7 @@ class SlowFastHandler(BaseHandler):
                 for video in request.videos:
                     video.decoder.close()
         total_ms = (time.perf_counter() - started) * 1000
-        return [self._render(request, context, len(data), total_ms) for request in requests]
+        return [self._render_one(request, context, len(data), total_ms) for request in requests]
 
     # -- parse and plan ----------------------------------------------------------------------
 
@@ -255,6 +255,15 @@ class SlowFastHandler(BaseHandler):
             decode_errors=video.decode_errors, warnings=[*video.plan.warnings, *video.decoder.warnings],
             batch_size=batch_size, total_ms=total_ms,
         )
+
+    def _render_one(self, request: RequestWork, context: Any, batch_size: int, total_ms: float) -> Any:
+        """One request's reply; a failure while rendering it answers it 500 and no other."""
+        try:
+            return self._render(request, context, batch_size, total_ms)
+        except Exception:  # a bug in rendering one answer must not fail the batch's other answers
+            log.exception("request %d failed while its answer was rendered", request.index)
+            request.error = RequestError(500, "internal_error", "the server failed to render this answer")
+            return self._reject(context, request, request.error)
 
     def _render(self, request: RequestWork, context: Any, batch_size: int, total_ms: float) -> Any:
         if request.error is not None:

@@ -199,6 +199,22 @@ def test_a_timeline_line_that_cannot_be_sent_ends_only_that_request(handler, mod
     assert sent and set(sent) == {1} and len(json.loads(answered)["timeline"]) == len(context.streamed[1])
 
 
+def test_an_answer_that_cannot_be_rendered_ends_only_that_request(handler, model_dir, shared_videos, monkeypatch):
+    video = (shared_videos / "ii__realshort.mp4").read_bytes()
+    real = handler._answer
+
+    def answer(request: Any, *args: Any) -> Dict[str, Any]:
+        if request.index == 0:
+            raise ValueError("a rendering bug (simulated)")
+        return real(request, *args)
+
+    monkeypatch.setattr(handler, "_answer", answer)
+    (failed, answered), context = handle(handler, model_dir, [{"body": video}, {"body": video}])
+    assert context.statuses == {0: (500, "Internal Server Error")}
+    assert failed["reason"] == "internal_error" and "render" in failed["message"]
+    assert answered["predictions"] and answered["model"] == handler.model.name
+
+
 def test_a_context_without_the_header_api_fails_loudly_not_without_options(model_dir, handler):
     class OldContext(FakeContext):
         def get_all_request_header(self, idx: int) -> Dict[str, str]:

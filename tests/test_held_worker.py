@@ -41,17 +41,18 @@ ABANDON_AFTER_S = 3.0
 
 
 OPEN_PEAK = """
-import json, sys
+import json, os, sys
 from pathlib import Path
 from handler.heap import fix_mmap_threshold
 fix_mmap_threshold()  # as the worker does
 from handler.decoding import DecodeLimits, VideoDecoder
+from harness.memory import peak_rss_mb, reset_peak
 
 def peak_mb():
-    return int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:")).split()[1]) / 1024
+    return peak_rss_mb(os.getpid())
 
 body = bytearray(Path(sys.argv[1]).read_bytes())  # what TorchServe's worker hands the handler
-Path("/proc/self/clear_refs").write_text("5")
+assert reset_peak(os.getpid())
 before = peak_mb()
 decoder = VideoDecoder(body, DecodeLimits(35651584, 30.0), 256)
 middle = decoder.info.duration / 2

@@ -9,7 +9,7 @@ which the handler reads like a multipart field.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 from handler.options import REQUEST_OPTIONS, RequestOption, request_option
 
@@ -26,10 +26,15 @@ def _help(option: RequestOption) -> str:
     return option.help
 
 
-def add_request_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("request options (passed to the server as they are)")
+def add_request_options(
+    parser: argparse.ArgumentParser, *, only: Optional[Sequence[str]] = None,
+    title: str = "request options (passed to the server as they are)",
+) -> None:
+    """A flag per request option of ``REQUEST_OPTIONS`` (``only``: these names), and ``--embedding``
+    (``--output embedding``) where ``output`` is one."""
+    group = parser.add_argument_group(title)
     for option in REQUEST_OPTIONS:
-        if not option.client:
+        if not option.client or (only is not None and option.name not in only):
             continue
         flag = f"--{option.name}"
         if option.kind == "bool":
@@ -39,14 +44,16 @@ def add_request_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, type=kind, choices=option.choices, default=option.client_default, help=_help(option))
         else:
             group.add_argument(flag, type=_TYPES[option.kind], default=option.client_default, help=_help(option))
-    group.add_argument("--embedding", action="store_true", help="same as --output embedding")
+    if only is None or "output" in only:
+        group.add_argument("--embedding", action="store_true", help="same as --output embedding")
 
 
 def output_of(args: argparse.Namespace) -> str:
     """labels, embedding or both, from --output and the --embedding shorthand."""
-    if args.embedding and args.output not in (None, "embedding", "both"):
-        raise ValueError(f"--embedding and --output {args.output} contradict each other")
-    return args.output or ("embedding" if args.embedding else "labels")
+    embedding, output = getattr(args, "embedding", False), getattr(args, "output", None)
+    if embedding and output not in (None, "embedding", "both"):
+        raise ValueError(f"--embedding and --output {output} contradict each other")
+    return output or ("embedding" if embedding else "labels")
 
 
 def _as_text(value: Any) -> str:

@@ -79,7 +79,7 @@ def test_sources_are_told_apart(tmp_path: Path) -> None:
 @pytest.mark.parametrize("flags, message", [
     (["--hop", "0"], "--hop must be > 0"),
     (["--concurrency", "0"], "--concurrency must be 1"),
-    (["--threshold", "1.5"], "--threshold is a probability"),
+    (["--event-threshold", "1.5"], "--event-threshold is a probability"),
     (["--average", "0"], "--average must be 1"),
 ])
 def test_bad_flags_are_usage_errors(flags, message, capsys) -> None:
@@ -87,6 +87,24 @@ def test_bad_flags_are_usage_errors(flags, message, capsys) -> None:
         client_main(["live", "udp://127.0.0.1:5000", *flags])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_request_flags_come_from_the_servers_option_table(capsys) -> None:
+    from handler.options import request_option
+
+    parser = live_cli.build_parser()
+    actions = {action.dest: action for action in parser._actions}  # noqa: SLF001 - argparse has no public listing
+    for name in live_cli.LIVE_REQUEST_OPTIONS:
+        option = request_option(name)
+        assert actions[name].help.startswith(option.help)
+        if option.choices:
+            assert tuple(actions[name].choices) == option.choices
+    # The server's `threshold` (labels above P) is not the live client's event threshold: no flag
+    # of that name, so an old `--threshold 0.6` fails loudly instead of meaning something else.
+    assert "threshold" not in actions and actions["event_threshold"].default is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["x", "--threshold", "0.6"])
+    capsys.readouterr()
 
 
 def test_smoothing_asks_for_more_labels() -> None:
@@ -379,7 +397,7 @@ def test_threshold_events_are_written_between_the_windows(stream_file: Path, tmp
 
     with FakeTorchServe(answer) as fake:
         status, lines, _ = run_live(fake.url, stream_file, tmp_path, "--hop", "2", "--max-windows", "5",
-                                    "--threshold", "0.5")
+                                    "--event-threshold", "0.5")
         asked = {r.headers["topk"] for r in fake.requests}
     kinds = [("window", line["window"]) if "window" in line else (line["event"], line["t"]) for line in lines]
     ends = [line["end"] for line in lines if "window" in line]

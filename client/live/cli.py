@@ -20,11 +20,14 @@ from client.live.model import local_short_side, window_from_server
 from client.live.report import Display, JsonLines, Smoother, summary, window_line
 from client.live.runner import LiveRunner, LiveStats, WindowResult
 from client.live.source import Reader, parse_source
-from handler.options import OUTPUTS
+from client.options import add_request_options, output_of
+from client.options import request_fields as request_options_sent
 from client.transport import Answer, Transport
 
 FALLBACK_SHORT_SIDE = 256  # only when encoding and the model file is not at hand
 SMOOTHING_TOPK = 20  # labels asked per window when averaging or thresholding
+# The request options a live window may carry (its start and end are set per window).
+LIVE_REQUEST_OPTIONS = ("topk", "crops", "output", "normalize")
 
 
 
@@ -66,14 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--max-windows", type=int, default=None, help="stop after sending this many windows")
     smooth = parser.add_argument_group("smoothing and events")
     smooth.add_argument("--average", type=int, default=1, help="show the mean over the last N windows (default: 1)")
-    smooth.add_argument("--threshold", type=float, default=None,
+    smooth.add_argument("--event-threshold", type=float, default=None, metavar="P",
                         help="a label whose (averaged) probability reaches P starts an event; falling below ends it")
-    request = parser.add_argument_group("request options")
-    request.add_argument("--topk", type=int, default=5, help="labels per window (default: 5)")
-    request.add_argument("--crops", type=int, choices=(1, 3), default=None, help="spatial crops per window")
-    request.add_argument("--output", choices=tuple(OUTPUTS), default=None, help="labels (default), embedding or both")
-    request.add_argument("--embedding", action="store_true", help="same as --output embedding")
-    request.add_argument("--normalize", action="store_true", help="L2-normalise the embedding")
+    # The server's own option table (handler.options.REQUEST_OPTIONS); start and end are per window.
+    add_request_options(parser, only=LIVE_REQUEST_OPTIONS, title="request options (each window carries them)")
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=None, help="JSON lines, one per window and event (- : stdout)")
     out.add_argument("--save-clips", type=Path, default=None, metavar="DIR",
@@ -101,14 +100,16 @@ def check_usage(args: argparse.Namespace) -> Optional[str]:
         return "--concurrency must be 1 or more"
     if args.average < 1:
         return "--average must be 1 or more windows"
-    if args.threshold is not None and not 0 < args.threshold <= 1:
-        return "--threshold is a probability: 0 < P <= 1"
+    if args.event_threshold is not None and not 0 < args.event_threshold <= 1:
+        return "--event-threshold is a probability: 0 < P <= 1"
     if args.retries < 1:
         return "--retries is the number of attempts per window: 1 or more"
     if args.topk < 1:
         return "--topk must be 1 or more"
-    if args.embedding and args.output not in (None, "embedding", "both"):
-        return f"--embedding and --output {args.output} contradict each other"
+    try:
+        output_of(args)
+    except ValueError as exc:
+        return str(exc)
     if args.realtime and "://" in args.source:
         return "--realtime paces a file; a stream already comes at its own pace"
     return None
@@ -116,15 +117,9 @@ def check_usage(args: argparse.Namespace) -> Optional[str]:
 
 def request_fields(args: argparse.Namespace) -> Dict[str, str]:
     """The server options every window carries (its start/end are added per window)."""
-    smoothing = args.average > 1 or args.threshold is not None
-    fields = {"topk": str(max(args.topk, SMOOTHING_TOPK) if smoothing else args.topk)}
-    if args.crops:
-        fields["crops"] = str(args.crops)
-    output = args.output or ("embedding" if args.embedding else "labels")
-    if output != "labels":
-        fields["output"] = output
-    if args.normalize:
-        fields["normalize"] = "true"
+    fields = request_options_sent(args)
+    if args.average > 1 or args.event_threshold is not None:  # smoothing needs more than the labels shown
+        fields["topk"] = str(max(args.topk, SMOOTHING_TOPK))
     return fields
 
 
@@ -183,8 +178,8 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
             handle = open(args.out, "w", encoding="utf-8")
         shown = sys.stderr if to_stdout else stdout  # JSON lines on stdout: the table goes to stderr
         display = Display(shown, sys.stderr, tty=shown.isatty(), topk=args.topk)
-        smoothed = args.average > 1 or args.threshold is not None
-        output = LiveOutput(display, JsonLines(stdout if to_stdout else handle), Smoother(args.average, args.threshold),
+        smoothed = args.average > 1 or args.event_threshold is not None
+        output = LiveOutput(display, JsonLines(stdout if to_stdout else handle), Smoother(args.average, args.event_threshold),
                             args.topk, smoothed)
         reader = Reader(spec, reencode=args.reencode, short_side=short_side, stall_timeout=args.stall_timeout,
                         give_up_s=args.give_up, rtsp_transport=args.rtsp_transport)

@@ -1,6 +1,6 @@
 """What a live run shows and writes: a table redrawn in place on a terminal (a line per window
 otherwise), JSON lines (``--out``) per window and per event, smoothing over ``--average`` windows
-and ``--threshold`` events, and the summary at the end.
+and ``--event-threshold`` events, and the summary at the end.
 
 A window line: ``{"window", "segment", "start", "end", "stream_start", "stream_end", "status",
 "predictions", "latency_ms", "handler_ms", "mode", "clip_bytes", "clip_options"}``: ``start``/``end`` in seconds

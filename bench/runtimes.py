@@ -26,7 +26,7 @@ BASELINE = "torchscript-fp32 mb1"
 # and the two ways to run two views at once (one batch-2 request; two streams of one view each).
 VARIANTS: List[Tuple[str, int, Dict[str, Any]]] = [
     (BASELINE, 1, {"cpu_runtime": "torchscript", "optimize": True}),
-    ("openvino-f32 mb1", 1, {"cpu_runtime": "openvino", "cpu_precision": "f32", "cpu_streams": 1}),
+    ("openvino-fp32 mb1", 1, {"cpu_runtime": "openvino", "cpu_precision": "fp32", "cpu_streams": 1}),
     ("openvino-bf16 mb1", 1, {"cpu_runtime": "openvino", "cpu_precision": "bf16", "cpu_streams": 1}),
     ("openvino-bf16 mb2", 2, {"cpu_runtime": "openvino", "cpu_precision": "bf16", "cpu_streams": 1}),
     ("openvino-bf16 mb2 2-streams", 2, {"cpu_runtime": "openvino", "cpu_precision": "bf16", "cpu_streams": 2}),

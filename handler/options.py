@@ -7,16 +7,23 @@ model-config.yaml: request defaults, limits and compute settings.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from handler.errors import RequestError
 
+log = logging.getLogger(__name__)
+
+# One word per precision across settings and runtime names (OpenVINO's own "f32" is mapped at
+# its call, handler/runtime_openvino.py).
 PRECISIONS = ("fp32", "fp16", "bf16")
 CPU_RUNTIMES = ("openvino", "torchscript")
-# OpenVINO's names; auto = bf16 where the CPU computes bf16 natively, else f32.
-CPU_PRECISIONS = ("auto", "f32", "bf16")
+# auto = bf16 where the CPU computes bf16 natively, else fp32.
+CPU_PRECISIONS = ("auto", "fp32", "bf16")
+# Old spellings a config may still use: setting -> {old value: new value}; each logs a warning.
+_CONFIG_ALIASES: Mapping[str, Mapping[str, str]] = {"cpu_precision": {"f32": "fp32"}}
 
 
 # -- the request options, declared once ------------------------------------------------------
@@ -115,7 +122,7 @@ class ServeOptions:
     (fp16/bf16 autocast on GPU only), ``optimize`` (freeze + optimize_for_inference at load),
     ``cpu_threads`` (0 = cores / minWorkers), ``decode_threads`` (0 = FFmpeg's choice).
     CPU runtime: ``cpu_runtime`` (openvino, falling back to torchscript if it fails, or
-    torchscript), ``cpu_precision`` (OpenVINO's inference precision: auto, f32, bf16),
+    torchscript), ``cpu_precision`` (OpenVINO's inference precision: auto, fp32, bf16),
     ``cpu_streams`` (OpenVINO infer requests run in parallel on a micro-batch's views).
     Registrations: ``timeline_model`` names the registration a 413 for a timeline over this one's
     budget points to (empty: none); ``cpu_nice`` (0..19) lowers this worker's CPU priority, so a
@@ -197,6 +204,11 @@ class ServeOptions:
         if unknown:
             raise ConfigError(f"model-config handler section: unknown keys {unknown}; known: {sorted(known)}")
         values = {name: _config_value(name, value, type(known[name].default)) for name, value in section.items()}
+        for name, aliases in _CONFIG_ALIASES.items():
+            if values.get(name) in aliases:
+                old, values[name] = values[name], aliases[values[name]]
+                log.warning("model-config handler section: %s: %s is the old spelling of %s; write %s",
+                            name, old, values[name], values[name])
         return cls(**values)
 
 

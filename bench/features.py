@@ -15,8 +15,7 @@ import json
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from bench.report import _target
-from bench.util import fmt_ms, percentile, progress, ratio, summary
+from bench.util import fmt_ms, percentile, progress, ratio, summary, target
 from harness.memory import peak_rss_mb, reset_peak
 
 
@@ -109,7 +108,7 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     tl = http.get("timeline")
     if tl:
         name = f"{tl['seconds']:g} s 720p" if tl.get("seconds") else tl["clip"]
-        out.append(_target(
+        out.append(target(
             f"timeline decode+preprocess / summed forwards [{name}, {tl['windows']} windows]",
             tl["decode_preprocess_over_forwards"], "<=", 0.25,
             f"{tl['decode_ms'] + tl['preprocess_ms']:.0f} ms / {tl['inference_ms']:.0f} ms",
@@ -118,20 +117,20 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             f"of the frames it spans, and inter frames must be decoded to reach them)",
         ))
         if tl.get("peak_rss_ratio") is not None:
-            out.append(_target(
+            out.append(target(
                 f"timeline worker peak RSS / single clip [{name}]", tl["peak_rss_ratio"], "<=", 1.2,
                 f"{tl['timeline_peak_rss_mb']:.0f} MB / {tl['single_clip_peak_rss_mb']:.0f} MB",
                 "the windows in flight and the micro-batch, not the video's length, should set the peak",
             ))
         if tl.get("video_frames"):
-            out.append(_target(
+            out.append(target(
                 f"timeline single pass: frames decoded / frames in the video [{name}]",
                 ratio(tl["frames_decoded"], tl["video_frames"]), "<=", 1.0,
                 f"{tl['frames_decoded']} / {tl['video_frames']}", "a window was decoded more than once",
             ))
     emb = http.get("embedding")
     if emb:
-        out.append(_target(
+        out.append(target(
             f"embedding request / labels request p50 [{emb['clip']}]", emb["embedding_over_labels"], "<=", 1.05,
             f"{emb['embedding']['p50']:.0f} ms / {emb['labels']['p50']:.0f} ms",
             "both are one forward of the same exported method; a miss is noise or the 2,304-float answer's size",

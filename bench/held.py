@@ -20,8 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List
 
-from bench.report import _target
-from bench.util import fmt_ms, percentile, progress, ratio, summary
+from bench.util import fmt_ms, percentile, progress, ratio, summary, target
 
 ABANDON_AFTER_S = 3.0
 
@@ -123,14 +122,14 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         return []
     name = f"{held['long_seconds']:g} s video" if held.get("long_seconds") else held["long_video"]
     return [
-        _target(
+        target(
             f"clip after a streamed timeline abandoned {held['abandoned']['after_s']:g} s in / max(5 s, 3x alone) [{name}]",
             ratio(held["after_abandoned_s"], held["after_abandoned_bound_s"]), "<=", 1.0,
             f"{held['after_abandoned_s']:.2f} s / {held['after_abandoned_bound_s']:.2f} s (alone p50 {held['alone_p50_s']:.2f} s)",
             "the abandoned timeline runs on to its end on the timeline registration's worker (nice 10); "
             "the clip worker only shares the cores with it",
         ),
-        _target(
+        target(
             f"clip p95 with {held['clients']} long timelines streaming / alone [{name}]",
             held["loaded_p95_over_alone"], "<=", 3.0,
             f"p95 {held['loaded_p95_s']:.2f} s / p50 alone {held['alone_p50_s']:.2f} s; "

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
-from bench.util import fmt_ms, ratio
-
-
-def _target(name: str, value: Optional[float], op: str, limit: float, detail: str, bound: str = "") -> Dict[str, Any]:
-    ok = None
-    if value is not None and not (isinstance(value, float) and math.isnan(value)):
-        ok = value <= limit if op == "<=" else value >= limit
-    entry = {"name": name, "value": value, "op": op, "limit": limit, "pass": ok, "detail": detail}
-    if ok is False and bound:
-        entry["bound"] = bound
-    return entry
+from bench.util import fmt_ms, ratio, target
 
 
 def _decode_bound(clip: Dict[str, Any]) -> str:
@@ -49,17 +39,17 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
         is_720 = clip.get("kind") == "synthetic-720p"
         limit = 0.25 if is_720 else 0.10
         label = "720p synthetic" if is_720 else "Kinetics clip"
-        targets.append(_target(
+        targets.append(target(
             f"decode+preprocess / forward [{label} {name}]", clip["decode_preprocess_over_forward"], "<=", limit,
             f"{clip['decode_preprocess_ms']['median']:.0f} ms / {clip['model_forward_ms']['median']:.0f} ms",
             _decode_bound(clip),
         ))
     for name, clip in checked.items():
         if clip.get("reference_error"):
-            targets.append(_target(f"speed-up vs reference [{name}]", None, ">=", 3.0, clip["reference_error"]))
+            targets.append(target(f"speed-up vs reference [{name}]", None, ">=", 3.0, clip["reference_error"]))
             continue
         ours, ref = clip["decode_preprocess_ms"]["median"], clip["reference_decode_preprocess_ms"]["median"]
-        targets.append(_target(
+        targets.append(target(
             f"speed-up vs reference decode+preprocess [{name}]", clip["speedup_vs_reference"], ">=", 3.0,
             f"reference {ref:.0f} ms / ours {ours:.0f} ms",
             _reference_bound(clip),
@@ -76,7 +66,7 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
         floor = (fwd + h["decode"]["median"] + h["preprocess"]["median"] + h["outside_handler"]["median"]
                  + max(h["handler_total"]["median"] - h["decode"]["median"] - h["preprocess"]["median"]
                        - h["inference"]["median"], 0))
-        targets.append(_target(
+        targets.append(target(
             f"HTTP e2e p50 / forward [{name}]", clip["p50_over_forward"], "<=", limit,
             f"p50 {clip['e2e_ms']['p50']:.0f} ms (p95 {clip['e2e_ms']['p95']:.0f}) / forward {fwd:.0f} ms",
             f"e2e = worker inference {h['inference']['median']:.0f} ms (floor here {fwd:.0f}) + decode "
@@ -100,7 +90,7 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
                      f"{results['meta']['machine']['cores']} cores as its forward ({fwd1:.0f} ms at micro-batch 1): "
                      f"ceiling {ceiling:.3f} clips/s = {ratio(ceiling, best):.2f}x model-only; "
                      f"measured {served:.3f} (TorchServe mean batch {tp['mean_batch_size']})")
-        targets.append(_target(
+        targets.append(target(
             f"served throughput / model-only [{tp['clients']} clients, {tp['clip']}]", ratio(served, best), ">=", 0.9,
             f"{served:.3f} clips/s / {best:.3f} clips/s (micro-batch {model['best_micro_batch']})", bound,
         ))
@@ -109,7 +99,7 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
     if growth and "time_ratio" in growth:
         short, long_ = growth["videos"][growth["shortest"]], growth["videos"][growth["longest"]]
         span = f"{short['seconds']:g} s -> {long_['seconds']:g} s video"
-        targets.append(_target(
+        targets.append(target(
             f"time growth [{span}]", growth["time_ratio"], "<=", 1.5,
             f"{long_['e2e_ms']['median']:.0f} ms / {short['e2e_ms']['median']:.0f} ms",
             f"frames decoded {short['frames_decoded']} -> {long_['frames_decoded']} (the window's distance "
@@ -119,7 +109,7 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
             f"{short['handler_ms']['outside_handler']['median']:.0f} -> {long_['handler_ms']['outside_handler']['median']:.0f} ms",
         ))
         if "peak_rss_ratio" in growth:
-            targets.append(_target(
+            targets.append(target(
                 f"worker peak RSS growth [{span}]", growth["peak_rss_ratio"], "<=", 1.2,
                 f"{long_['worker_peak_rss_mb']:.0f} MB / {short['worker_peak_rss_mb']:.0f} MB",
                 f"the peak grows by {long_['worker_peak_rss_mb'] - short['worker_peak_rss_mb']:.0f} MB for "
@@ -142,7 +132,7 @@ def _runtime_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     baseline = runtimes["variants"][runtimes["baseline"]] if runtimes else None
     if runtimes and runtimes.get("default_variant"):
         row = runtimes["variants"][runtimes["default_variant"]]
-        targets.append(_target(
+        targets.append(target(
             f"default CPU runtime forward / frozen TorchScript [{row['runtime']}]", row["vs_baseline"], "<=", 0.5,
             f"{row['ms_per_clip']:.0f} ms / {baseline['ms_per_clip']:.0f} ms, same run",
             "the forward itself: see the runtimes table for every precision and the two-at-once variants",
@@ -151,7 +141,7 @@ def _runtime_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         if not clip.get("kinetics_size") or not baseline:
             continue
         h = clip["handler_ms"]
-        targets.append(_target(
+        targets.append(target(
             f"HTTP p50 / frozen-TorchScript forward [{name}]", ratio(clip["e2e_ms"]["p50"], baseline["ms_per_clip"]),
             "<=", 0.6, f"p50 {clip['e2e_ms']['p50']:.0f} ms / {baseline['ms_per_clip']:.0f} ms",
             f"e2e = inference {h['inference']['median']:.0f} + decode {h['decode']['median']:.0f} + preprocess "
@@ -160,7 +150,7 @@ def _runtime_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     if "server_start_s" in http:
         convert_s = (runtimes or {}).get("convert_s")
         conversion = f"conversion {convert_s:.1f} s in-process" if convert_s else "conversion included"
-        targets.append(_target(
+        targets.append(target(
             "worker start to READY, OpenVINO conversion included [s]", http["server_start_s"], "<=", 30.0,
             f"TorchServe start to the worker READY with a fresh model dir ({conversion}); "
             f"worker: {'; '.join(http.get('worker_runtime_log') or ['no runtime line logged'])}",

@@ -126,7 +126,7 @@ class ServeOptions:
     ``cpu_streams`` (OpenVINO infer requests run in parallel on a micro-batch's views).
     Registrations: ``timeline_model`` names the registration a 413 for a timeline over this one's
     budget points to (empty: none); ``cpu_nice`` (0..19) lowers this worker's CPU priority, so a
-    registration for long work yields the cores to the one answering clips (handler/priority.py).
+    registration for long work yields the cores to the main registration (handler/priority.py).
     """
 
     topk: int = request_option("topk").default
@@ -187,7 +187,7 @@ class ServeOptions:
     @property
     def streaming_extends_budget(self) -> bool:
         """Whether a streamed timeline may cost more than an answer sent in one piece (then its
-        decoding budget is per window): true on the timeline registration, false on the clip one."""
+        decoding budget is per window): true on the timeline registration, false on the main one."""
         return self.max_streamed_views_per_request > self.max_views_per_request
 
     @property

@@ -44,7 +44,7 @@ class RequestOption:
     """One request option, declared once: the handler's reader and header names, the client's flag
     and the README's option table all come from this.
 
-    ``kind``: ``int`` or ``float`` (in ``low``..``high``), ``bool``, ``seconds`` (a float in
+    ``value_type``: ``int`` or ``float`` (in ``low``..``high``), ``bool``, ``seconds`` (a float in
     0..MAX_SECONDS) or ``choice`` (one of ``choices``, read as the type of the first).
     ``default``: the value when a request does not say (None: unset, meaning ``unset``); with
     ``configurable`` the deployment's ``handler:`` section (``ServeOptions``) may change it.
@@ -54,7 +54,7 @@ class RequestOption:
     """
 
     name: str
-    kind: str
+    value_type: str
     help: str
     default: Any = None
     configurable: bool = False
@@ -236,19 +236,19 @@ def registration_settings(
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def _config_value(name: str, value: Any, kind: type) -> Any:
-    """``value`` as ``kind`` (bool, int, float or str), accepting only exact spellings of it."""
+def _config_value(name: str, value: Any, value_type: type) -> Any:
+    """``value`` as ``value_type`` (bool, int, float or str), accepting only exact spellings of it."""
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"model-config handler section: {name}: {value!r} is not {expected}")
 
-    if kind is bool:
+    if value_type is bool:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
         if text in _TRUE or text in _FALSE:
             return text in _TRUE
         raise bad("a boolean (true/false)")
-    if kind is int:
+    if value_type is int:
         if isinstance(value, bool):
             raise bad("an integer")
         if isinstance(value, int):
@@ -259,7 +259,7 @@ def _config_value(name: str, value: Any, kind: type) -> Any:
             return int(str(value).strip())
         except ValueError:
             raise bad("an integer") from None
-    if kind is float:
+    if value_type is float:
         if isinstance(value, bool):
             raise bad("a number")
         try:
@@ -366,19 +366,19 @@ def read_option(option: RequestOption, raw: Any, highs: Mapping[str, int]) -> An
     """``raw`` (text, bytes, or a JSON value) as ``option``'s value; 400 naming what is wrong.
 
     ``highs``: the limits an option's ``high`` may name (``num_classes``, ``max_clips``)."""
-    if option.kind in ("int", "float"):
-        value = _read_int(option.name, raw) if option.kind == "int" else _read_float(option.name, raw)
+    if option.value_type in ("int", "float"):
+        value = _read_int(option.name, raw) if option.value_type == "int" else _read_float(option.name, raw)
         high = highs[option.high] if isinstance(option.high, str) else option.high
         if not option.low <= value <= high:
             raise _bad(f"{option.name} must be in {option.low:g}..{high:g}, got {value:g}")
         return value
-    if option.kind == "bool":
+    if option.value_type == "bool":
         return _read_bool(option.name, raw)
-    if option.kind == "seconds":
+    if option.value_type == "seconds":
         return _read_seconds(option.name, raw)
-    if option.kind == "choice":
+    if option.value_type == "choice":
         return _read_choice(option, raw)
-    raise ValueError(f"option {option.name}: unknown kind {option.kind!r}")
+    raise ValueError(f"option {option.name}: unknown value type {option.value_type!r}")
 
 
 def resolve_request_options(

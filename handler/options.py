@@ -207,8 +207,7 @@ class ServeOptions:
         for name, aliases in _CONFIG_ALIASES.items():
             if values.get(name) in aliases:
                 old, values[name] = values[name], aliases[values[name]]
-                log.warning("model-config handler section: %s: %s is the old spelling of %s; write %s",
-                            name, old, values[name], values[name])
+                log.warning("model-config handler section: %s: %s is the old spelling; write %s", name, old, values[name])
         return cls(**values)
 
 

@@ -4,17 +4,17 @@ Prints a table (stdout) and writes JSON (default bench/results/latest.json); pro
 stderr. Sections:
 
 1. per-stage time per request from the handler's own timings (in-process), for a synthesized
-   10 s 720p H.264 clip (GOP 250) and the real clips of ../shared/videos;
+   10 s 720p H.264 video (GOP 250) and the real videos of ../shared/videos;
 2. the reference pipeline (pytorchvideo EncodedVideo + the hub tutorial's transforms) on the
-   same clip and window, interleaved with ours;
+   same video and window, interleaved with ours;
 3. the model-only forward of the default runtime (the floor) and HTTP end-to-end latency through a real,
    isolated TorchServe; beside it, every CPU runtime and precision side by side (frozen
-   TorchScript fp32, OpenVINO f32 and bf16, two views at once) and OpenVINO's conversion time;
+   TorchScript fp32, OpenVINO fp32 and bf16, two views at once) and OpenVINO's conversion time;
 4. throughput of N concurrent clients against model-only throughput at the best micro-batch;
-5. cost growth: one default clip from 10 s, 60 s and 600 s videos, time and worker peak RSS;
+5. cost growth: one default request on 10 s, 60 s and 600 s videos, time and worker peak RSS;
 6. a streamed timeline of the 600 s video at the default stride (bench/features.py);
-7. an embedding request against a labels request of the same clip;
-8. clients who leave: the default clip alone, right after a streamed timeline of a 600 s video is
+7. an embedding request against a labels request of the same video;
+8. clients who leave: a default request alone, right after a streamed timeline of a 600 s video is
    abandoned 3 s in, and while 4 clients stream long timelines (bench/held.py);
 9. live: ``python -m client live`` on a 25 fps UDP stream at hop 1 s: latency from a window's last
    frame to its answer (p50, p95) and the share of windows skipped (bench/live.py).
@@ -38,7 +38,7 @@ from bench.util import machine, progress
 from harness.paths import MAR, PT, REPO
 
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
-THROUGHPUT_CLIP = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 clip
+THROUGHPUT_VIDEO = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 video
 SECTIONS = ("stages", "model", "runtimes", "variants", "latency", "throughput", "growth", "timeline", "embedding",
             "live", "held")
 SERVED = ("latency", "throughput", "growth", "timeline", "embedding", "live", "held")
@@ -56,18 +56,20 @@ def _csv_floats(text: str) -> List[float]:
 def parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke mode: short clips, 1 repetition, tiny throughput and growth runs (figures meaningless)")
+                        help="smoke mode: short videos, 1 repetition, tiny throughput and growth runs (figures meaningless)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write results (default {DEFAULT_JSON.relative_to(REPO)})")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per in-process measurement (default 5; quick 1)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up repetitions before timing (default 1; quick 0)")
-    parser.add_argument("--http-reps", type=int, default=None, help="timed HTTP requests per clip (default 20; quick 1)")
+    parser.add_argument("--http-reps", type=int, default=None, help="timed HTTP requests per video (default 20; quick 1)")
     parser.add_argument("--clients", type=int, default=None, help="concurrent clients for throughput (default 4; quick 2)")
     parser.add_argument("--per-client", type=int, default=None, help="requests per client for throughput (default 6; quick 1)")
     parser.add_argument("--batches", type=_csv_ints, default=None, help="model-only micro-batch sizes (default 1,2,4; quick 1)")
     parser.add_argument("--growth-seconds", type=_csv_floats, default=None, help="video lengths for cost growth (default 10,60,600; quick 2,4)")
     parser.add_argument("--growth-reps", type=int, default=None, help="timed requests per growth video (default 3; quick 1)")
     parser.add_argument("--live-seconds", type=float, default=None, help="length of the live run (default 60; quick 12)")
-    parser.add_argument("--clips", default=None, help="comma-separated real clip names (default: every decodable clip; quick: one Kinetics clip)")
+    # --clips: its old name, still accepted ("clips" is the request option counting windows).
+    parser.add_argument("--videos", "--clips", dest="videos", default=None,
+                        help="comma-separated real video names (default: every decodable one; quick: one Kinetics video)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--skip-served", action="store_true", help="skip the TorchServe sections (latency, throughput, growth)")
@@ -127,9 +129,9 @@ def main(argv: List[str]) -> int:
     started = time.perf_counter()
     import yaml
 
-    from bench import clips as clipmod
     from bench import report, stages
-    from bench.clips import SynthSpec
+    from bench import videos as videomod
+    from bench.videos import SynthSpec
     from harness.inproc import InProcessHandler
 
     serving = any(x in SERVED for x in args.sections)
@@ -144,31 +146,31 @@ def main(argv: List[str]) -> int:
         progress("warning: " + notes[-1])
     config = yaml.safe_load((REPO / "model-config.yaml").read_text()) or {}
 
-    # -- clips -----------------------------------------------------------------------------
+    # -- videos ----------------------------------------------------------------------------
     synth_spec = SynthSpec(2.0 if args.quick else 10.0, 1280, 720, 30, 250, "medium", "texture")
-    synth_path = clipmod.synthesized(synth_spec)
-    synth_clip = {"name": synth_path.name, "path": synth_path, "kind": "synthetic-720p", "kinetics_size": False}
-    only = args.clips.split(",") if args.clips else ([THROUGHPUT_CLIP] if args.quick else None)
-    real = clipmod.real_clips(only=only)
-    for clip in real:
-        clip["kind"] = "real"
+    synth_path = videomod.synthesized(synth_spec)
+    synth_video = {"name": synth_path.name, "path": synth_path, "kind": "synthetic-720p", "kinetics_size": False}
+    only = args.videos.split(",") if args.videos else ([THROUGHPUT_VIDEO] if args.quick else None)
+    real = videomod.real_videos(only=only)
+    for video in real:
+        video["kind"] = "real"
     if not real:
-        notes.append(f"no real clips found under {clipmod.SHARED_VIDEOS}: the real-clip rows are missing")
+        notes.append(f"no real videos found under {videomod.SHARED_VIDEOS}: the real-video rows are missing")
         progress("warning: " + notes[-1])
     growth_specs = [SynthSpec(s, 1280, 720, 30, 250, "ultrafast", "pattern_noise") for s in args.growth_seconds]
     timeline_spec = SynthSpec(8.0 if args.quick else 600.0, 1280, 720, 30, 250, "ultrafast", "pattern_noise")
-    timeline_clip = None if "timeline" not in args.sections else {
-        "name": clipmod.synthesized(timeline_spec).name, "path": clipmod.synthesized(timeline_spec),
+    timeline_video = None if "timeline" not in args.sections else {
+        "name": videomod.synthesized(timeline_spec).name, "path": videomod.synthesized(timeline_spec),
         "seconds": timeline_spec.seconds, "frames": timeline_spec.frames,
     }
     # Section 8 (held): a 600 s 320x240 video, as issue 19 measured; quick: 120 s (55 windows, still
-    # over the clip registration's 48).
+    # over the main registration's 48).
     held_spec = SynthSpec(120.0 if args.quick else 600.0, 320, 240, 30, 250, "ultrafast", "pattern_noise")
-    held_clip = None if "held" not in args.sections else {
-        "name": clipmod.synthesized(held_spec).name, "path": clipmod.synthesized(held_spec), "seconds": held_spec.seconds,
+    held_video = None if "held" not in args.sections else {
+        "name": videomod.synthesized(held_spec).name, "path": videomod.synthesized(held_spec), "seconds": held_spec.seconds,
     }
-    growth_clips = [] if "growth" not in args.sections else [
-        {"name": clipmod.synthesized(spec).name, "path": clipmod.synthesized(spec), "seconds": spec.seconds,
+    growth_videos = [] if "growth" not in args.sections else [
+        {"name": videomod.synthesized(spec).name, "path": videomod.synthesized(spec), "seconds": spec.seconds,
          "kind": "growth"} for spec in growth_specs
     ]
 
@@ -181,12 +183,12 @@ def main(argv: List[str]) -> int:
             "model_config": {k: config.get(k) for k in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")},
             "handler_options": config.get("handler", {}),
             "synthetic_720p": {"file": synth_path.name, **synth_spec.describe()},
-            "growth_videos": [{"file": c["name"], **s.describe()} for c, s in zip(growth_clips, growth_specs)],
+            "growth_videos": [{"file": v["name"], **s.describe()} for v, s in zip(growth_videos, growth_specs)],
             "notes": notes,
         },
     }
     if args.quick:
-        notes.append("quick mode: one repetition, short clips; the figures are not measurements")
+        notes.append("quick mode: one repetition, short videos; the figures are not measurements")
 
     # -- in-process: stages, reference, model-only ------------------------------------------
     progress(f"loading the handler in-process ({args.pt.name}, as model-config.yaml says) ...")
@@ -195,7 +197,7 @@ def main(argv: List[str]) -> int:
     results["meta"]["machine"]["torch_threads"] = __import__("torch").get_num_threads()
     results["stages"] = {}
     if "stages" in args.sections:
-        results["stages"]["clips"] = stages.run(handler, [synth_clip] + real, args.reps, args.warmup)
+        results["stages"]["clips"] = stages.run(handler, [synth_video] + real, args.reps, args.warmup)
     if "model" in args.sections:
         progress(f"model-only forward at micro-batch sizes {args.batches}")
         results["stages"]["model_only"] = stages.model_only(
@@ -218,31 +220,31 @@ def main(argv: List[str]) -> int:
 
         http: Dict[str, Any] = {}
         results["http"] = http
-        latency_clips = [synth_clip] + [c for c in real if c["kinetics_size"]]
-        if args.quick:  # one clip is enough to exercise the path
-            latency_clips = latency_clips[-1:]
-        tp_clip = next((c for c in real if c["name"] == THROUGHPUT_CLIP), None) or (real[0] if real else synth_clip)
+        latency_videos = [synth_video] + [v for v in real if v["kinetics_size"]]
+        if args.quick:  # one video is enough to exercise the path
+            latency_videos = latency_videos[-1:]
+        tp_video = next((v for v in real if v["name"] == THROUGHPUT_VIDEO), None) or (real[0] if real else synth_video)
         with servedmod.Served(args.mar) as served:
             http["server_start_s"] = round(served.start_s, 2)
             http["worker_runtime_log"] = served.runtime_log()
             if "latency" in args.sections:
-                http["latency"] = servedmod.latency(served, handler, latency_clips, args.http_reps, args.warmup)
+                http["latency"] = servedmod.latency(served, handler, latency_videos, args.http_reps, args.warmup)
             if "throughput" in args.sections:
-                http["throughput"] = servedmod.throughput(served, tp_clip, args.clients, args.per_client, args.warmup)
+                http["throughput"] = servedmod.throughput(served, tp_video, args.clients, args.per_client, args.warmup)
             if "growth" in args.sections:
-                http["growth"] = servedmod.growth(served, growth_clips, args.growth_reps, args.warmup)
-            if timeline_clip:
-                http["timeline"] = features.timeline(served, timeline_clip, handler.contract.num_frames)
+                http["growth"] = servedmod.growth(served, growth_videos, args.growth_reps, args.warmup)
+            if timeline_video:
+                http["timeline"] = features.timeline(served, timeline_video, handler.contract.num_frames)
             if "embedding" in args.sections:
-                http["embedding"] = features.embedding_cost(served, tp_clip, args.growth_reps * 2, args.warmup)
+                http["embedding"] = features.embedding_cost(served, tp_video, args.growth_reps * 2, args.warmup)
             if "live" in args.sections:
                 from bench import live as livemod
 
-                http["live"] = livemod.run(served, tp_clip["path"], args.live_seconds)
-            if held_clip:  # last: the timelines it abandons run on until the server stops
+                http["live"] = livemod.run(served, tp_video["path"], args.live_seconds)
+            if held_video:  # last: the timelines it abandons run on until the server stops
                 from bench import held
 
-                http["held"] = held.measure(served, tp_clip, held_clip, reps=3 if args.quick else 12,
+                http["held"] = held.measure(served, tp_video, held_video, reps=3 if args.quick else 12,
                                             clients=args.clients, warmup=args.warmup)
 
     results["targets"] = report.evaluate(results, config)

@@ -2,10 +2,10 @@
 
 ``timeline``: a streamed timeline of a long synthesized 720p video at the default stride: total
 time, time to the first line, frames decoded per frame sampled, decode + preprocess as a share
-of the summed forwards, the worker's peak RSS against a single-clip request on the same video,
+of the summed forwards, the worker's peak RSS against a single default request on the same video,
 and the single-pass check (no frame decoded twice: frames decoded <= frames in the video).
 
-``embedding``: the same clip asked for labels and for its embedding, interleaved: an embedding
+``embedding``: the same video asked for labels and for its embedding, interleaved: an embedding
 costs the same forward, so its latency must match the labels'.
 """
 
@@ -15,8 +15,7 @@ import json
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from bench.report import _target
-from bench.util import fmt_ms, percentile, progress, ratio, summary
+from bench.util import fmt_ms, percentile, progress, ratio, summary, target
 from harness.memory import peak_rss_mb, reset_peak
 
 
@@ -27,21 +26,22 @@ def _peak_mb(pid: Optional[int], run: Callable[[], Any]) -> Tuple[Any, Optional[
     return result, (round(peak_rss_mb(pid), 1) if reset else None)
 
 
-def timeline(served: Any, clip: Dict[str, Any], num_frames: int) -> Dict[str, Any]:
+def timeline(served: Any, video: Dict[str, Any], num_frames: int) -> Dict[str, Any]:
     """One plain default request, then one streamed timeline of the whole video (default stride), both
-    on the timeline registration's worker (the clip registration refuses a timeline this long)."""
+    on the timeline registration's worker (the main registration refuses a timeline this long)."""
     from bench.served import TIMELINE_MODEL
 
-    video = clip["path"].read_bytes()
+    body = video["path"].read_bytes()
     pid = served.worker_pid(TIMELINE_MODEL)
-    progress(f"timeline: {clip['name']} ({len(video) / 2**20:.1f} MB), a single clip first for the memory baseline")
-    single, single_peak = _peak_mb(pid, lambda: served.predict(video, model=TIMELINE_MODEL))
+    progress(f"timeline: {video['name']} ({len(body) / 2**20:.1f} MB), "
+             "a single default request first for the memory baseline")
+    single, single_peak = _peak_mb(pid, lambda: served.predict(body, model=TIMELINE_MODEL))
 
     def streamed() -> Dict[str, Any]:
         started = time.perf_counter()
         arrivals: List[float] = []
         lines: List[Dict[str, Any]] = []
-        with served.post(video, {"timeline": "true", "stream": "true"}, stream=True, model=TIMELINE_MODEL) as reply:
+        with served.post(body, {"timeline": "true", "stream": "true"}, stream=True, model=TIMELINE_MODEL) as reply:
             if reply.status_code != 200:
                 raise RuntimeError(f"HTTP {reply.status_code}: {reply.text[:300]}")
             for raw in reply.iter_lines():
@@ -60,9 +60,9 @@ def timeline(served: Any, clip: Dict[str, Any], num_frames: int) -> Dict[str, An
     decoded = int(final["video"]["frames_decoded"])
     sampled = windows * num_frames
     out = {
-        "clip": clip["name"],
-        "seconds": clip.get("seconds"),
-        "video_frames": clip.get("frames"),
+        "clip": video["name"],  # JSON keys keep their names: "clip" is the video here
+        "seconds": video.get("seconds"),
+        "video_frames": video.get("frames"),
         "windows": windows,
         "total_s": round(run["total_s"], 2),
         "first_line_s": round(run["arrivals"][0], 2),
@@ -80,21 +80,21 @@ def timeline(served: Any, clip: Dict[str, Any], num_frames: int) -> Dict[str, An
         "single_clip_e2e_ms": round(single["e2e_ms"], 1),
     }
     progress(f"  {windows} windows in {out['total_s']:.0f} s (first line after {out['first_line_s']:.1f} s), "
-             f"{decoded} frames decoded for {sampled} sampled, peak RSS {peak} MB (single clip {single_peak} MB)")
+             f"{decoded} frames decoded for {sampled} sampled, peak RSS {peak} MB (single request {single_peak} MB)")
     return out
 
 
-def embedding_cost(served: Any, clip: Dict[str, Any], reps: int, warmup: int) -> Dict[str, Any]:
-    """Labels and embedding requests of one clip, interleaved, ``reps`` each after ``warmup``."""
-    video = clip["path"].read_bytes()
-    progress(f"embedding cost: {clip['name']} ({warmup} warm-up + {reps} requests each, labels / embedding interleaved)")
+def embedding_cost(served: Any, video: Dict[str, Any], reps: int, warmup: int) -> Dict[str, Any]:
+    """Labels and embedding requests of one video, interleaved, ``reps`` each after ``warmup``."""
+    body = video["path"].read_bytes()
+    progress(f"embedding cost: {video['name']} ({warmup} warm-up + {reps} requests each, labels / embedding interleaved)")
     times: Dict[str, List[float]] = {"labels": [], "embedding": []}
     for rep in range(warmup + reps):
         for output in times:
-            elapsed = served.predict(video, {"output": output})["e2e_ms"]
+            elapsed = served.predict(body, {"output": output})["e2e_ms"]
             if rep >= warmup:
                 times[output].append(elapsed)
-    out: Dict[str, Any] = {"clip": clip["name"]}
+    out: Dict[str, Any] = {"clip": video["name"]}
     for output, values in times.items():
         out[output] = {**summary(values), "p50": round(percentile(values, 50), 3)}
     out["embedding_over_labels"] = ratio(out["embedding"]["p50"], out["labels"]["p50"])
@@ -109,7 +109,7 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     tl = http.get("timeline")
     if tl:
         name = f"{tl['seconds']:g} s 720p" if tl.get("seconds") else tl["clip"]
-        out.append(_target(
+        out.append(target(
             f"timeline decode+preprocess / summed forwards [{name}, {tl['windows']} windows]",
             tl["decode_preprocess_over_forwards"], "<=", 0.25,
             f"{tl['decode_ms'] + tl['preprocess_ms']:.0f} ms / {tl['inference_ms']:.0f} ms",
@@ -118,20 +118,20 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             f"of the frames it spans, and inter frames must be decoded to reach them)",
         ))
         if tl.get("peak_rss_ratio") is not None:
-            out.append(_target(
-                f"timeline worker peak RSS / single clip [{name}]", tl["peak_rss_ratio"], "<=", 1.2,
+            out.append(target(
+                f"timeline worker peak RSS / single request [{name}]", tl["peak_rss_ratio"], "<=", 1.2,
                 f"{tl['timeline_peak_rss_mb']:.0f} MB / {tl['single_clip_peak_rss_mb']:.0f} MB",
                 "the windows in flight and the micro-batch, not the video's length, should set the peak",
             ))
         if tl.get("video_frames"):
-            out.append(_target(
+            out.append(target(
                 f"timeline single pass: frames decoded / frames in the video [{name}]",
                 ratio(tl["frames_decoded"], tl["video_frames"]), "<=", 1.0,
                 f"{tl['frames_decoded']} / {tl['video_frames']}", "a window was decoded more than once",
             ))
     emb = http.get("embedding")
     if emb:
-        out.append(_target(
+        out.append(target(
             f"embedding request / labels request p50 [{emb['clip']}]", emb["embedding_over_labels"], "<=", 1.05,
             f"{emb['embedding']['p50']:.0f} ms / {emb['labels']['p50']:.0f} ms",
             "both are one forward of the same exported method; a miss is noise or the 2,304-float answer's size",
@@ -149,12 +149,12 @@ def render(results: Dict[str, Any]) -> List[str]:
             f"  {tl['windows']} windows, {tl['lines']} lines in {tl['total_s']:.1f} s (first after {tl['first_line_s']:.1f} s); "
             f"decode {fmt_ms(tl['decode_ms'])} + preprocess {fmt_ms(tl['preprocess_ms'])} vs forwards "
             f"{fmt_ms(tl['inference_ms'])} ms; {tl['frames_decoded']} frames decoded for {tl['frames_sampled']} sampled "
-            f"({tl['decoded_per_sampled']:.2f}); worker peak RSS {tl['timeline_peak_rss_mb']} MB vs single clip "
+            f"({tl['decoded_per_sampled']:.2f}); worker peak RSS {tl['timeline_peak_rss_mb']} MB vs single request "
             f"{tl['single_clip_peak_rss_mb']} MB"
         )
     emb = http.get("embedding")
     if emb:
-        lines += ["", f"7. Embedding vs labels, same clip ({emb['clip']}), interleaved"]
+        lines += ["", f"7. Embedding vs labels, same video ({emb['clip']}), interleaved"]
         lines.append(f"  labels p50 {fmt_ms(emb['labels']['p50'])} ms, embedding p50 {fmt_ms(emb['embedding']['p50'])} ms "
                      f"-> {emb['embedding_over_labels']:.3f}x")
     return lines

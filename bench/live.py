@@ -1,7 +1,7 @@
 """Live section: ``python -m client live`` on a 25 fps stream, a window every second, through the
 benchmark's real TorchServe.
 
-A PyAV process plays a Kinetics clip (re-encoded once to 25 fps H.264, a keyframe a second, looped
+A PyAV process plays a Kinetics video (re-encoded once to 25 fps H.264, a keyframe a second, looped
 to the length asked) as MPEG-TS over UDP on loopback in real time; the live client reads it for
 that long. Reported: latency from a window's last frame read to its answer (p50, p95), the share of
 hops whose window was skipped because the previous answer had not come back, and the server's own
@@ -32,15 +32,15 @@ def _free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
-def run(served: Any, clip: Path, seconds: float, concurrency: int = 1) -> Dict[str, Any]:
-    """Stream ``clip`` for ``seconds`` at 25 fps and classify it live at hop 1 s."""
+def run(served: Any, video: Path, seconds: float, concurrency: int = 1) -> Dict[str, Any]:
+    """Stream ``video`` for ``seconds`` at 25 fps and classify it live at hop 1 s."""
     from client.live import cli as live_cli
     from client.live.sender import make_stream_file
 
     with tempfile.TemporaryDirectory(prefix="slowfast-live-") as tmp:
-        stream = make_stream_file(clip, Path(tmp) / "stream.ts", fps=FPS, seconds=seconds + 5.0)
+        stream = make_stream_file(video, Path(tmp) / "stream.ts", fps=FPS, seconds=seconds + 5.0)
         url = f"udp://127.0.0.1:{_free_udp_port()}"
-        progress(f"live: {clip.name} at {FPS} fps over {url} for {seconds:g} s, a window every {HOP_S:g} s "
+        progress(f"live: {video.name} at {FPS} fps over {url} for {seconds:g} s, a window every {HOP_S:g} s "
                  f"(concurrency {concurrency})")
         sender = subprocess.Popen([sys.executable, "-m", "client.live.sender", str(stream), url], cwd=REPO,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -61,7 +61,7 @@ def run(served: Any, clip: Path, seconds: float, concurrency: int = 1) -> Dict[s
     handler = [line["handler_ms"] for line in windows if "handler_ms" in line]
     hops = stats.sent + stats.skipped
     result = {
-        "clip": clip.name, "fps": FPS, "hop_s": HOP_S, "seconds": seconds, "concurrency": concurrency,
+        "clip": video.name, "fps": FPS, "hop_s": HOP_S, "seconds": seconds, "concurrency": concurrency,
         "sent": stats.sent, "answered": stats.answered, "failed": stats.failed, "skipped": stats.skipped,
         "skipped_share": round(stats.skipped / hops, 3) if hops else None,
         "latency_ms": {"p50": round(percentile(latencies, 50), 1), "p95": round(percentile(latencies, 95), 1),
@@ -89,6 +89,6 @@ def render(result: Dict[str, Any]) -> List[str]:
         f"p95 {result['latency_ms']['p95']:.0f} ms (server's own time p50 {h.get('median', float('nan')):.0f} ms)",
         f"  windows: {result['answered']} answered, {result['failed']} failed, {result['skipped']} skipped "
         f"({100 * (result['skipped_share'] or 0):.0f}% of hops: due while the previous answer was out)",
-        f"  clip sent: {result['clip_kb_median']:.0f} kB median (remuxed); client buffer at most "
+        f"  video sent per window: {result['clip_kb_median']:.0f} kB median (remuxed); client buffer at most "
         f"{result['buffer_max_s']:.2f} s / {result['buffer_max_kb']:.0f} kB",
     ]

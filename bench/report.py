@@ -1,84 +1,79 @@
-"""Targets (pass/fail, with what bounds a miss) and the printed table."""
+"""Targets (pass/fail, with what bounds a miss) and the printed table.
+
+The results JSON keeps its keys from before the words were settled (README, Words): ``stages.clips``
+and ``clip`` name videos, ``clips_per_s`` is views (model-only) or videos (served, one view each) a
+second, ``ms_per_clip`` is ms per view. The printed table uses the words.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
-from bench.util import fmt_ms, ratio
-
-
-def _target(name: str, value: Optional[float], op: str, limit: float, detail: str, bound: str = "") -> Dict[str, Any]:
-    ok = None
-    if value is not None and not (isinstance(value, float) and math.isnan(value)):
-        ok = value <= limit if op == "<=" else value >= limit
-    entry = {"name": name, "value": value, "op": op, "limit": limit, "pass": ok, "detail": detail}
-    if ok is False and bound:
-        entry["bound"] = bound
-    return entry
+from bench.util import fmt_ms, ratio, target
 
 
-def _decode_bound(clip: Dict[str, Any]) -> str:
-    s = clip["stages_ms"]
-    frames = clip["video"].get("frames_decoded")
+def _decode_bound(figures: Dict[str, Any]) -> str:
+    s = figures["stages_ms"]
+    frames = figures["video"].get("frames_decoded")
     decode, pre = s["decode"]["median"], s["preprocess"]["median"]
     per_frame = decode / frames if frames else float("nan")
     return (f"decode {decode:.0f} ms for {frames} frames decoded to sample 32 "
             f"({per_frame:.1f} ms/frame: seek lands on the keyframe before the window, every frame from "
             f"there is decoded) + preprocess {pre:.0f} ms, against a forward of "
-            f"{clip['model_forward_ms']['median']:.0f} ms; the decode of those frames is the floor")
+            f"{figures['model_forward_ms']['median']:.0f} ms; the decode of those frames is the floor")
 
 
-def _reference_bound(clip: Dict[str, Any]) -> str:
-    s, r = clip["stages_ms"], clip.get("reference_stages_ms", {})
+def _reference_bound(figures: Dict[str, Any]) -> str:
+    s, r = figures["stages_ms"], figures.get("reference_stages_ms", {})
     ours_decode, ours_pre = s["decode"]["median"], s["preprocess"]["median"]
     ref_decode = r.get("decode", {}).get("median", float("nan"))
     ref_transform = r.get("transform", {}).get("median", float("nan"))
     return (f"reference = decode {ref_decode:.0f} ms + transforms {ref_transform:.0f} ms; ours = decode "
-            f"{ours_decode:.0f} ms ({clip['video'].get('frames_decoded')} frames, from the keyframe before the "
+            f"{ours_decode:.0f} ms ({figures['video'].get('frames_decoded')} frames, from the keyframe before the "
             f"window, as the reference must too) + preprocess {ours_pre:.0f} ms. Even with free preprocessing "
             f"the ratio is at most {ratio(ref_decode + ref_transform, ours_decode):.2f}x: the shared frame "
-            f"decoding bounds it on small, cheap-to-transform clips")
+            f"decoding bounds it on small, cheap-to-transform videos")
 
 
 def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, Any]]:
     targets: List[Dict[str, Any]] = []
     stages = results.get("stages", {}).get("clips", {})
     checked = {n: c for n, c in stages.items() if c.get("kind") == "synthetic-720p" or c.get("kinetics_size")}
-    for name, clip in checked.items():
-        is_720 = clip.get("kind") == "synthetic-720p"
+    for name, figures in checked.items():
+        is_720 = figures.get("kind") == "synthetic-720p"
         limit = 0.25 if is_720 else 0.10
-        label = "720p synthetic" if is_720 else "Kinetics clip"
-        targets.append(_target(
-            f"decode+preprocess / forward [{label} {name}]", clip["decode_preprocess_over_forward"], "<=", limit,
-            f"{clip['decode_preprocess_ms']['median']:.0f} ms / {clip['model_forward_ms']['median']:.0f} ms",
-            _decode_bound(clip),
+        label = "720p synthetic" if is_720 else "Kinetics video"
+        targets.append(target(
+            f"decode+preprocess / forward [{label} {name}]", figures["decode_preprocess_over_forward"], "<=", limit,
+            f"{figures['decode_preprocess_ms']['median']:.0f} ms / {figures['model_forward_ms']['median']:.0f} ms",
+            _decode_bound(figures),
         ))
-    for name, clip in checked.items():
-        if clip.get("reference_error"):
-            targets.append(_target(f"speed-up vs reference [{name}]", None, ">=", 3.0, clip["reference_error"]))
+    for name, figures in checked.items():
+        if figures.get("reference_error"):
+            targets.append(target(f"speed-up vs reference [{name}]", None, ">=", 3.0, figures["reference_error"]))
             continue
-        ours, ref = clip["decode_preprocess_ms"]["median"], clip["reference_decode_preprocess_ms"]["median"]
-        targets.append(_target(
-            f"speed-up vs reference decode+preprocess [{name}]", clip["speedup_vs_reference"], ">=", 3.0,
+        ours, ref = figures["decode_preprocess_ms"]["median"], figures["reference_decode_preprocess_ms"]["median"]
+        targets.append(target(
+            f"speed-up vs reference decode+preprocess [{name}]", figures["speedup_vs_reference"], ">=", 3.0,
             f"reference {ref:.0f} ms / ours {ours:.0f} ms",
-            _reference_bound(clip),
+            _reference_bound(figures),
         ))
     http = results.get("http", {}).get("latency", {})
     delay = config.get("maxBatchDelay")
-    for name, clip in http.items():
-        is_720 = clip.get("kind") == "synthetic-720p"
-        if not (is_720 or clip.get("kinetics_size")):
+    for name, figures in http.items():
+        is_720 = figures.get("kind") == "synthetic-720p"
+        if not (is_720 or figures.get("kinetics_size")):
             continue
         limit = 1.35 if is_720 else 1.15
-        h = clip["handler_ms"]
-        fwd = clip["model_forward_ms"]["median"]
+        h = figures["handler_ms"]
+        fwd = figures["model_forward_ms"]["median"]
         floor = (fwd + h["decode"]["median"] + h["preprocess"]["median"] + h["outside_handler"]["median"]
                  + max(h["handler_total"]["median"] - h["decode"]["median"] - h["preprocess"]["median"]
                        - h["inference"]["median"], 0))
-        targets.append(_target(
-            f"HTTP e2e p50 / forward [{name}]", clip["p50_over_forward"], "<=", limit,
-            f"p50 {clip['e2e_ms']['p50']:.0f} ms (p95 {clip['e2e_ms']['p95']:.0f}) / forward {fwd:.0f} ms",
+        targets.append(target(
+            f"HTTP e2e p50 / forward [{name}]", figures["p50_over_forward"], "<=", limit,
+            f"p50 {figures['e2e_ms']['p50']:.0f} ms (p95 {figures['e2e_ms']['p95']:.0f}) / forward {fwd:.0f} ms",
             f"e2e = worker inference {h['inference']['median']:.0f} ms (floor here {fwd:.0f}) + decode "
             f"{h['decode']['median']:.0f} + preprocess {h['preprocess']['median']:.0f} + outside the handler "
             f"{h['outside_handler']['median']:.0f} ms (frontend, worker IPC, batching wait up to "
@@ -90,26 +85,26 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
     model = results.get("stages", {}).get("model_only")
     if tp and model:
         served, best = tp["clips_per_s"], model["best_clips_per_s"]
-        clip = stages.get(tp["clip"])
+        figures = stages.get(tp["clip"])
         bound = ""
-        if clip:
-            fwd1 = model["forward_ms"]["1"]["median"] if "1" in model["forward_ms"] else clip["model_forward_ms"]["median"]
-            dp = clip["decode_preprocess_ms"]["median"]
+        if figures:
+            fwd1 = model["forward_ms"]["1"]["median"] if "1" in model["forward_ms"] else figures["model_forward_ms"]["median"]
+            dp = figures["decode_preprocess_ms"]["median"]
             ceiling = 1000.0 / (fwd1 + dp)
-            bound = (f"every served clip also decodes and preprocesses ({dp:.0f} ms) on the same "
+            bound = (f"every served request also decodes and preprocesses ({dp:.0f} ms) on the same "
                      f"{results['meta']['machine']['cores']} cores as its forward ({fwd1:.0f} ms at micro-batch 1): "
-                     f"ceiling {ceiling:.3f} clips/s = {ratio(ceiling, best):.2f}x model-only; "
+                     f"ceiling {ceiling:.3f} videos/s = {ratio(ceiling, best):.2f}x model-only; "
                      f"measured {served:.3f} (TorchServe mean batch {tp['mean_batch_size']})")
-        targets.append(_target(
+        targets.append(target(
             f"served throughput / model-only [{tp['clients']} clients, {tp['clip']}]", ratio(served, best), ">=", 0.9,
-            f"{served:.3f} clips/s / {best:.3f} clips/s (micro-batch {model['best_micro_batch']})", bound,
+            f"{served:.3f} videos/s / {best:.3f} views/s (micro-batch {model['best_micro_batch']})", bound,
         ))
     targets += _runtime_targets(results)
     growth = results.get("http", {}).get("growth")
     if growth and "time_ratio" in growth:
         short, long_ = growth["videos"][growth["shortest"]], growth["videos"][growth["longest"]]
         span = f"{short['seconds']:g} s -> {long_['seconds']:g} s video"
-        targets.append(_target(
+        targets.append(target(
             f"time growth [{span}]", growth["time_ratio"], "<=", 1.5,
             f"{long_['e2e_ms']['median']:.0f} ms / {short['e2e_ms']['median']:.0f} ms",
             f"frames decoded {short['frames_decoded']} -> {long_['frames_decoded']} (the window's distance "
@@ -119,7 +114,7 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
             f"{short['handler_ms']['outside_handler']['median']:.0f} -> {long_['handler_ms']['outside_handler']['median']:.0f} ms",
         ))
         if "peak_rss_ratio" in growth:
-            targets.append(_target(
+            targets.append(target(
                 f"worker peak RSS growth [{span}]", growth["peak_rss_ratio"], "<=", 1.2,
                 f"{long_['worker_peak_rss_mb']:.0f} MB / {short['worker_peak_rss_mb']:.0f} MB",
                 f"the peak grows by {long_['worker_peak_rss_mb'] - short['worker_peak_rss_mb']:.0f} MB for "
@@ -142,25 +137,25 @@ def _runtime_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     baseline = runtimes["variants"][runtimes["baseline"]] if runtimes else None
     if runtimes and runtimes.get("default_variant"):
         row = runtimes["variants"][runtimes["default_variant"]]
-        targets.append(_target(
+        targets.append(target(
             f"default CPU runtime forward / frozen TorchScript [{row['runtime']}]", row["vs_baseline"], "<=", 0.5,
             f"{row['ms_per_clip']:.0f} ms / {baseline['ms_per_clip']:.0f} ms, same run",
             "the forward itself: see the runtimes table for every precision and the two-at-once variants",
         ))
-    for name, clip in (http.get("latency") or {}).items():
-        if not clip.get("kinetics_size") or not baseline:
+    for name, figures in (http.get("latency") or {}).items():
+        if not figures.get("kinetics_size") or not baseline:
             continue
-        h = clip["handler_ms"]
-        targets.append(_target(
-            f"HTTP p50 / frozen-TorchScript forward [{name}]", ratio(clip["e2e_ms"]["p50"], baseline["ms_per_clip"]),
-            "<=", 0.6, f"p50 {clip['e2e_ms']['p50']:.0f} ms / {baseline['ms_per_clip']:.0f} ms",
+        h = figures["handler_ms"]
+        targets.append(target(
+            f"HTTP p50 / frozen-TorchScript forward [{name}]", ratio(figures["e2e_ms"]["p50"], baseline["ms_per_clip"]),
+            "<=", 0.6, f"p50 {figures['e2e_ms']['p50']:.0f} ms / {baseline['ms_per_clip']:.0f} ms",
             f"e2e = inference {h['inference']['median']:.0f} + decode {h['decode']['median']:.0f} + preprocess "
             f"{h['preprocess']['median']:.0f} + outside the handler {h['outside_handler']['median']:.0f} ms",
         ))
     if "server_start_s" in http:
         convert_s = (runtimes or {}).get("convert_s")
         conversion = f"conversion {convert_s:.1f} s in-process" if convert_s else "conversion included"
-        targets.append(_target(
+        targets.append(target(
             "worker start to READY, OpenVINO conversion included [s]", http["server_start_s"], "<=", 30.0,
             f"TorchServe start to the worker READY with a fresh model dir ({conversion}); "
             f"worker: {'; '.join(http.get('worker_runtime_log') or ['no runtime line logged'])}",
@@ -210,7 +205,7 @@ def render(results: Dict[str, Any]) -> str:
                 fmt_ms(c["reference_decode_preprocess_ms"]["median"]),
                 _f(c["speedup_vs_reference"], ".1f", "x"),
             ])
-        lines += _table(["clip", "size", "frames", "decode", "preproc", "infer", "post*", "fwd-floor",
+        lines += _table(["video", "size", "frames", "decode", "preproc", "infer", "post*", "fwd-floor",
                          "(dec+pre)/fwd", "ref dec+pre", "vs ref"], rows)
         lines.append("  post* = handler_total - decode - preprocess - inference: request parsing, top-k and the answer (the handler has no postprocess timer yet)")
     model = stages.get("model_only")
@@ -219,8 +214,8 @@ def render(results: Dict[str, Any]) -> str:
         lines.append(f"3. Model-only forward of the default runtime ({model.get('runtime', '?')}), per micro-batch")
         rows = [[b, fmt_ms(model["forward_ms"][b]["median"]), fmt_ms(model["forward_ms"][b]["median"] / int(b)),
                  _f(model["clips_per_s"][b])] for b in model["forward_ms"]]
-        lines += _table(["micro-batch", "forward ms", "ms/clip", "clips/s"], rows)
-        lines.append(f"  best: micro-batch {model['best_micro_batch']} at {model['best_clips_per_s']:.3f} clips/s; "
+        lines += _table(["micro-batch", "forward ms", "ms/view", "views/s"], rows)
+        lines.append(f"  best: micro-batch {model['best_micro_batch']} at {model['best_clips_per_s']:.3f} views/s; "
                      f"eager (unoptimized) micro-batch 1: {_f(model.get('eager_forward_ms', {}).get('median'), ',.1f')} ms "
                      f"-> {model.get('runtime', 'the default runtime')} is {_f(model.get('optimized_speedup_over_eager'), '.2f')}x faster")
     runtimes = results.get("runtimes")
@@ -230,7 +225,7 @@ def render(results: Dict[str, Any]) -> str:
         rows = [[label, r["runtime"], str(r["micro_batch"]), str(r["streams"]), fmt_ms(r["forward_ms"]["median"]),
                  fmt_ms(r["ms_per_clip"]), _f(r["vs_baseline"], ".2f", "x"), _f(r["load_s"], ".1f")]
                 for label, r in runtimes["variants"].items()]
-        lines += _table(["variant", "runs as", "micro-batch", "streams", "forward ms", "ms/clip",
+        lines += _table(["variant", "runs as", "micro-batch", "streams", "forward ms", "ms/view",
                          "vs frozen TS", "load s"], rows)
         lines.append(f"  OpenVINO conversion of the .pt: {_f(runtimes.get('convert_s'), '.1f')} s; "
                      f"reading the cached IR instead: {_f(runtimes.get('cached_read_s'), '.1f')} s")
@@ -255,20 +250,20 @@ def render(results: Dict[str, Any]) -> str:
                          fmt_ms(h["decode"]["median"]), fmt_ms(h["preprocess"]["median"]),
                          fmt_ms(h["inference"]["median"]), fmt_ms(h["outside_handler"]["median"]),
                          fmt_ms(c["model_forward_ms"]["median"]), _f(c["p50_over_forward"])])
-        lines += _table(["clip", "p50", "p95", "decode", "preproc", "infer", "outside", "fwd-floor", "p50/fwd"], rows)
+        lines += _table(["video", "p50", "p95", "decode", "preproc", "infer", "outside", "fwd-floor", "p50/fwd"], rows)
     tp = http.get("throughput")
     if tp:
         lines.append("")
         lines.append(f"4. Throughput: {tp['clients']} concurrent clients x {tp['requests'] // tp['clients']} requests "
                      f"of {tp['clip']}")
         best = (stages.get("model_only") or {}).get("best_clips_per_s")
-        lines.append(f"  served {_f(tp['clips_per_s'])} clips/s (p50 {_f(tp['e2e_ms']['p50'], '.0f')} ms, mean batch "
-                     f"{tp['mean_batch_size']}) vs model-only {_f(best)} clips/s -> "
+        lines.append(f"  served {_f(tp['clips_per_s'])} videos/s, one view each (p50 {_f(tp['e2e_ms']['p50'], '.0f')} ms, "
+                     f"mean batch {tp['mean_batch_size']}) vs model-only {_f(best)} views/s -> "
                      f"{_f(ratio(tp['clips_per_s'], best) if best else None)}x")
     growth = http.get("growth")
     if growth and growth.get("videos"):
         lines.append("")
-        lines.append("5. Cost growth: one default clip (center window) from synthesized videos of growing length")
+        lines.append("5. Cost growth: one default request (center window) on synthesized videos of growing length")
         rows = []
         for name, g in growth["videos"].items():
             rows.append([f"{g['seconds']:g} s", f"{g['bytes'] / 2**20:.1f}", fmt_ms(g["e2e_ms"]["median"]),

@@ -26,7 +26,7 @@ BASELINE = "torchscript-fp32 mb1"
 # and the two ways to run two views at once (one batch-2 request; two streams of one view each).
 VARIANTS: List[Tuple[str, int, Dict[str, Any]]] = [
     (BASELINE, 1, {"cpu_runtime": "torchscript", "optimize": True}),
-    ("openvino-f32 mb1", 1, {"cpu_runtime": "openvino", "cpu_precision": "f32", "cpu_streams": 1}),
+    ("openvino-fp32 mb1", 1, {"cpu_runtime": "openvino", "cpu_precision": "fp32", "cpu_streams": 1}),
     ("openvino-bf16 mb1", 1, {"cpu_runtime": "openvino", "cpu_precision": "bf16", "cpu_streams": 1}),
     ("openvino-bf16 mb2", 2, {"cpu_runtime": "openvino", "cpu_precision": "bf16", "cpu_streams": 1}),
     ("openvino-bf16 mb2 2-streams", 2, {"cpu_runtime": "openvino", "cpu_precision": "bf16", "cpu_streams": 2}),
@@ -49,7 +49,7 @@ def _conversion_times(pt: Path) -> Dict[str, float]:
 
 
 def compare(handler: InProcessHandler, pt: Path, reps: int, warmup: int, quick: bool = False) -> Dict[str, Any]:
-    """Forward ms (median of ``reps`` after ``warmup``) per variant, and ms per clip."""
+    """Forward ms (median of ``reps`` after ``warmup``) per variant, and ms per view (JSON ``ms_per_clip``)."""
     base = dataclasses.replace(handler.handler.options, warmup=False)
     variants = VARIANTS[:3] if quick else VARIANTS
     loaded: Dict[str, Tuple[Any, int, float]] = {}
@@ -76,8 +76,8 @@ def compare(handler: InProcessHandler, pt: Path, reps: int, warmup: int, quick: 
     baseline = rows[BASELINE]["ms_per_clip"]
     for label, row in rows.items():
         row["vs_baseline"] = ratio(row["ms_per_clip"], baseline)
-        progress(f"  {label}: {row['forward_ms']['median']:.0f} ms / {row['micro_batch']} clip(s) "
-                 f"= {row['ms_per_clip']:.0f} ms/clip ({row['vs_baseline']:.2f}x frozen TorchScript)")
+        progress(f"  {label}: {row['forward_ms']['median']:.0f} ms / {row['micro_batch']} view(s) "
+                 f"= {row['ms_per_clip']:.0f} ms/view ({row['vs_baseline']:.2f}x frozen TorchScript)")
     default = handler.runtime.name
     default_row = next((label for label, row in rows.items() if row["runtime"] == default and row["micro_batch"] == 1), None)
     return {

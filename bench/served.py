@@ -26,9 +26,9 @@ from bench.util import percentile, progress, ratio, summary
 
 
 class Served:
-    """A started LocalTorchServe (registered as config.properties does: clips and long timelines,
-    a worker each) plus one keep-alive HTTP session per client thread. ``model``: which registration
-    a request goes to (default: the clip one)."""
+    """A started LocalTorchServe (registered as config.properties does: the main registration and
+    the one for long timelines, a worker each) plus one keep-alive HTTP session per client thread.
+    ``model``: which registration a request goes to (default: the main one)."""
 
     def __init__(self, mar: Path) -> None:
         from harness.torchserve import LocalTorchServe
@@ -97,17 +97,17 @@ def _handler_medians(bodies: List[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
-def latency(served: Served, handler: InProcessHandler, clips: List[Dict[str, Any]], reps: int,
+def latency(served: Served, handler: InProcessHandler, videos: List[Dict[str, Any]], reps: int,
             warmup: int) -> Dict[str, Any]:
     """One client, sequential requests, each followed by one in-process model-only forward."""
     floor_input = handler.dummy_pathways(1)
     out: Dict[str, Any] = {}
-    for clip in clips:
-        progress(f"http latency: {clip['name']} ({warmup} warm-up + {reps} requests, one client)")
-        video = clip["path"].read_bytes()
+    for video in videos:
+        progress(f"http latency: {video['name']} ({warmup} warm-up + {reps} requests, one client)")
+        data = video["path"].read_bytes()
         bodies, floors = [], []
         for rep in range(warmup + reps):
-            body = served.predict(video)
+            body = served.predict(data)
             floor = handler.forward_ms(floor_input)
             if rep >= warmup:
                 bodies.append(body)
@@ -117,24 +117,24 @@ def latency(served: Served, handler: InProcessHandler, clips: List[Dict[str, Any
             "e2e_ms": {**summary(e2e), "p50": round(percentile(e2e, 50), 3), "p95": round(percentile(e2e, 95), 3)},
             "model_forward_ms": summary(floors),
             "handler_ms": _handler_medians(bodies),
-            "kinetics_size": clip.get("kinetics_size", False),
-            "kind": clip.get("kind"),
+            "kinetics_size": video.get("kinetics_size", False),
+            "kind": video.get("kind"),
         }
         result["p50_over_forward"] = ratio(result["e2e_ms"]["p50"], result["model_forward_ms"]["median"])
         result["p95_over_forward"] = ratio(result["e2e_ms"]["p95"], result["model_forward_ms"]["median"])
-        out[clip["name"]] = result
+        out[video["name"]] = result
         progress(f"  e2e p50 {result['e2e_ms']['p50']:.0f} ms p95 {result['e2e_ms']['p95']:.0f} ms, "
                  f"forward {result['model_forward_ms']['median']:.0f} ms -> {result['p50_over_forward']:.2f}x")
     return out
 
 
-def throughput(served: Served, clip: Dict[str, Any], clients: int, per_client: int, warmup: int = 1) -> Dict[str, Any]:
+def throughput(served: Served, video: Dict[str, Any], clients: int, per_client: int, warmup: int = 1) -> Dict[str, Any]:
     """``clients`` threads each sending ``per_client`` requests back to back, after one warm-up round."""
-    video = clip["path"].read_bytes()
-    progress(f"throughput: {clients} concurrent clients x {per_client} requests of {clip['name']}")
+    data = video["path"].read_bytes()
+    progress(f"throughput: {clients} concurrent clients x {per_client} requests of {video['name']}")
 
     def one_client(count: int) -> List[Dict[str, Any]]:
-        return [served.predict(video) for _ in range(count)]
+        return [served.predict(data) for _ in range(count)]
 
     with ThreadPoolExecutor(max_workers=clients) as pool:
         if warmup:
@@ -145,7 +145,7 @@ def throughput(served: Served, clip: Dict[str, Any], clients: int, per_client: i
     bodies = [b for r in results for b in r]
     batch_sizes = [int(b["timings_ms"].get("batch_size", 1)) for b in bodies]
     out = {
-        "clip": clip["name"],
+        "clip": video["name"],  # JSON keys keep their names: "clip" is the video here
         "clients": clients,
         "requests": len(bodies),
         "wall_s": round(wall, 3),
@@ -156,11 +156,11 @@ def throughput(served: Served, clip: Dict[str, Any], clients: int, per_client: i
         "handler_ms": _handler_medians(bodies),
         "mean_batch_size": round(sum(batch_sizes) / len(batch_sizes), 3),
     }
-    progress(f"  {out['clips_per_s']:.3f} clips/s (mean TorchServe batch {out['mean_batch_size']})")
+    progress(f"  {out['clips_per_s']:.3f} videos/s (mean TorchServe batch {out['mean_batch_size']})")
     return out
 
 
-def growth(served: Served, clips: List[Dict[str, Any]], reps: int, warmup: int = 1) -> Dict[str, Any]:
+def growth(served: Served, videos: List[Dict[str, Any]], reps: int, warmup: int = 1) -> Dict[str, Any]:
     """One default request on each video (shortest first), its time and the worker's peak RSS.
 
     The worker's peak-RSS mark (VmHWM) is reset before each video's first request; where the kernel
@@ -169,9 +169,9 @@ def growth(served: Served, clips: List[Dict[str, Any]], reps: int, warmup: int =
     """
     pid = served.worker_pid()
     out: Dict[str, Any] = {"worker_pid": pid, "videos": {}}
-    for clip in clips:
-        video = clip["path"].read_bytes()
-        progress(f"growth: {clip['name']} ({len(video) / 2**20:.1f} MB, {warmup} warm-up + {reps} requests)")
+    for video in videos:
+        data = video["path"].read_bytes()
+        progress(f"growth: {video['name']} ({len(data) / 2**20:.1f} MB, {warmup} warm-up + {reps} requests)")
         before = rss_mb(pid) if pid else None
         hwm_reset = bool(pid) and reset_peak(pid)
         # A sampler only where the kernel's peak mark cannot be reset (it costs a little CPU).
@@ -181,9 +181,9 @@ def growth(served: Served, clips: List[Dict[str, Any]], reps: int, warmup: int =
             sampler.__enter__()
         try:
             for _ in range(warmup):  # untimed, but inside the peak: its memory is this video's too
-                served.predict(video)
+                served.predict(data)
             for _ in range(reps):
-                bodies.append(served.predict(video))
+                bodies.append(served.predict(data))
         finally:
             if sampler:
                 sampler.__exit__()
@@ -191,8 +191,8 @@ def growth(served: Served, clips: List[Dict[str, Any]], reps: int, warmup: int =
         peaks = [p for p in (peak_hwm, sampler.peak if sampler else None) if p]
         e2e = [b["e2e_ms"] for b in bodies]
         result = {
-            "seconds": clip.get("seconds"),
-            "bytes": len(video),
+            "seconds": video.get("seconds"),
+            "bytes": len(data),
             "e2e_ms": summary(e2e),
             "handler_ms": _handler_medians(bodies),
             "frames_decoded": bodies[-1]["video"]["frames_decoded"],
@@ -201,7 +201,7 @@ def growth(served: Served, clips: List[Dict[str, Any]], reps: int, warmup: int =
             "worker_peak_rss_mb": round(max(peaks), 1) if peaks else None,
             "peak_source": "VmHWM (reset per video)" if peak_hwm else "5 ms RSS sampler",
         }
-        out["videos"][clip["name"]] = result
+        out["videos"][video["name"]] = result
         progress(f"  e2e {result['e2e_ms']['median']:.0f} ms, decode {result['handler_ms']['decode']['median']:.0f} ms, "
                  f"{result['frames_decoded']} frames decoded, worker peak RSS {result['worker_peak_rss_mb']} MB")
     names = list(out["videos"])

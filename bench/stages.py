@@ -1,5 +1,5 @@
 """Sections 1-3 (in-process): per-stage times from the handler's own timings, the reference
-pipeline on the same clip and window, and the model-only forward (the floor), interleaved.
+pipeline on the same video and window, and the model-only forward (the floor), interleaved.
 
 Each repetition runs, back to back: one request through ``SlowFastHandler.handle``, the
 reference pipeline on the window the handler chose, and one model-only forward. Ratios are
@@ -36,7 +36,7 @@ def _stage_times(timings: Dict[str, float]) -> Dict[str, float]:
     return times
 
 
-def measure_clip(
+def measure_video(
     handler: InProcessHandler,
     reference: ReferencePipeline,
     *,
@@ -66,7 +66,7 @@ def measure_clip(
                     ours_fast = handler.last_inputs[0][1]
                     if ours_fast.shape == ref_out[1].shape:
                         diff = round(float((ours_fast - ref_out[1]).abs().mean()), 4)
-            except Exception as exc:  # a clip the reference cannot read: say so, keep ours
+            except Exception as exc:  # a video the reference cannot read: say so, keep ours
                 reference_error = f"{type(exc).__name__}: {exc}"
                 progress(f"  reference pipeline failed on {name}: {reference_error}")
         forward_ms = handler.forward_ms(floor_input)
@@ -102,7 +102,8 @@ def measure_clip(
 
 def model_only(handler: InProcessHandler, batches: List[int], reps: int, warmup: int,
                eager: bool = True) -> Dict[str, Any]:
-    """Optimized forward time per micro-batch size and the throughput it allows (clips/s)."""
+    """Optimized forward time per micro-batch size and the throughput it allows (views/s; the JSON
+    keeps its older name ``clips_per_s``)."""
     forward: Dict[str, Any] = {}
     throughput: Dict[str, float] = {}
     for batch in batches:
@@ -115,7 +116,7 @@ def model_only(handler: InProcessHandler, batches: List[int], reps: int, warmup:
         forward[str(batch)] = summary(times)
         throughput[str(batch)] = round(batch * 1000.0 / forward[str(batch)]["median"], 4)
         progress(f"  model-only forward, micro-batch {batch}: {forward[str(batch)]['median']:.0f} ms "
-                 f"({throughput[str(batch)]:.3f} clips/s)")
+                 f"({throughput[str(batch)]:.3f} views/s)")
     best = max(throughput, key=lambda k: throughput[k])
     eager_ms = _eager_forward(handler, reps, warmup) if eager else summary([])
     return {
@@ -151,25 +152,25 @@ def _eager_forward(handler: InProcessHandler, reps: int, warmup: int) -> Dict[st
     return result
 
 
-def run(handler: InProcessHandler, clips: List[Dict[str, Any]], reps: int, warmup: int,
+def run(handler: InProcessHandler, videos: List[Dict[str, Any]], reps: int, warmup: int,
         with_reference: bool = True) -> Dict[str, Any]:
     reference = ReferencePipeline(
         num_frames=handler.contract.num_frames, side=handler.contract.short_side,
         crop=handler.contract.crop_size, alpha=handler.contract.alpha,
         mean=handler.contract.mean, std=handler.contract.std,
     )
-    per_clip: Dict[str, Any] = {}
-    for clip in clips:
+    per_video: Dict[str, Any] = {}
+    for video in videos:
         started = time.perf_counter()
-        progress(f"stages: {clip['name']} ({warmup} warm-up + {reps} reps; handler, reference, forward)")
-        video = clip["path"].read_bytes()
-        result = measure_clip(handler, reference, name=clip["name"], video=video, reps=reps, warmup=warmup,
-                              with_reference=with_reference)
-        result.update({k: clip[k] for k in ("kind", "kinetics_size") if k in clip})
-        result["bytes"] = len(video)
-        per_clip[clip["name"]] = result
+        progress(f"stages: {video['name']} ({warmup} warm-up + {reps} reps; handler, reference, forward)")
+        body = video["path"].read_bytes()
+        result = measure_video(handler, reference, name=video["name"], video=body, reps=reps, warmup=warmup,
+                               with_reference=with_reference)
+        result.update({k: video[k] for k in ("kind", "kinetics_size") if k in video})
+        result["bytes"] = len(body)
+        per_video[video["name"]] = result
         progress(f"  decode+preprocess {result['decode_preprocess_ms']['median']:.0f} ms, "
                  f"forward {result['model_forward_ms']['median']:.0f} ms, "
                  f"reference {result['reference_decode_preprocess_ms']['median']:.0f} ms "
                  f"({time.perf_counter() - started:.0f} s)")
-    return per_clip
+    return per_video

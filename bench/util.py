@@ -1,4 +1,8 @@
-"""Small helpers shared by the benchmark sections: progress to stderr, statistics."""
+"""Small helpers shared by the benchmark sections: progress to stderr, statistics, a target entry.
+
+Sections import from here, never from bench/report.py (which imports them to collect their
+targets and tables).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 
 _T0 = time.monotonic()
@@ -79,3 +83,15 @@ def machine() -> Dict[str, object]:
 
 def fmt_ms(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.1f}"
+
+
+def target(name: str, value: Optional[float], op: str, limit: float, detail: str, bound: str = "") -> Dict[str, Any]:
+    """One target: ``value`` ``op`` (``<=`` or ``>=``) ``limit`` passes (True), misses (False, keeping
+    ``bound``: what bounds the figure) or was not measured (None: a missing or NaN value)."""
+    ok = None
+    if value is not None and not (isinstance(value, float) and math.isnan(value)):
+        ok = value <= limit if op == "<=" else value >= limit
+    entry = {"name": name, "value": value, "op": op, "limit": limit, "pass": ok, "detail": detail}
+    if ok is False and bound:
+        entry["bound"] = bound
+    return entry

@@ -19,7 +19,7 @@ from client.config import REPO, repo_property
 from client.keys import KEY_FILE, KeyFileError, Keys, read_keys
 
 # The same model registered again for long work (config.properties load_models): its own worker
-# takes timelines, so one a client abandons (TorchServe cannot cancel it) never holds clip answers.
+# takes timelines, so one a client abandons (TorchServe cannot cancel it) never holds the main registration's worker.
 TIMELINE_SUFFIX = "_timeline"
 
 

@@ -19,7 +19,7 @@ _TYPES = {"int": int, "float": float, "seconds": float}
 def _help(option: RequestOption) -> str:
     if option.client_default is not None:
         return f"{option.help} (default: {option.client_default})"
-    if option.default is not None and option.kind != "bool":
+    if option.default is not None and option.value_type != "bool":
         return f"{option.help} (server default: {option.default})"
     if option.unset:
         return f"{option.help} (server default: {option.unset})"
@@ -37,13 +37,12 @@ def add_request_options(
         if not option.client or (only is not None and option.name not in only):
             continue
         flag = f"--{option.name}"
-        if option.kind == "bool":
+        if option.value_type == "bool":
             group.add_argument(flag, action="store_true", help=_help(option))
-        elif option.kind == "choice":
-            kind = type(option.choices[0])
-            group.add_argument(flag, type=kind, choices=option.choices, default=option.client_default, help=_help(option))
+        elif option.value_type == "choice":
+            group.add_argument(flag, type=type(option.choices[0]), choices=option.choices, default=option.client_default, help=_help(option))
         else:
-            group.add_argument(flag, type=_TYPES[option.kind], default=option.client_default, help=_help(option))
+            group.add_argument(flag, type=_TYPES[option.value_type], default=option.client_default, help=_help(option))
     if only is None or "output" in only:
         group.add_argument("--embedding", action="store_true", help="same as --output embedding")
 

@@ -38,7 +38,7 @@ class PreprocessContract:
 
     Attributes:
         model_name: name reported in responses.
-        num_frames: frames of the fast pathway per clip (T_fast).
+        num_frames: frames of the fast pathway per window (T_fast).
         alpha: the slow pathway keeps every ``alpha``-th of those frames (T_slow = T_fast / alpha).
         window_seconds: length of the time window the ``num_frames`` are spread over.
         short_side: frames are resized so their short side has this many pixels.
@@ -50,7 +50,7 @@ class PreprocessContract:
             the network it is taken.
         weights: where the weights come from, e.g. "checkpoint SLOWFAST_8x8_R50.pyth sha256:1a2b3c4d5e6f"
             or "random weights, seed 0 (predictions are meaningless)"; "unknown" where not recorded.
-        activation: "softmax" (one class per clip; views averaged) or "sigmoid" (multi-label,
+        activation: "softmax" (one class per video; views averaged) or "sigmoid" (multi-label,
             per-class probabilities; views combined by max, the Charades protocol).
         channel_order: "RGB" or "BGR": the order of the model's input channels (mean/std follow it).
         variant: the architecture (export/variants.py) the weights are for; model_name is the
@@ -153,5 +153,5 @@ def activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
 
 def combine_views(probabilities: torch.Tensor, activation: str) -> torch.Tensor:
     """(V, classes) probabilities of V views (crops, windows) -> (classes,): the mean for softmax,
-    the max for sigmoid (a multi-label action seen in any view is in the clip: Charades' protocol)."""
+    the max for sigmoid (a multi-label action seen in any view is in the video: Charades' protocol)."""
     return probabilities.amax(0) if activation == "sigmoid" else probabilities.mean(0)

@@ -4,7 +4,7 @@ glibc raises its mmap threshold every time a large block is freed (up to 32 MiB)
 the per-window buffers of a timeline (the stacked frames, ~11 MB; the normalized crops, ~25 MB)
 come from the heap arenas instead of their own mappings. Freed there, they fragment the arenas
 and are not returned: a streamed timeline of a 600 s 720p video grew the worker by ~17 MB a
-window (1.8x a single clip's peak), and the memory stayed taken after the request. A fixed
+window (1.8x a single default request's peak), and the memory stayed taken after the request. A fixed
 threshold keeps blocks of 1 MiB and more in their own mappings, returned to the system at free.
 """
 

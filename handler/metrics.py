@@ -18,7 +18,7 @@ class HandlerMetrics:
 
     - ``SlowFastDecodeMs`` (gauge, ms): decode time of the last request.
     - ``SlowFastFramesDecoded`` (counter): frames decoded, all requests.
-    - ``SlowFastViews`` (counter): clip x crop views run through the model.
+    - ``SlowFastViews`` (counter): window x crop views run through the model.
     - ``SlowFastVideoSeconds`` (counter, s): seconds of uploaded video classified.
     - ``SlowFastRequests`` (counter): requests answered, by ``Status`` (ok / 4xx code).
     - ``SlowFastRejected`` (counter): requests refused, by ``Reason``.

@@ -7,16 +7,23 @@ model-config.yaml: request defaults, limits and compute settings.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from handler.errors import RequestError
 
+log = logging.getLogger(__name__)
+
+# One word per precision across settings and runtime names (OpenVINO's own "f32" is mapped at
+# its call, handler/runtime_openvino.py).
 PRECISIONS = ("fp32", "fp16", "bf16")
 CPU_RUNTIMES = ("openvino", "torchscript")
-# OpenVINO's names; auto = bf16 where the CPU computes bf16 natively, else f32.
-CPU_PRECISIONS = ("auto", "f32", "bf16")
+# auto = bf16 where the CPU computes bf16 natively, else fp32.
+CPU_PRECISIONS = ("auto", "fp32", "bf16")
+# Old spellings a config may still use: setting -> {old value: new value}; each logs a warning.
+_CONFIG_ALIASES: Mapping[str, Mapping[str, str]] = {"cpu_precision": {"f32": "fp32"}}
 
 
 # -- the request options, declared once ------------------------------------------------------
@@ -37,7 +44,7 @@ class RequestOption:
     """One request option, declared once: the handler's reader and header names, the client's flag
     and the README's option table all come from this.
 
-    ``kind``: ``int`` or ``float`` (in ``low``..``high``), ``bool``, ``seconds`` (a float in
+    ``value_type``: ``int`` or ``float`` (in ``low``..``high``), ``bool``, ``seconds`` (a float in
     0..MAX_SECONDS) or ``choice`` (one of ``choices``, read as the type of the first).
     ``default``: the value when a request does not say (None: unset, meaning ``unset``); with
     ``configurable`` the deployment's ``handler:`` section (``ServeOptions``) may change it.
@@ -47,7 +54,7 @@ class RequestOption:
     """
 
     name: str
-    kind: str
+    value_type: str
     help: str
     default: Any = None
     configurable: bool = False
@@ -115,11 +122,11 @@ class ServeOptions:
     (fp16/bf16 autocast on GPU only), ``optimize`` (freeze + optimize_for_inference at load),
     ``cpu_threads`` (0 = cores / minWorkers), ``decode_threads`` (0 = FFmpeg's choice).
     CPU runtime: ``cpu_runtime`` (openvino, falling back to torchscript if it fails, or
-    torchscript), ``cpu_precision`` (OpenVINO's inference precision: auto, f32, bf16),
+    torchscript), ``cpu_precision`` (OpenVINO's inference precision: auto, fp32, bf16),
     ``cpu_streams`` (OpenVINO infer requests run in parallel on a micro-batch's views).
     Registrations: ``timeline_model`` names the registration a 413 for a timeline over this one's
     budget points to (empty: none); ``cpu_nice`` (0..19) lowers this worker's CPU priority, so a
-    registration for long work yields the cores to the one answering clips (handler/priority.py).
+    registration for long work yields the cores to the main registration (handler/priority.py).
     """
 
     topk: int = request_option("topk").default
@@ -180,7 +187,7 @@ class ServeOptions:
     @property
     def streaming_extends_budget(self) -> bool:
         """Whether a streamed timeline may cost more than an answer sent in one piece (then its
-        decoding budget is per window): true on the timeline registration, false on the clip one."""
+        decoding budget is per window): true on the timeline registration, false on the main one."""
         return self.max_streamed_views_per_request > self.max_views_per_request
 
     @property
@@ -197,6 +204,10 @@ class ServeOptions:
         if unknown:
             raise ConfigError(f"model-config handler section: unknown keys {unknown}; known: {sorted(known)}")
         values = {name: _config_value(name, value, type(known[name].default)) for name, value in section.items()}
+        for name, aliases in _CONFIG_ALIASES.items():
+            if values.get(name) in aliases:
+                old, values[name] = values[name], aliases[values[name]]
+                log.warning("model-config handler section: %s: %s is the old spelling; write %s", name, old, values[name])
         return cls(**values)
 
 
@@ -224,19 +235,19 @@ def registration_settings(
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def _config_value(name: str, value: Any, kind: type) -> Any:
-    """``value`` as ``kind`` (bool, int, float or str), accepting only exact spellings of it."""
+def _config_value(name: str, value: Any, value_type: type) -> Any:
+    """``value`` as ``value_type`` (bool, int, float or str), accepting only exact spellings of it."""
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"model-config handler section: {name}: {value!r} is not {expected}")
 
-    if kind is bool:
+    if value_type is bool:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
         if text in _TRUE or text in _FALSE:
             return text in _TRUE
         raise bad("a boolean (true/false)")
-    if kind is int:
+    if value_type is int:
         if isinstance(value, bool):
             raise bad("an integer")
         if isinstance(value, int):
@@ -247,7 +258,7 @@ def _config_value(name: str, value: Any, kind: type) -> Any:
             return int(str(value).strip())
         except ValueError:
             raise bad("an integer") from None
-    if kind is float:
+    if value_type is float:
         if isinstance(value, bool):
             raise bad("a number")
         try:
@@ -354,19 +365,19 @@ def read_option(option: RequestOption, raw: Any, highs: Mapping[str, int]) -> An
     """``raw`` (text, bytes, or a JSON value) as ``option``'s value; 400 naming what is wrong.
 
     ``highs``: the limits an option's ``high`` may name (``num_classes``, ``max_clips``)."""
-    if option.kind in ("int", "float"):
-        value = _read_int(option.name, raw) if option.kind == "int" else _read_float(option.name, raw)
+    if option.value_type in ("int", "float"):
+        value = _read_int(option.name, raw) if option.value_type == "int" else _read_float(option.name, raw)
         high = highs[option.high] if isinstance(option.high, str) else option.high
         if not option.low <= value <= high:
             raise _bad(f"{option.name} must be in {option.low:g}..{high:g}, got {value:g}")
         return value
-    if option.kind == "bool":
+    if option.value_type == "bool":
         return _read_bool(option.name, raw)
-    if option.kind == "seconds":
+    if option.value_type == "seconds":
         return _read_seconds(option.name, raw)
-    if option.kind == "choice":
+    if option.value_type == "choice":
         return _read_choice(option, raw)
-    raise ValueError(f"option {option.name}: unknown kind {option.kind!r}")
+    raise ValueError(f"option {option.name}: unknown value type {option.value_type!r}")
 
 
 def resolve_request_options(

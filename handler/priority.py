@@ -1,10 +1,10 @@
-"""Lower a worker's CPU priority, so a registration for long work yields the cores to the one
-answering clips.
+"""Lower a worker's CPU priority, so a registration for long work yields the cores to the main
+registration.
 
 TorchServe 0.12 cannot cancel work for a client who hung up (the frontend drops the lines of a
 closed connection and never tells the worker), so a timeline nobody reads any more runs to its
 end. It runs on its own registration's worker; at a higher nice value that worker only gets the
-cores the clip worker leaves idle (CFS weights: nice 10 is ~1/10 of nice 0).
+cores the main registration's worker leaves idle (CFS weights: nice 10 is ~1/10 of nice 0).
 
 Linux keeps the nice value per thread, and new threads inherit their creator's: every thread that
 exists now is lowered, and the thread pools created later (torch, OpenVINO, FFmpeg) inherit it.

@@ -31,8 +31,12 @@ from handler.runtime_base import Outputs, cpu_thread_count, dummy_pathways, mode
 log = logging.getLogger(__name__)
 
 # CPU flags (/proc/cpuinfo) meaning the cores compute bf16 natively; elsewhere OpenVINO's bf16 is
-# emulated (slower than f32) or ignored.
+# emulated (slower than fp32) or ignored.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Our precision words (handler/options.py) and OpenVINO's element type names, which differ for fp32
+# and fp16: mapped only at the calls into OpenVINO, so settings and runtime names use one word.
+_OPENVINO_TYPES = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+_OUR_PRECISIONS = {openvino: ours for ours, openvino in _OPENVINO_TYPES.items()}
 CACHE_DIR_NAME = ".openvino"
 # Part of the cache key: bump when the conversion below changes what it produces.
 CONVERSION_VERSION = 1
@@ -53,12 +57,12 @@ def cpu_flags(cpuinfo: Optional[str] = None) -> FrozenSet[str]:
 
 
 def choose_precision(setting: str, flags: FrozenSet[str]) -> Tuple[str, str]:
-    """(``bf16`` or ``f32``, why) for ``cpu_precision`` ``setting`` (auto, f32, bf16) on a CPU with ``flags``."""
+    """(``bf16`` or ``fp32``, why) for ``cpu_precision`` ``setting`` (auto, fp32, bf16) on a CPU with ``flags``."""
     native = sorted(flag for flag in BF16_FLAGS if flag in flags)
     if setting == "auto":
         if native:
             return "bf16", f"cpu_precision auto: the CPU computes bf16 natively ({', '.join(native)})"
-        return "f32", f"cpu_precision auto: the CPU has none of {', '.join(BF16_FLAGS)}, bf16 would not be faster"
+        return "fp32", f"cpu_precision auto: the CPU has none of {', '.join(BF16_FLAGS)}, bf16 would not be faster"
     if setting == "bf16" and not native:
         return "bf16", f"cpu_precision bf16 as configured, though the CPU has none of {', '.join(BF16_FLAGS)}"
     return setting, f"cpu_precision {setting} as configured"
@@ -123,7 +127,7 @@ def cached_model(path: Path, cache_root: Path) -> Tuple[Any, PreprocessContract,
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
-        # f32 weights: compressing them to fp16 would change f32 answers.
+        # fp32 weights: compressing them to fp16 would change fp32 answers.
         ov.save_model(model, str(partial / "model.xml"), compress_to_fp16=False)
         (partial / "source.json").write_text(json.dumps({
             "pt": path.name, "openvino": ov.get_version(), "conversion": CONVERSION_VERSION,
@@ -166,14 +170,15 @@ class OpenVinoRuntime:
         model, contract, how = cached_model(path, cache_root or path.parent / CACHE_DIR_NAME)
         started = time.monotonic()
         compiled = ov.Core().compile_model(model, "CPU", {
-            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_PRECISION_HINT": _OPENVINO_TYPES[precision],
             "INFERENCE_NUM_THREADS": threads,
             # One stream runs one view on all threads; more streams run views side by side.
             "PERFORMANCE_HINT": "LATENCY" if options.cpu_streams == 1 else "THROUGHPUT",
             "NUM_STREAMS": options.cpu_streams,
         })
         # The name reports what the plugin compiled, not what was asked.
-        actual = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        compiled_type = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        actual = _OUR_PRECISIONS.get(compiled_type, compiled_type)
         runtime = cls(
             compiled=compiled,
             requests=[compiled.create_infer_request() for _ in range(options.cpu_streams)],

@@ -143,7 +143,7 @@ class SlowFastHandler(BaseHandler):
         """Open (and probe) each video, then plan its windows from the durations found."""
         # One decoding budget for all the videos of a request; per window for a streamed timeline
         # where streaming allows more views than an answer (the timeline registration): on the
-        # clip registration a stream holds the worker no longer than any answer may.
+        # main registration a stream holds the worker no longer than any answer may.
         per_window = options.stream and self.options.streaming_extends_budget
         budget = DecodeBudget(self.options.max_decode_seconds, per_window=per_window)
         decoders: List[VideoDecoder] = []

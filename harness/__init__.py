@@ -1,6 +1,6 @@
 """Test and benchmark harness, shared by ``tests/`` and ``bench/``; never imported by the handler or the CLI.
 
-- ``paths``: the repo, its built artifacts, the shared clip corpus;
+- ``paths``: the repo, its built artifacts, the shared video corpus;
 - ``torchserve``: isolated TorchServe instances on free ports; ``context``: a fake TorchServe
   context; ``inproc``: the real handler loaded in this process as a worker loads it;
 - ``synth``: the one video synthesizer; ``reference``: the one reference pipeline (pytorchvideo);

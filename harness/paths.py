@@ -1,4 +1,4 @@
-"""Where things are in a checkout: the repo, its built artifacts and the shared clip corpus.
+"""Where things are in a checkout: the repo, its built artifacts and the shared video corpus.
 
 The repo root is the one the client reads its config.properties from (``client.config.REPO``).
 """

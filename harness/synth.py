@@ -2,7 +2,7 @@
 
 ``make_video`` encodes frames from ``pattern_frame`` (or any ``frame_source``) and returns the
 file's bytes; ``faststart`` and ``mirrored`` derive variants from a file. The benchmark's larger
-clips (bench/clips.py) are ``make_video`` with YUV frame sources of their own.
+videos (bench/videos.py) are ``make_video`` with YUV frame sources of their own.
 """
 
 from __future__ import annotations

@@ -154,12 +154,12 @@ def test_a_wrong_statement_is_caught(tmp_path: Path) -> None:
 def stated_values(option: RequestOption, num_classes: int) -> str:
     """How the README's "Values (default)" cell starts for ``option``, from its declaration."""
     shown = lambda value: f"`{value}`" if isinstance(value, str) else str(value).lower()  # noqa: E731
-    if option.kind in ("int", "float"):
+    if option.value_type in ("int", "float"):
         highs = {"num_classes": num_classes, "max_clips": ServeOptions().max_clips}
         values = f"{option.low:g}..{highs.get(option.high, option.high):g}"
-    elif option.kind == "choice":
+    elif option.value_type == "choice":
         values = ", ".join(shown(choice) for choice in option.choices)
-    elif option.kind == "bool":
+    elif option.value_type == "bool":
         values = "true/false"
     else:
         values = "seconds"

@@ -70,7 +70,7 @@ def allowed_delay(alone_s: float) -> float:
 def long_video_path() -> Path:
     """600 s of 320x240 H.264 (GOP 250, ~80 MB): 281 windows at the default stride. Encoded with PyAV
     once, cached under build/bench-cache/ (the benchmark's held section uses the same file)."""
-    from bench.clips import SynthSpec, synthesized
+    from bench.videos import SynthSpec, synthesized
 
     return synthesized(SynthSpec(600.0, 320, 240, 30, 250, "ultrafast", "pattern_noise"))
 

@@ -29,13 +29,13 @@ DEFAULT_CLIPS = ("tv__WUzgd7C1pWA.mp4", "tv__R6llTwEh07w.mp4")
 MORE_CLIPS = ("tv__basketball.mp4", "tv__v_SoccerJuggling_g23_c01.avi",
               "tv__RATRACE_wave_f_nm_np1_fr_goo_37.avi", "ii__realshort.mp4")
 # A CPU without native bf16 (no avx512_bf16/amx_bf16, e.g. an EPYC without AVX-512) runs a bf16
-# request in f32, and the runtime's name says so.
+# request in fp32, and the runtime's name says so.
 NATIVE_BF16 = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 # (runtime name expected, handler options): every choice model-config.yaml allows a CPU worker.
 RUNTIMES = [
     ("torchscript-fp32", {"cpu_runtime": "torchscript"}),
-    ("openvino-f32", {"cpu_runtime": "openvino", "cpu_precision": "f32"}),
-    ("openvino-bf16" if NATIVE_BF16 else "openvino-f32", {"cpu_runtime": "openvino", "cpu_precision": "bf16"}),
+    ("openvino-fp32", {"cpu_runtime": "openvino", "cpu_precision": "fp32"}),
+    ("openvino-bf16" if NATIVE_BF16 else "openvino-fp32", {"cpu_runtime": "openvino", "cpu_precision": "bf16"}),
 ]
 Answer = Tuple[torch.Tensor, torch.Tensor]  # probabilities (B, classes), embeddings (B, D), float32
 
@@ -69,7 +69,7 @@ def clips(nonflat_pt: Path, shared_videos: Path) -> Clips:
 
 
 @pytest.mark.parametrize("names", [DEFAULT_CLIPS, pytest.param(MORE_CLIPS, marks=pytest.mark.slow)], ids=["kinetics", "more"])
-@pytest.mark.parametrize("expected_name, settings", RUNTIMES, ids=["torchscript-fp32", "openvino-f32", "openvino-bf16"])
+@pytest.mark.parametrize("expected_name, settings", RUNTIMES, ids=["torchscript-fp32", "openvino-fp32", "openvino-bf16"])
 def test_runtime_answers_like_torchscript_fp32(
     expected_name: str, settings: Dict[str, str], names: Tuple[str, ...], clips: Clips, nonflat_pt: Path
 ) -> None:

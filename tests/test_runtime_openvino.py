@@ -91,8 +91,8 @@ AMX_ONLY = frozenset({"avx2", "amx_bf16"})
 
 @pytest.mark.parametrize("setting, flags, expected", [
     ("auto", SAPPHIRE, "bf16"), ("auto", COOPER, "bf16"), ("auto", AMX_ONLY, "bf16"),
-    ("auto", SKYLAKE, "f32"), ("auto", frozenset(), "f32"),
-    ("f32", SAPPHIRE, "f32"), ("bf16", SKYLAKE, "bf16"),
+    ("auto", SKYLAKE, "fp32"), ("auto", frozenset(), "fp32"),
+    ("fp32", SAPPHIRE, "fp32"), ("bf16", SKYLAKE, "bf16"),
 ])
 def test_precision_follows_the_cpu_flags(setting: str, flags: frozenset, expected: str) -> None:
     precision, why = choose_precision(setting, flags)
@@ -115,27 +115,37 @@ def test_cpu_runtime_options_parse_strictly() -> None:
     assert (options.cpu_runtime, options.cpu_precision, options.cpu_streams) == ("torchscript", "bf16", 2)
     defaults = ServeOptions()
     assert (defaults.cpu_runtime, defaults.cpu_precision) == ("openvino", "auto")
-    for bad in ({"cpu_runtime": "onnx"}, {"cpu_precision": "fp16"}, {"cpu_precision": "fp32"},
+    for bad in ({"cpu_runtime": "onnx"}, {"cpu_precision": "fp16"}, {"cpu_precision": "f16"},
                 {"cpu_streams": 0}, {"cpu_streams": "two"}, {"cpu_streams": 1.5}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             ServeOptions.from_config(bad)
 
 
+def test_old_cpu_precision_f32_still_loads_as_fp32_with_one_warning(caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="handler.options")
+    assert ServeOptions.from_config({"cpu_precision": "f32"}).cpu_precision == "fp32"
+    (record,) = caplog.records
+    assert "cpu_precision" in record.message and "write fp32" in record.message
+    caplog.clear()
+    assert ServeOptions.from_config({"cpu_precision": "fp32"}).cpu_precision == "fp32"
+    assert not caplog.records
+
+
 # -- the runtime -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def f32_runtime(tiny_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> OpenVinoRuntime:
-    pt = fresh_copy(tiny_pt, tmp_path_factory.mktemp("f32"))
-    return OpenVinoRuntime.load(pt, ServeOptions(cpu_precision="f32", cpu_streams=2, micro_batch_cpu=3))
+def fp32_runtime(tiny_pt: Path, tmp_path_factory: pytest.TempPathFactory) -> OpenVinoRuntime:
+    pt = fresh_copy(tiny_pt, tmp_path_factory.mktemp("fp32"))
+    return OpenVinoRuntime.load(pt, ServeOptions(cpu_precision="fp32", cpu_streams=2, micro_batch_cpu=3))
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_infer_returns_float32_probabilities_and_embeddings_equal_to_torch(
-    f32_runtime: OpenVinoRuntime, tiny_pt: Path, batch: int
+    fp32_runtime: OpenVinoRuntime, tiny_pt: Path, batch: int
 ) -> None:
     """Batch 3 over 2 streams runs as 2 + 1 views in two infer requests; rows stay in order."""
-    views = random_views(f32_runtime.contract, batch)
-    probabilities, embeddings = f32_runtime.infer(views)
+    views = random_views(fp32_runtime.contract, batch)
+    probabilities, embeddings = fp32_runtime.infer(views)
     assert probabilities.shape == (batch, CLASSES) and embeddings.shape == (batch, EMBEDDING)
     assert probabilities.dtype == embeddings.dtype == torch.float32
     assert probabilities.device.type == embeddings.device.type == "cpu"
@@ -148,10 +158,10 @@ def test_infer_returns_float32_probabilities_and_embeddings_equal_to_torch(
         assert float((embeddings[0] - embeddings[1]).abs().max()) > 1e-3
 
 
-def test_name_and_micro_batch_report_what_runs(f32_runtime: OpenVinoRuntime) -> None:
-    assert f32_runtime.name == "openvino-f32"
-    assert f32_runtime.micro_batch == 3
-    assert len(f32_runtime.requests) == 2
+def test_name_and_micro_batch_report_what_runs(fp32_runtime: OpenVinoRuntime) -> None:
+    assert fp32_runtime.name == "openvino-fp32"
+    assert fp32_runtime.micro_batch == 3
+    assert len(fp32_runtime.requests) == 2
 
 
 @pytest.mark.skipif(not ({"avx512_bf16", "amx_bf16"} & cpu_flags()), reason="this CPU has no native bf16")
@@ -165,7 +175,7 @@ def test_auto_precision_on_this_cpu_is_bf16_and_named_so(tiny_pt: Path, tmp_path
 def test_converted_model_is_cached_and_a_damaged_cache_is_rebuilt(tiny_pt: Path, tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="handler.runtime_openvino")
     pt = fresh_copy(tiny_pt, tmp_path)
-    options = ServeOptions(cpu_precision="f32", warmup=False)
+    options = ServeOptions(cpu_precision="fp32", warmup=False)
     first = OpenVinoRuntime.load(pt, options)
     assert "converted from tiny.pt" in caplog.text and "cached in" in caplog.text
     (xml,) = (tmp_path / ".openvino").glob("*/model.xml")
@@ -184,9 +194,9 @@ def test_converted_model_is_cached_and_a_damaged_cache_is_rebuilt(tiny_pt: Path,
 # -- the one entry point and its fallback ------------------------------------------------------
 
 def test_cpu_worker_gets_openvino_from_the_one_entry_point(tiny_pt: Path, tmp_path: Path) -> None:
-    options = ServeOptions(cpu_precision="f32", warmup=False)
+    options = ServeOptions(cpu_precision="fp32", warmup=False)
     runtime = load_runtime(fresh_copy(tiny_pt, tmp_path), torch.device("cpu"), options, workers=2)
-    assert isinstance(runtime, OpenVinoRuntime) and runtime.name == "openvino-f32"
+    assert isinstance(runtime, OpenVinoRuntime) and runtime.name == "openvino-fp32"
     assert runtime.compiled.get_property("INFERENCE_NUM_THREADS") == max(1, len(os.sched_getaffinity(0)) // 2)
     chosen = load_runtime(tiny_pt, torch.device("cpu"), dataclasses.replace(options, cpu_runtime="torchscript"))
     assert type(chosen) is TorchScriptRuntime and chosen.name == "torchscript-fp32"

@@ -142,7 +142,7 @@ def test_embedding_output_plain_and_normalised(server, clip):
 
 def test_every_answer_says_which_weights_and_runtime(server, contract, plain_timeline):
     assert plain_timeline["weights"] == contract.weights
-    # The runtime the worker loaded, as its log says at start-up ("... runtime openvino-f32, ...").
+    # The runtime the worker loaded, as its log says at start-up ("... runtime openvino-fp32, ...").
     log = (server.log_dir / "model_log.log").read_text(errors="replace")
     loaded = re.findall(r"runtime (\S+), micro-batch", log)
     assert loaded and plain_timeline["runtime"] == loaded[-1], loaded

@@ -1,16 +1,16 @@
-"""The clips the benchmark measures: synthesized H.264 videos (cached on disk) and the shared corpus.
+"""The videos the benchmark measures: synthesized H.264 videos (cached on disk) and the shared corpus.
 
 Synthesized content is generated in yuv420p directly (no RGB conversion per frame) so that a
-600 s clip encodes in 1-2 minutes on two cores. Two content kinds:
+600 s video encodes in 1-2 minutes on two cores. Two content kinds:
 
 - ``texture``: a smooth random texture panning 3 px/frame, fresh grain and a moving square;
-  ~1.8 Mbit/s at 720p like ordinary camera uploads (the 720p stage clip, x264 ``medium``);
+  ~1.8 Mbit/s at 720p like ordinary camera uploads (the 720p stage video, x264 ``medium``);
 - ``pattern_noise``: a static gradient with a moving square and a 96x96 patch of fresh grain
-  (~1.5 Mbit/s, the bitrate of ordinary 720p uploads, so a 600 s clip is ~110 MB and the upload's
+  (~1.5 Mbit/s, the bitrate of ordinary 720p uploads, so a 600 s video is ~110 MB and the upload's
   own memory cost is measured), x264 ``ultrafast`` so 600 s encodes in ~1.5 min: used for the
-  10/60/600 s cost-growth clips, all with the same size, codec, rate and GOP.
+  10/60/600 s cost-growth videos, all with the same size, codec, rate and GOP.
 
-Clips are cached under ``build/bench-cache/`` keyed by every parameter, so reruns reuse them.
+Videos are cached under ``build/bench-cache/`` keyed by every parameter, so reruns reuse them.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _planes(spec: SynthSpec, rng: np.random.Generator):
 
 
 def encode(spec: SynthSpec, seed: int = 0) -> bytes:
-    """Encode the clip in memory (H.264 in MP4, constant rate, keyframe every ``gop`` frames)."""
+    """Encode the video in memory (H.264 in MP4, constant rate, keyframe every ``gop`` frames)."""
     rng = np.random.default_rng(seed)
     wide_y, wide_u, wide_v = _planes(spec, rng)
     h, w = spec.height, spec.width
@@ -124,7 +124,7 @@ def encode(spec: SynthSpec, seed: int = 0) -> bytes:
 
 
 def synthesized(spec: SynthSpec) -> Path:
-    """Path of the cached clip for ``spec``, encoding it first when missing."""
+    """Path of the cached video for ``spec``, encoding it first when missing."""
     path = CACHE / spec.name
     if path.is_file() and path.stat().st_size > 0:
         return path
@@ -141,8 +141,8 @@ def synthesized(spec: SynthSpec) -> Path:
     return path
 
 
-def read_manifest(videos: Path = SHARED_VIDEOS) -> List[Dict[str, str]]:
-    manifest = videos / "MANIFEST.tsv"
+def read_manifest(folder: Path = SHARED_VIDEOS) -> List[Dict[str, str]]:
+    manifest = folder / "MANIFEST.tsv"
     if not manifest.is_file():
         return []
     lines = manifest.read_text(encoding="utf-8").splitlines()
@@ -150,14 +150,14 @@ def read_manifest(videos: Path = SHARED_VIDEOS) -> List[Dict[str, str]]:
     return [dict(zip(header, row.split("\t"))) for row in lines[1:] if row.strip()]
 
 
-def real_clips(videos: Path = SHARED_VIDEOS, only: Optional[List[str]] = None) -> List[Dict[str, object]]:
+def real_videos(folder: Path = SHARED_VIDEOS, only: Optional[List[str]] = None) -> List[Dict[str, object]]:
     """Decodable real videos of the shared corpus (not the corrupted or audio-only test files).
 
-    ``kinetics_size``: a Kinetics-400 clip as the dataset ships them (~340x256, ~10 s), the
-    clips the tighter targets apply to.
+    ``kinetics_size``: a Kinetics-400 video as the dataset ships them (~340x256, ~10 s), the
+    videos the tighter targets apply to.
     """
-    clips = []
-    for row in read_manifest(videos):
+    videos = []
+    for row in read_manifest(folder):
         name = row.get("file", "")
         content = row.get("content", "")
         if not row.get("video_codec") or row.get("video_codec") == "none":
@@ -166,11 +166,11 @@ def real_clips(videos: Path = SHARED_VIDEOS, only: Optional[List[str]] = None) -
             continue
         if only is not None and name not in only:
             continue
-        path = videos / name
+        path = folder / name
         if not path.is_file():
             continue
-        clips.append({
+        videos.append({
             "name": name, "path": path, "size": row.get("WxH", ""), "codec": row.get("video_codec", ""),
             "duration_s": float(row.get("duration_s") or 0), "kinetics_size": "Kinetics-400" in content,
         })
-    return clips
+    return videos

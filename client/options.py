@@ -9,9 +9,9 @@ which the handler reads like a multipart field.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
-from handler.options import REQUEST_OPTIONS, RequestOption, request_option
+from handler.options import OUTPUTS, REQUEST_OPTIONS, RequestOption, request_option
 
 _TYPES = {"int": int, "float": float, "seconds": float}
 
@@ -43,10 +43,15 @@ def add_request_options(parser: argparse.ArgumentParser) -> None:
 
 
 def output_of(args: argparse.Namespace) -> str:
-    """labels, embedding or both, from --output and the --embedding shorthand."""
-    if args.embedding and args.output not in (None, "embedding", "both"):
+    """The ``output`` asked for (one of ``OUTPUTS``), from --output and the --embedding shorthand."""
+    if args.embedding and args.output is not None and "embedding" not in OUTPUTS[args.output]:
         raise ValueError(f"--embedding and --output {args.output} contradict each other")
     return args.output or ("embedding" if args.embedding else "labels")
+
+
+def kinds_of(args: argparse.Namespace) -> Tuple[str, ...]:
+    """The output kinds the answer will hold (``labels``, ``embedding``, ...: ``OUTPUTS``)."""
+    return OUTPUTS[output_of(args)]
 
 
 def _as_text(value: Any) -> str:

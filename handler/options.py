@@ -29,6 +29,7 @@ OUTPUTS: Mapping[str, Tuple[str, ...]] = {
     "labels": ("labels",),
     "embedding": ("embedding",),
     "both": ("labels", "embedding"),
+    "logits": ("logits",),
 }
 
 

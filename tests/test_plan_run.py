@@ -98,7 +98,7 @@ def test_timeline_budget_names_the_way_out_and_streaming_allows_more():
 
 
 @pytest.mark.parametrize("given, fragment", [
-    ({"output": "logits"}, "output must be one of"),
+    ({"output": "scores"}, "output must be one of"),
     ({"timeline": "maybe"}, "true or false"),
     ({"timeline": "true", "clips": "3"}, "exclude each other"),
     ({"stride": "2"}, "timeline=true"),

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from client.bulk import pending, run_bulk, server_concurrency
 from client.endpoint import ClientError, add_endpoint_options, resolve_endpoint
 from client.inputs import discover
-from client.options import add_request_options, output_of, request_fields
+from client.options import add_request_options, kinds_of, request_fields
 from client.predict import run_one
 from client.progress import Progress
 from client.results import ResultsWriter, embeddings_path, write_embeddings
@@ -78,7 +78,7 @@ def check_usage(args: argparse.Namespace, single: bool) -> Optional[str]:
     if not args.paths and not args.from_list:
         return "give video files or folders, or --from-list FILE"
     try:
-        output = output_of(args)
+        kinds = kinds_of(args)
     except ValueError as exc:
         return str(exc)
     if args.retries < 1:
@@ -87,7 +87,7 @@ def check_usage(args: argparse.Namespace, single: bool) -> Optional[str]:
         return "--concurrency must be 1 or more"
     if (args.csv or args.plot) and not (single and args.timeline):
         return "--csv and --plot draw the timeline of one video: give one file and --timeline"
-    if single and args.out is not None and output == "labels":
+    if single and args.out is not None and "embedding" not in kinds:
         return "--out FILE.npy holds embeddings: add --embedding (or --output both)"
     if not single and args.out is not None and args.out.suffix == ".npy":
         return "a bulk run writes JSON lines: --out results.jsonl (embeddings then go to results.npy beside it)"
@@ -117,7 +117,7 @@ def run_many(args: argparse.Namespace, transport: Transport) -> int:
     finally:
         writer.close()
     print(tally.summary(), file=sys.stderr)
-    if args.out is not None and output_of(args) != "labels":
+    if args.out is not None and "embedding" in kinds_of(args):
         target = embeddings_path(args.out)
         rows = write_embeddings(args.out, target)
         print(f"wrote {target}: {rows} embeddings, row i = the line with embedding_row i in {args.out}",

@@ -9,9 +9,9 @@ which the handler reads like a multipart field.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-from handler.options import REQUEST_OPTIONS, RequestOption, request_option
+from handler.options import OUTPUTS, REQUEST_OPTIONS, RequestOption, request_option
 
 _TYPES = {"int": int, "float": float, "seconds": float}
 
@@ -48,11 +48,16 @@ def add_request_options(
 
 
 def output_of(args: argparse.Namespace) -> str:
-    """labels, embedding or both, from --output and the --embedding shorthand."""
+    """The ``output`` asked for (one of ``OUTPUTS``), from --output and the --embedding shorthand."""
     embedding, output = getattr(args, "embedding", False), getattr(args, "output", None)
-    if embedding and output not in (None, "embedding", "both"):
+    if embedding and output is not None and "embedding" not in OUTPUTS[output]:
         raise ValueError(f"--embedding and --output {output} contradict each other")
     return output or ("embedding" if embedding else "labels")
+
+
+def kinds_of(args: argparse.Namespace) -> Tuple[str, ...]:
+    """The output kinds the answer will hold (``labels``, ``embedding``, ...: ``OUTPUTS``)."""
+    return OUTPUTS[output_of(args)]
 
 
 def _as_text(value: Any) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 
 from client import timeline
 from client.endpoint import ClientError
-from client.options import output_of, request_fields
+from client.options import kinds_of, request_fields
 from client.results import embedding_of, save_npy
 from client.transport import Failure, Transport
 
@@ -88,7 +88,7 @@ def embedding_matrix(body: Dict[str, Any]) -> np.ndarray:
 
 def run_one(args: argparse.Namespace, transport: Transport) -> int:
     """``python -m client VIDEO [...]``: print the answer for one video; 0 when answered."""
-    output = output_of(args)
+    kinds = kinds_of(args)
     if args.timeline:
         fields = request_fields(args, stream=True)
         if args.plot is not None:
@@ -98,13 +98,14 @@ def run_one(args: argparse.Namespace, transport: Transport) -> int:
     else:
         answer = predict(transport, args.paths[0], request_fields(args))
     name = str(args.paths[0])
-    if args.json:
+    # Output kinds without a terminal format of their own (e.g. logits) print as the JSON answer.
+    if args.json or not {"labels", "embedding"} & set(kinds):
         print(json.dumps(answer, indent=2))
-    elif args.timeline and output != "embedding":
+    elif args.timeline and "labels" in kinds:
         print(timeline.format_timeline(answer))
-    elif output != "embedding":
+    elif "labels" in kinds:
         print(format_table(answer, name))
-    if output != "labels" and not args.json and "embedding" in answer:
+    if "embedding" in kinds and not args.json and "embedding" in answer:
         print(format_embedding(answer, name))
     if args.out is not None:
         matrix = embedding_matrix(answer)

@@ -36,6 +36,7 @@ OUTPUTS: Mapping[str, Tuple[str, ...]] = {
     "labels": ("labels",),
     "embedding": ("embedding",),
     "both": ("labels", "embedding"),
+    "logits": ("logits",),
 }
 
 
@@ -78,8 +79,8 @@ REQUEST_OPTIONS: Tuple[RequestOption, ...] = (
     RequestOption("clips", "int", "temporal windows to average", default=1, configurable=True, high="max_clips"),
     RequestOption("crops", "choice", "spatial crops per window", default=1, configurable=True, choices=(1, 3),
                   choice_words=("1 (center)", "3 (left/center/right)")),
-    RequestOption("output", "choice", "labels, embedding (the SlowFast feature) or both", default="labels",
-                  choices=tuple(OUTPUTS)),
+    RequestOption("output", "choice", f"what the answer holds: {', '.join(OUTPUTS)}",
+                  default="labels", choices=tuple(OUTPUTS)),
     RequestOption("normalize", "bool", "L2-normalise the embedding", default=False),
     RequestOption("timeline", "bool", "a window every stride seconds, each with its own answer", default=False),
     RequestOption("stride", "seconds", "timeline step in seconds", unset="one window length"),

@@ -113,6 +113,16 @@ def _embedding_tensors(values: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
              "data": [v for embedding in values for v in embedding["values"]]}]
 
 
+def _logits_answer(vector: torch.Tensor, model: ModelInfo, options: RequestOptions) -> Dict[str, Any]:
+    # The activation says how the logits became this model's probabilities (softmax or sigmoid).
+    return {"activation": model.activation, "values": _floats(vector.tolist())}
+
+
+def _logits_tensors(values: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [{"name": "logits", "datatype": "FP32", "shape": [len(values), len(values[0]["values"])],
+             "data": [v for logits in values for v in logits["values"]]}]
+
+
 LABELS = OutputKind(
     name="labels", key="predictions",
     vector=lambda outputs, options: outputs.probabilities,
@@ -124,7 +134,14 @@ EMBEDDING = OutputKind(
     window_json=lambda vector, model, options: _floats(vector.tolist()),
     video_json=_embedding_answer, tensors=_embedding_tensors,
 )
-OUTPUT_KINDS: Mapping[str, OutputKind] = {kind.name: kind for kind in (LABELS, EMBEDDING)}
+# The raw class scores in label order (index i: the label with "index": i), averaged over the views.
+LOGITS = OutputKind(
+    name="logits", key="logits",
+    vector=lambda outputs, options: outputs.logits,
+    window_json=lambda vector, model, options: _floats(vector.tolist()),
+    video_json=_logits_answer, tensors=_logits_tensors,
+)
+OUTPUT_KINDS: Mapping[str, OutputKind] = {kind.name: kind for kind in (LABELS, EMBEDDING, LOGITS)}
 
 
 def kinds_of(options: RequestOptions) -> List[OutputKind]:

@@ -8,7 +8,7 @@ soon as its last view has run, so memory is bounded by the micro-batch, not by t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -32,11 +32,10 @@ class WindowJob:
 
 @dataclass(frozen=True)
 class WindowScores:
-    """A window's model outputs over its crops: probabilities combined by the contract's rule
-    (``combine_views``: mean for softmax, max for sigmoid), the embedding averaged.
+    """A window's model outputs over its crops (``combine_outputs``).
 
-    ``outputs``: each (N,) float32 (e.g. probabilities (classes,), embedding (D,)); times are
-    this window's share of the micro-batches it ran in, in ms.
+    ``outputs``: each (N,) float32 (logits and probabilities (classes,), embedding (D,)); times
+    are this window's share of the micro-batches it ran in, in ms.
     """
 
     key: Hashable
@@ -58,7 +57,7 @@ class WindowScores:
 class _Pending:
     job: WindowJob
     views_left: int
-    rows: List[List[torch.Tensor]] = field(default_factory=list)  # per output, one (N,) row per view run
+    views: List[Outputs] = field(default_factory=list)  # one per view run, each output (N,)
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
 
@@ -84,10 +83,7 @@ def _score_views(
     share_pre = (prepared - started) * 1000 / len(views)
     share_inf = (finished - prepared) * 1000 / len(views)
     for row, (pending, _) in enumerate(views):
-        if not pending.rows:
-            pending.rows = [[] for _ in outputs]
-        for kept, output in zip(pending.rows, outputs):
-            kept.append(output[row].clone())
+        pending.views.append(outputs.row(row))
         pending.views_left -= 1
         pending.preprocess_ms += share_pre
         pending.inference_ms += share_inf
@@ -110,7 +106,7 @@ def run_windows(
         while waiting and waiting[0].views_left == 0:
             done = waiting.pop(0)
             yield WindowScores(
-                key=done.job.key, outputs=combine_outputs(done.rows, contract.activation),
+                key=done.job.key, outputs=combine_outputs(done.views, contract.activation),
                 views=done.job.crops, preprocess_ms=done.preprocess_ms, inference_ms=done.inference_ms,
             )
 
@@ -129,14 +125,18 @@ def run_windows(
     yield from finished()
 
 
-def combine_outputs(rows: Sequence[Sequence[torch.Tensor]], activation: str) -> Outputs:
-    """Per output, V rows (N,) float32 of V views (crops, windows) -> one (N,): probabilities by
-    ``combine_views`` (mean for softmax, max for sigmoid), every other output averaged."""
-    probabilities, *others = (torch.stack(list(values)) for values in rows)
-    return Outputs(combine_views(probabilities, activation), *(values.mean(0) for values in others))
+def combine_outputs(views: Sequence[Outputs], activation: str) -> Outputs:
+    """V views' (crops', windows') outputs, each (N,) float32 -> one ``Outputs`` of (N,):
+    probabilities by the contract's rule (``combine_views``: mean for softmax, max for sigmoid),
+    every other output averaged. By field name, so a new output needs nothing here."""
+    combined = {}
+    for output in fields(Outputs):
+        stacked = torch.stack([getattr(view, output.name) for view in views])
+        combined[output.name] = combine_views(stacked, activation) if output.name == "probabilities" else stacked.mean(0)
+    return Outputs(**combined)
 
 
 def mean_scores(scores: Sequence[WindowScores], activation: str = "softmax") -> Outputs:
     """Each output (N,) float32 over windows, combined as views are (``combine_outputs``: for
     softmax the mean over all views when windows have equal crops, for sigmoid the max)."""
-    return combine_outputs(list(zip(*(s.outputs for s in scores))), activation)
+    return combine_outputs([s.outputs for s in scores], activation)

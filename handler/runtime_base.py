@@ -8,8 +8,9 @@ Both runtimes (``runtime_torchscript``, ``runtime_openvino``) read the same expo
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Protocol, Tuple
+from typing import List, Optional, Protocol, Tuple
 
 import torch
 
@@ -20,29 +21,39 @@ from handler.options import ServeOptions
 EMBEDDING_METHOD = "forward_with_embedding"
 
 
-class Outputs(NamedTuple):
-    """What one forward gives, one row per view, float32 on CPU.
+@dataclass(frozen=True)
+class Outputs:
+    """What one forward gives, one row per view, float32 on CPU; read by field name, never by
+    position, so an output added here reaches every stage without changing them.
 
-    ``probabilities``: (B, classes), the contract's activation of the logits (softmax, or a
-    per-class sigmoid for multi-label models); ``embedding``: (B, D), the pooled
-    SlowFast feature. A single window's or video's outputs drop the batch dimension.
+    ``logits``: (B, classes), the classifier's raw scores; ``probabilities``: (B, classes), the
+    contract's activation of the logits (softmax, or a per-class sigmoid for multi-label models);
+    ``embedding``: (B, D), the pooled SlowFast feature. A single view's, window's or video's
+    outputs drop the batch dimension.
     """
 
+    logits: torch.Tensor
     probabilities: torch.Tensor
     embedding: torch.Tensor
+
+    def row(self, index: int) -> "Outputs":
+        """View ``index`` of a batch: each output (N,), copied out of the batch's tensors."""
+        return Outputs(**{f.name: getattr(self, f.name)[index].clone() for f in fields(self)})
 
 
 def model_outputs(logits: torch.Tensor, embeddings: torch.Tensor, activation: str) -> Outputs:
     """``Outputs`` from the scripted module's ``(logits (B, classes), embedding (B, D))``.
 
-    ``activation``: the contract's (softmax or sigmoid), run in float32 even when the forward ran
-    in fp16/bf16."""
-    return Outputs(activate(logits, activation).cpu(), embeddings.float().cpu())
+    ``activation``: the contract's (softmax or sigmoid). Everything is float32, and the activation
+    runs in float32, even when the forward ran in fp16/bf16."""
+    logits = logits.float()
+    return Outputs(logits=logits.cpu(), probabilities=activate(logits, activation).cpu(),
+                   embedding=embeddings.float().cpu())
 
 
 class Runtime(Protocol):
     """A loaded model: ``infer`` maps ``[slow (B,3,T/a,c,c), fast (B,3,T,c,c)]`` float32 views to
-    ``Outputs``; ``micro_batch`` views per forward; ``name`` says what runs (e.g. ``openvino-f32``)."""
+    ``Outputs``; ``micro_batch`` views per forward; ``name`` says what runs (e.g. ``openvino-fp32``)."""
 
     contract: PreprocessContract
     micro_batch: int

@@ -177,7 +177,8 @@ def test_initialize_real_model_on_cpu(
     assert handler.device == torch.device("cpu")
     expected = "openvino-" if cpu_runtime == "openvino" else "torchscript-fp32"
     assert handler.runtime.name.startswith(expected)
-    probabilities, embeddings = handler.runtime.infer(dummy_pathways(handler.contract))
+    outputs = handler.runtime.infer(dummy_pathways(handler.contract))
+    probabilities, embeddings = outputs.probabilities, outputs.embedding
     assert probabilities.device.type == embeddings.device.type == "cpu" and probabilities.shape[0] == 1
 
 
@@ -238,7 +239,8 @@ def test_gpu_runtime_runs_autocast_channels_last_and_returns_float32_cpu(
     assert runtime.micro_batch == options.micro_batch_cuda and fake.memory_format == torch.channels_last_3d
     assert asked == [torch.device("cuda:1")]  # warm-up on the worker's GPU
     fast = torch.randn(3, 3, 32, 16, 16)
-    probabilities, embeddings = runtime.infer([fast[:, :, ::4], fast])
+    outputs = runtime.infer([fast[:, :, ::4], fast])
+    probabilities, embeddings = outputs.probabilities, outputs.embedding
     call = fake.calls[-1]
     assert call["channels_last"] and call["autocast"] == dtype and call["shapes"][0] == (3, 3, 8, 16, 16)
     assert probabilities.dtype == embeddings.dtype == torch.float32

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import pytest
 import requests
+import torch
 import yaml
 
 from client.keys import Keys
@@ -406,6 +407,26 @@ class TestNative:
         embedding = outputs["embedding"]
         assert embedding["datatype"] == "FP32" and embedding["shape"] == [2, 2304]
         assert embedding["data"][:2304] == pytest.approx(plain["values"], abs=1e-5)
+
+    def test_logits_over_a_header_and_v2(self, native: PodTorchServe, clips: Dict[str, bytes],
+                                         baseline: Dict[str, Dict[int, float]]) -> None:
+        plain = requests.post(native.predictions_url, data=clips[CLIPS[0]], timeout=300,
+                              headers={"Content-Type": "application/octet-stream", "output": "logits"})
+        assert plain.status_code == 200, plain.text
+        logits = plain.json()["logits"]
+        assert logits["activation"] == "softmax" and "predictions" not in plain.json()
+        # One view: the softmax of its logits is its labels answer.
+        softmax = torch.softmax(torch.tensor(logits["values"]), 0)
+        assert_same({index: float(softmax[index]) for index in baseline[CLIPS[0]]}, baseline[CLIPS[0]])
+        body = {"id": "logits", "parameters": {"output": "logits"},
+                "inputs": [{"name": "video", "shape": [2], "datatype": "BYTES",
+                            "data": [base64.b64encode(clips[n]).decode() for n in CLIPS[:2]]}]}
+        v2 = requests.post(f"{native.inference_url}/v2/models/{native.model_name}/infer", json=body, timeout=300)
+        assert v2.status_code == 200, v2.text
+        (tensor,) = v2.json()["outputs"]
+        classes = len(logits["values"])
+        assert (tensor["name"], tensor["datatype"], tensor["shape"]) == ("logits", "FP32", [2, classes])
+        assert tensor["data"][:classes] == pytest.approx(logits["values"], abs=1e-5)
 
     @pytest.mark.parametrize(
         "send, reason",

@@ -129,7 +129,9 @@ def test_kserve_v2_renders_labels_and_embedding_tensors():
     video = SimpleNamespace(container="mp4", codec="h264", width=32, height=32, duration=3.0, rotation=0)
 
     def answer(options, probabilities, embedding):
-        scores = WindowScores(0, Outputs(torch.tensor(probabilities), torch.tensor(embedding)), 1, 0.0, 0.0)
+        outputs = Outputs(logits=torch.tensor(probabilities).log(), probabilities=torch.tensor(probabilities),
+                          embedding=torch.tensor(embedding))
+        scores = WindowScores(0, outputs, 1, 0.0, 0.0)
         return video_answer(model=model, options=options, windows=[(0.0, 2.0)], scores=[scores], video=video,
                             frames_decoded=1, decode_ms=0.0, decode_errors=0, warnings=[], batch_size=1, total_ms=0.0)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List, Tuple
+from typing import List
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from handler.errors import RequestError
 from handler.options import RequestOptions, ServeOptions, resolve_request_options
 from handler.plan import check_requested_views, plan_video, plan_videos
 from handler.run import WindowJob, mean_scores, run_windows
+from handler.runtime_base import Outputs
 from handler.sampling import timeline_windows
 
 WINDOW = 64 / 30
@@ -97,7 +98,7 @@ def test_timeline_budget_names_the_way_out_and_streaming_allows_more():
 
 
 @pytest.mark.parametrize("given, fragment", [
-    ({"output": "logits"}, "output must be one of"),
+    ({"output": "scores"}, "output must be one of"),
     ({"timeline": "maybe"}, "true or false"),
     ({"timeline": "true", "clips": "3"}, "exclude each other"),
     ({"stride": "2"}, "timeline=true"),
@@ -116,12 +117,13 @@ def test_bad_timeline_and_output_options_are_400(given, fragment):
 
 
 def fake_infer(calls: List[int]):
-    """Probabilities and embeddings that identify the view: the mean pixel of its fast pathway."""
-    def infer(pathways: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Outputs that identify the view: the mean pixel of its fast pathway."""
+    def infer(pathways: List[torch.Tensor]) -> Outputs:
         fast = pathways[1]
         calls.append(fast.shape[0])
         level = fast.mean(dim=(1, 2, 3, 4))
-        return torch.stack([level, -level], 1), torch.stack([level, level * 2, level * 3], 1)
+        return Outputs(logits=torch.stack([level * 10, level - 1], 1), probabilities=torch.stack([level, -level], 1),
+                       embedding=torch.stack([level, level * 2, level * 3], 1))
     return infer
 
 
@@ -156,6 +158,6 @@ def test_run_pulls_windows_lazily():
 
 def test_mean_scores_average_windows():
     scores = list(run_windows(iter([job(1, 10), job(2, 30)]), CONTRACT, fake_infer([]), micro_batch=4))
-    probabilities, embedding = mean_scores(scores)
-    assert torch.allclose(probabilities, (scores[0].probabilities + scores[1].probabilities) / 2)
-    assert embedding.shape == (3,)
+    mean = mean_scores(scores)
+    assert torch.allclose(mean.probabilities, (scores[0].probabilities + scores[1].probabilities) / 2)
+    assert mean.embedding.shape == (3,)

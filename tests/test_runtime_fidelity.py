@@ -78,7 +78,8 @@ def test_runtime_answers_like_torchscript_fp32(
     assert float(reference_p.max(dim=1).values.min()) > 10 / reference_p.shape[1]
     runtime = load_runtime(nonflat_pt, torch.device("cpu"), ServeOptions(warmup=False, **settings))
     assert runtime.name == expected_name  # no silent fallback to another runtime
-    probabilities, embeddings = runtime.infer(batch)
+    outputs = runtime.infer(batch)
+    probabilities, embeddings = outputs.probabilities, outputs.embedding
 
     for row, name in enumerate(names):
         ours_top5 = probabilities[row].topk(5).indices.tolist()

@@ -145,7 +145,8 @@ def test_infer_returns_float32_probabilities_and_embeddings_equal_to_torch(
 ) -> None:
     """Batch 3 over 2 streams runs as 2 + 1 views in two infer requests; rows stay in order."""
     views = random_views(fp32_runtime.contract, batch)
-    probabilities, embeddings = fp32_runtime.infer(views)
+    outputs = fp32_runtime.infer(views)
+    probabilities, embeddings = outputs.probabilities, outputs.embedding
     assert probabilities.shape == (batch, CLASSES) and embeddings.shape == (batch, EMBEDDING)
     assert probabilities.dtype == embeddings.dtype == torch.float32
     assert probabilities.device.type == embeddings.device.type == "cpu"
@@ -183,12 +184,12 @@ def test_converted_model_is_cached_and_a_damaged_cache_is_rebuilt(tiny_pt: Path,
     second = OpenVinoRuntime.load(pt, options)
     assert "IR read from the cache" in caplog.text and "converted from" not in caplog.text
     views = random_views(first.contract, 2)
-    assert torch.equal(first.infer(views)[0], second.infer(views)[0])
+    assert torch.equal(first.infer(views).probabilities, second.infer(views).probabilities)
     xml.write_text("<truncated")
     caplog.clear()
     third = OpenVinoRuntime.load(pt, options)
     assert "unreadable" in caplog.text and "converted from tiny.pt" in caplog.text
-    assert torch.equal(third.infer(views)[1], first.infer(views)[1])
+    assert torch.equal(third.infer(views).embedding, first.infer(views).embedding)
 
 
 # -- the one entry point and its fallback ------------------------------------------------------
@@ -223,7 +224,8 @@ def test_openvino_failure_falls_back_to_torchscript_with_a_warning(
     warning = next(r for r in caplog.records if r.levelno == logging.WARNING)
     assert "falling back to TorchScript" in warning.getMessage()
     assert ("simulated conversion failure" if how == "convert fails" else "import of openvino halted") in warning.getMessage()
-    probabilities, embeddings = runtime.infer(random_views(runtime.contract, 2))
+    outputs = runtime.infer(random_views(runtime.contract, 2))
+    probabilities, embeddings = outputs.probabilities, outputs.embedding
     assert probabilities.shape == (2, CLASSES) and embeddings.shape == (2, EMBEDDING)
 
 

@@ -21,6 +21,7 @@ from handler.errors import RequestError
 from handler.options import ServeOptions, resolve_request_options
 from handler.render import top_predictions
 from handler.run import WindowJob, mean_scores, run_windows
+from handler.runtime_base import Outputs, model_outputs
 
 
 def meta_model(name: str, classes: int = 400) -> torch.nn.Module:
@@ -181,7 +182,8 @@ def _recording_infer(outputs: List[torch.Tensor], seen: List[List[torch.Tensor]]
         seen.append([p.clone() for p in pathways])
         batch = pathways[0].shape[0]
         probabilities = torch.stack([outputs.pop(0) for _ in range(batch)])
-        return probabilities, torch.ones(batch, 5)
+        # Logits stand-in: the probabilities scaled, so their combination is told apart from max/mean.
+        return Outputs(logits=probabilities * 10, probabilities=probabilities, embedding=torch.ones(batch, 5))
     return infer
 
 
@@ -202,6 +204,16 @@ def test_bgr_models_get_flipped_channels_normalized_in_their_own_order():
     assert torch.allclose(inputs["BGR"], expected_bgr, atol=1e-5)
 
 
+def test_model_outputs_carry_float32_logits_and_their_activation():
+    logits = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]]).half()  # as autocast gives them
+    outputs = model_outputs(logits, torch.ones(2, 4).half(), "sigmoid")
+    assert outputs.logits.dtype == outputs.probabilities.dtype == outputs.embedding.dtype == torch.float32
+    assert torch.equal(outputs.logits, logits.float())
+    assert torch.equal(outputs.probabilities, torch.sigmoid(logits.float()))
+    view = outputs.row(1)
+    assert torch.equal(view.logits, logits[1].float()) and view.embedding.shape == (4,)
+
+
 def test_sigmoid_views_combine_by_max_softmax_by_mean():
     frames = torch.zeros(4, 8, 24, 3, dtype=torch.uint8)
     views = [torch.tensor([0.9, 0.1, 0.2]), torch.tensor([0.2, 0.8, 0.1]), torch.tensor([0.1, 0.1, 0.3])]
@@ -209,7 +221,9 @@ def test_sigmoid_views_combine_by_max_softmax_by_mean():
         scores = list(run_windows([WindowJob("w", frames, 3)], _contract(activation=activation),
                                   _recording_infer(list(views), []), 2))
         assert torch.allclose(scores[0].probabilities, expected)
-        assert torch.allclose(mean_scores(scores * 2, activation)[0], expected)
+        assert torch.allclose(mean_scores(scores * 2, activation).probabilities, expected)
+        # Every other output is averaged whatever the activation.
+        assert torch.allclose(scores[0].outputs.logits, torch.stack(views).mean(0) * 10)
 
 
 # -- the threshold option ---------------------------------------------------------------------------

@@ -55,6 +55,12 @@ def output_of(args: argparse.Namespace) -> str:
     return output or ("embedding" if embedding else "labels")
 
 
+def answer_key(kind: str) -> str:
+    """Where an answer holds an output kind: ``predictions`` for labels, the kind's name otherwise
+    (handler/render.py's ``OutputKind.key``)."""
+    return "predictions" if kind == "labels" else kind
+
+
 def kinds_of(args: argparse.Namespace) -> Tuple[str, ...]:
     """The output kinds the answer will hold (``labels``, ``embedding``, ...: ``OUTPUTS``)."""
     return OUTPUTS[output_of(args)]

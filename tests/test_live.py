@@ -107,6 +107,23 @@ def test_the_request_flags_come_from_the_servers_option_table(capsys) -> None:
     capsys.readouterr()
 
 
+def test_a_window_line_carries_every_output_kind_the_answer_holds() -> None:
+    from client.live.report import window_line
+    from client.options import answer_key
+    from handler.options import OUTPUTS
+    from handler.render import OUTPUT_KINDS
+
+    # The client finds each kind where the server's renderer puts it.
+    assert all(answer_key(name) == kind.key for name, kind in OUTPUT_KINDS.items())
+    assert {kind for kinds in OUTPUTS.values() for kind in kinds} <= set(OUTPUT_KINDS)
+    predictions = [{"label": f"l{i}", "index": i, "probability": 0.1} for i in range(6)]
+    body = {"predictions": predictions, "embedding": [0.5, 0.25], "logits": {"activation": "softmax", "values": [1.0]},
+            "timings_ms": {"handler_total": 12.5}}
+    line = window_line(WindowResult(0, 1.0, 3.0, 0, "remux", 10, {}, Answer(body, 1), 0.5), topk=2)
+    assert line["predictions"] == predictions[:2] and line["embedding"] == [0.5, 0.25]
+    assert line["logits"] == body["logits"] and line["handler_ms"] == 12.5
+
+
 def test_smoothing_asks_for_more_labels() -> None:
     args = live_cli.build_parser().parse_args(["x", "--topk", "3", "--average", "4", "--embedding"])
     assert live_cli.request_fields(args) == {"topk": str(live_cli.SMOOTHING_TOPK), "output": "embedding"}

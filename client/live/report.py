@@ -17,10 +17,14 @@ from collections import deque
 from typing import IO, Any, Deque, Dict, List, Optional, Tuple
 
 from client.live.runner import LiveStats, WindowResult
+from client.options import answer_key
 from client.progress import percentile
+from handler.options import OUTPUTS
 from client.transport import Answer
 
 BAR_WIDTH = 30
+# The answer's keys of every output kind a request may ask for.
+OUTPUT_KEYS = tuple(dict.fromkeys(answer_key(kind) for kinds in OUTPUTS.values() for kind in kinds))
 
 
 def window_line(result: WindowResult, topk: int) -> Dict[str, Any]:
@@ -31,10 +35,9 @@ def window_line(result: WindowResult, topk: int) -> Dict[str, Any]:
     if isinstance(result.outcome, Answer):
         body = result.outcome.body
         line["status"] = "ok"
-        if "predictions" in body:
-            line["predictions"] = body["predictions"][:topk]
-        if "embedding" in body:
-            line["embedding"] = body["embedding"]
+        for key in OUTPUT_KEYS:  # whatever the window's answer holds: labels, embedding, logits...
+            if key in body:
+                line[key] = body[key][:topk] if key == "predictions" else body[key]
         if "handler_total" in (body.get("timings_ms") or {}):
             line["handler_ms"] = body["timings_ms"]["handler_total"]  # the server's share of the latency
     else:

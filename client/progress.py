@@ -2,7 +2,7 @@
 
 On a terminal: a tqdm bar with rate and ETA. Otherwise (a log file, CI): a plain line at most every
 ``interval`` seconds and at the end, so logs stay short. The summary: answered, failed by reason,
-clips/s, p50/p95 latency.
+videos/s, p50/p95 latency.
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ class Tally:
         failed = sum(self.failures.values())
         lines = [f"answered {self.answered}, failed {failed} of {self.total} sent"
                  + (f" ({self.skipped} skipped: already answered, --resume)" if self.skipped else "")
-                 + f"; {wall:.1f} s, {self.rate():.2f} clips/s"]
+                 + f"; {wall:.1f} s, {self.rate():.2f} videos/s"]
         if self.latencies_ms:
             lines.append(f"latency p50 {percentile(self.latencies_ms, 0.5) / 1000:.2f} s, "
-                         f"p95 {percentile(self.latencies_ms, 0.95) / 1000:.2f} s (per answered clip, retries included)")
+                         f"p95 {percentile(self.latencies_ms, 0.95) / 1000:.2f} s (per answered video, retries included)")
         for reason, count in self.failures.most_common():
             lines.append(f"failed {count:>5}  {reason}")
         return "\n".join(lines)
@@ -71,7 +71,7 @@ class Progress:
     """Shows a Tally as it changes: ``update()`` after each input, ``close()`` at the end."""
 
     def __init__(self, tally: Tally, stream: Optional[IO[str]] = None, tty: Optional[bool] = None,
-                 interval: float = 10.0, unit: str = "clip", clock: Callable[[], float] = time.monotonic) -> None:
+                 interval: float = 10.0, unit: str = "video", clock: Callable[[], float] = time.monotonic) -> None:
         stream = stream or sys.stderr
         self.tally, self.stream, self.interval, self.clock, self.unit = tally, stream, interval, clock, unit
         self.shown = -1  # the count the last plain line showed

@@ -149,8 +149,8 @@ def test_bulk_writes_one_flushed_line_per_input_and_a_summary(tmp_path: Path, ca
     assert {Path(line["path"]).name: line["attempts"] for line in lines}["clip03.mp4"] == 2
     assert all(line["elapsed_ms"] >= 0 for line in lines) and len(fake.requests) == 8
     # not a terminal: plain progress lines, then the summary
-    assert "progress: 7/7 clips (100%), 2 failed" in stderr and "\r" not in stderr
-    assert "answered 5, failed 2 of 7 sent" in stderr and "clips/s" in stderr and "p50" in stderr and "p95" in stderr
+    assert "progress: 7/7 videos (100%), 2 failed" in stderr and "\r" not in stderr
+    assert "answered 5, failed 2 of 7 sent" in stderr and "videos/s" in stderr and "p50" in stderr and "p95" in stderr
     assert "failed     2  no_video_stream" in stderr
     assert "Worker died" in stderr and "resending" in stderr
 
@@ -250,8 +250,8 @@ def test_plain_progress_lines_at_most_every_interval() -> None:
         progress.update()
     progress.close()
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "progress: 5/10 clips (50%), 1 failed, 1.00 clips/s, ETA 5 s"
-    assert lines[1] == "progress: 10/10 clips (100%), 1 failed, 1.00 clips/s, ETA 0 s" and len(lines) == 2
+    assert lines[0] == "progress: 5/10 videos (50%), 1 failed, 1.00 videos/s, ETA 5 s"
+    assert lines[1] == "progress: 10/10 videos (100%), 1 failed, 1.00 videos/s, ETA 0 s" and len(lines) == 2
     assert percentile([1, 2, 3, 4], 0.5) == 2.5 and percentile([5.0], 0.95) == 5.0
 
 

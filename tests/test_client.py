@@ -81,7 +81,8 @@ def test_missing_file_and_unreachable_server_exit_nonzero(tmp_path: Path) -> Non
     assert done.returncode == 1 and "cannot read" in done.stderr
     clip = tmp_path / "x.mp4"
     clip.write_bytes(b"\x00" * 16)
-    done = run_client(str(clip), "--url", "http://127.0.0.1:9", "--token", "t", "--timeout", "5")
+    # Resent as for any connection error (the backoff's own test: test_client_bulk), without the waits.
+    done = run_client(str(clip), "--url", "http://127.0.0.1:9", "--token", "t", "--timeout", "5", "--backoff", "0.01")
     assert done.returncode == 1 and "cannot reach http://127.0.0.1:9/predictions/slowfast_r50" in done.stderr
 
 

@@ -32,6 +32,8 @@ import pytest
 
 from client.endpoint import ClientError, resolve_endpoint
 from client.transport import Answer, Transport
+from harness.polling import wait_for
+from harness.prometheus import parse_prometheus, value
 from harness.torchserve import LocalTorchServe
 
 CLIP = "tv__WUzgd7C1pWA.mp4"  # 10.9 s Kinetics clip, the Makefile's default VIDEO
@@ -244,6 +246,12 @@ def cpu_seconds(server: LocalTorchServe, model: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def received(server: LocalTorchServe, model: str) -> float:
+    """Requests for ``model`` the frontend has read to their end (``ts_inference_requests_total``
+    counts a request when its whole body is in, before it is queued)."""
+    return value(parse_prometheus(server.metrics()), "ts_inference_requests_total", model_name=model)
+
+
 def worker_threads_nice(server: LocalTorchServe, model: str) -> List[int]:
     """The nice value of every thread of ``model``'s worker process (field 19 of /proc/<tid>/stat)."""
     pid = int(server.workers(model)[0]["pid"])
@@ -288,17 +296,19 @@ def test_an_abandoned_streamed_timeline_does_not_hold_the_clip_worker(both: Loca
         f"(bound max(5 s, 3x) = {allowed_delay(alone_s):.2f} s)")
     # ... which the timeline worker still computes: nothing told it the client left.
     busy_before = cpu_seconds(both, TIMELINE_MODEL)
-    time.sleep(2.0)
-    assert cpu_seconds(both, TIMELINE_MODEL) - busy_before > 0.2
+    assert wait_for(lambda: cpu_seconds(both, TIMELINE_MODEL) - busy_before > 0.2, timeout=30), (
+        "the timeline worker used no CPU for 30 s after its client left")
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_four_long_timelines_at_once_keep_the_clip_p95_within_3x(transport: Transport, long_video: bytes,
-                                                                  clip: bytes, alone_s: float):
+def test_four_long_timelines_at_once_keep_the_clip_p95_within_3x(both: LocalTorchServe, transport: Transport,
+                                                                  long_video: bytes, clip: bytes, alone_s: float):
     stop = threading.Event()
 
-    def follow(_: int) -> int:
+    reads = [0] * 4
+
+    def follow(i: int) -> int:
         # Connected to the end: the timeline worker answers the four one after the other, so three
         # wait for their first line; the module's server stop ends those waits.
         mine = Transport(transport.endpoint, timeout=3600, attempts=1)
@@ -306,15 +316,19 @@ def test_four_long_timelines_at_once_keep_the_clip_p95_within_3x(transport: Tran
         try:
             for _line in mine.stream(long_video, {"timeline": "true", "stream": "true"}):
                 read += 1
+                reads[i] = read
                 if stop.is_set():
                     break
         except ClientError:
             pass
         return read
 
+    before = received(both, TIMELINE_MODEL)
     pool = ThreadPoolExecutor(4)
     streams = [pool.submit(follow, i) for i in range(4)]
-    time.sleep(5.0)  # the four are uploaded and the timeline worker is busy
+    # The load is there once the four are uploaded and the timeline worker streams one of them.
+    assert wait_for(lambda: received(both, TIMELINE_MODEL) - before >= 4 and any(reads), timeout=300), (
+        f"uploaded {received(both, TIMELINE_MODEL) - before:g} of 4, lines read per stream {reads}")
     latencies = [clip_seconds(transport, clip) for _ in range(12)]
     running = sum(not s.done() for s in streams)
     stop.set()

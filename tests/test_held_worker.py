@@ -3,7 +3,7 @@
 TorchServe 0.12 cannot cancel a request whose client left: the frontend drops the streamed lines
 of a closed connection and never tells the worker, so the work runs to its end. The deployment
 bounds who it can delay instead: the archive is registered twice (config.properties load_models),
-slowfast_r50 for clips and slowfast_r50_timeline for long timelines, each with its own worker; the
+<model> for clips and <model>_timeline for long timelines, each with its own worker; the
 clip registration refuses a timeline longer than one answer's budget with a 413 naming the other,
 the client sends timelines there, and that worker runs at nice 10, so it only gets the cores the
 clip worker leaves idle.
@@ -32,13 +32,13 @@ import pytest
 
 from client.endpoint import ClientError, resolve_endpoint
 from client.transport import Answer, Transport
+from harness.paths import MODEL as CLIP_MODEL, TIMELINE_MODEL
 from harness.polling import wait_for
 from harness.prometheus import parse_prometheus, value
 from harness.torchserve import LocalTorchServe
 
 CLIP = "tv__WUzgd7C1pWA.mp4"  # 10.9 s Kinetics clip, the Makefile's default VIDEO
-CLIP_MODEL, TIMELINE_MODEL = "slowfast_r50", "slowfast_r50_timeline"
-TIMELINE_NICE = 10  # model-config.yaml registrations.slowfast_r50_timeline.cpu_nice
+TIMELINE_NICE = 10  # model-config.yaml registrations."{model}_timeline".cpu_nice
 ABANDON_AFTER_S = 3.0
 
 
@@ -157,7 +157,7 @@ def test_the_client_sends_timelines_to_the_timeline_registration_or_the_model_wi
     from client.endpoint import timeline_url
     from tests.fake_torchserve import FakeTorchServe, Reply, error, ok
 
-    assert timeline_url("http://h:8080/predictions/slowfast_r50") == "http://h:8080/predictions/slowfast_r50_timeline"
+    assert timeline_url(f"http://h:8080/predictions/{CLIP_MODEL}") == f"http://h:8080/predictions/{TIMELINE_MODEL}"
     assert timeline_url("http://h:8080/predictions/x_timeline") == "http://h:8080/predictions/x_timeline"
     line = {"window": {"index": 0, "of": 1, "start": 0.0, "end": 2.1}}
 
@@ -166,12 +166,11 @@ def test_the_client_sends_timelines_to_the_timeline_registration_or_the_model_wi
 
     def without(request):
         if request.path.endswith("_timeline"):
-            return error(404, "ModelNotFoundException", "Model not found: slowfast_r50_timeline", torchserve=True)
+            return error(404, "ModelNotFoundException", f"Model not found: {TIMELINE_MODEL}", torchserve=True)
         return Reply(200, lines=[line, {"timeline": []}]) if request.headers.get("timeline") else ok()
 
-    for answer, paths in ((with_registration, ["/predictions/slowfast_r50", "/predictions/slowfast_r50_timeline"]),
-                          (without, ["/predictions/slowfast_r50", "/predictions/slowfast_r50_timeline",
-                                     "/predictions/slowfast_r50"])):
+    clips, timelines = f"/predictions/{CLIP_MODEL}", f"/predictions/{TIMELINE_MODEL}"
+    for answer, paths in ((with_registration, [clips, timelines]), (without, [clips, timelines, clips])):
         with FakeTorchServe(answer) as fake:
             transport = Transport(resolve_endpoint(fake.url, token="k"), attempts=1)
             assert isinstance(transport.send(b"v", {}), Answer)
@@ -271,7 +270,7 @@ def test_each_registration_has_its_own_worker_and_the_timeline_one_yields_the_co
 @pytest.mark.parametrize("stream", ["true", "false"])
 def test_the_clip_registration_refuses_a_long_timeline_naming_the_way_out(both: LocalTorchServe,
                                                                           long_video: bytes, stream: str):
-    """curl to /predictions/slowfast_r50 with timeline=true: 413 before any decoding, naming where
+    """curl to /predictions/<model> with timeline=true: 413 before any decoding, naming where
     long timelines go; an abandoned request there can hold the clip worker for 48 views at most."""
     started = time.perf_counter()
     reply = both.predict(long_video, {"timeline": "true", "stream": stream})

@@ -191,7 +191,7 @@ def scale_retrying(server: LocalTorchServe, min_worker: int, max_worker: int, at
 
 
 def test_scale_up_and_down_while_clients_run(server: LocalTorchServe, clip_bytes, reference) -> None:
-    """``PUT /models/slowfast_r50?min_worker=2`` then ``?min_worker=1&max_worker=1`` under load.
+    """``PUT /models/<model>?min_worker=2`` then ``?min_worker=1&max_worker=1`` under load.
 
     Scaling up must not fail a request. Scaling down: TorchServe removes the newest worker at once
     (``destroyForcibly``) and fails the batch it was running with 500 "Worker died." (or "Worker

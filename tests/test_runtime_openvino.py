@@ -20,7 +20,7 @@ from typing import Dict, List, Tuple
 import pytest
 import torch
 
-from export.reference import slowfast_r50_contract
+from export.reference import default_contract
 from export.save import save_with_contract
 from handler.options import ConfigError, ServeOptions
 from handler.runtime import load_runtime
@@ -54,7 +54,7 @@ class Tiny(torch.nn.Module):
 @pytest.fixture(scope="module")
 def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     contract = dataclasses.replace(
-        slowfast_r50_contract(), num_frames=8, alpha=4, short_side=16, crop_size=16,
+        default_contract(), num_frames=8, alpha=4, short_side=16, crop_size=16,
         labels=tuple(f"class {i}" for i in range(CLASSES)), embedding_size=EMBEDDING,
     )
     path = tmp_path_factory.mktemp("tiny") / "tiny.pt"

@@ -81,6 +81,7 @@ def long_video(long_video_path: Path) -> bytes:
     return long_video_path.read_bytes()
 
 
+@pytest.mark.heavy  # encodes the 600 s clip once (~10 s, then cached)
 def test_the_upload_is_decoded_without_a_copy_of_it(long_video_path: Path):
     """Opening the 600 s video's body and decoding one window grows the peak by the decoder's own
     buffers (~30 MB here), not by another copy of the ~80 MB upload (io.BytesIO copied a bytearray)."""

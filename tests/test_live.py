@@ -212,11 +212,12 @@ def answered_with(delay_s: float, delays=None, keep: Optional[list] = None):
     return answer
 
 
-def run_live(url: str, source: Path, tmp_path: Path, *flags: str, stats: Optional[list] = None) -> tuple:
+def run_live(url: str, source: Path, tmp_path: Path, *flags: str, stats: Optional[list] = None,
+             window: float = WINDOW) -> tuple:
     """(exit status, the JSON lines, what was shown); ``stats`` gets the run's LiveStats."""
     out = tmp_path / "live.jsonl"
     stdout = io.StringIO()
-    status, counts = live_cli.run([str(source), "--url", url, "--token", "t", "--window", f"{WINDOW}", "--out", str(out),
+    status, counts = live_cli.run([str(source), "--url", url, "--token", "t", "--window", f"{window}", "--out", str(out),
                                    *flags], stdout=stdout)
     if stats is not None:
         stats.append(counts)
@@ -267,11 +268,12 @@ def test_a_slow_server_costs_skipped_windows_not_latency_or_memory(short_stream_
     assert max(samples[half:]) - max(samples[:half]) < 2**20, samples
 
 
-def test_overlapping_windows_are_reported_in_order(stream_file: Path, tmp_path: Path, capsys) -> None:
+def test_overlapping_windows_are_reported_in_order(short_stream_file: Path, tmp_path: Path, capsys) -> None:
     # Answers take 1.6, 0.2, 0.9 s in turn, a window is due every 0.5 s: later windows overtake earlier ones.
+    # 1 s windows: the first is due 1 s into the stream (the model's length is not the point here).
     with FakeTorchServe(answered_with(0, delays=[1.6, 0.2, 0.9])) as fake:
-        status, lines, out = run_live(fake.url, stream_file, tmp_path, "--realtime", "--hop", "0.5",
-                                      "--concurrency", "3", "--max-windows", "8")
+        status, lines, out = run_live(fake.url, short_stream_file, tmp_path, "--realtime", "--hop", "0.5",
+                                      "--concurrency", "3", "--max-windows", "8", window=1.0)
         sent = len(fake.requests)
     windows = [line for line in lines if "window" in line]
     assert status == 0 and len(windows) == 8 and sent == 8
@@ -312,8 +314,9 @@ def test_ctrl_c_stops_with_a_summary(stream_file: Path, tmp_path: Path) -> None:
 
     with FakeTorchServe(answered_with(0.2)) as fake:
         process = subprocess.Popen(
+            # Short windows and hops: two answers within a second of stream (the length is not the point here).
             [sys.executable, "-m", "client", "live", str(stream_file), "--realtime", "--url", fake.url, "--token", "t",
-             "--window", f"{WINDOW}", "--out", str(tmp_path / "live.jsonl")],
+             "--window", "0.5", "--hop", "0.25", "--out", str(tmp_path / "live.jsonl")],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(fake.requests) < 2:

@@ -284,6 +284,7 @@ def probes(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Tuple[Path, Li
     return results
 
 
+@pytest.mark.heavy  # two fresh interpreters importing torch, OpenVINO and TorchServe: ~7 s of CPU
 def test_the_worker_sends_no_telemetry(probes) -> None:
     home, lines = probes["handler"]
     assert lines[0] == "openvino imported, opt-out loaded: True"
@@ -292,6 +293,7 @@ def test_the_worker_sends_no_telemetry(probes) -> None:
     assert not (home / "intel").exists()  # nothing written to the user's home either
 
 
+@pytest.mark.heavy
 def test_without_the_opt_out_openvino_would_send(probes) -> None:
     """The probe can fail: the same conversion without the handler's opt-out tries to send."""
     _, lines = probes["bare"]

@@ -120,7 +120,7 @@ def test_micro_batches_bound_the_forward_size(model_dir, shared_videos, monkeypa
     assert seen == [2, 2] and sum(seen) == 4  # 3 + 1 views in chunks of at most 2
 
 
-def test_streamed_timeline_sends_a_line_per_window_then_the_full_answer(handler, model_dir, shared_videos):
+def test_streamed_timeline_sends_a_line_per_window_then_the_full_answer(handler, model_dir, shared_videos, contract):
     import json
 
     video = (shared_videos / "tv__WUzgd7C1pWA.mp4").read_bytes()

@@ -51,7 +51,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 help:
 	@echo "make serve      install, export, archive and start TorchServe with $(MODEL) loaded"
 	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
-	@echo "make test-unit  the tests that need no TorchServe and no export (under a minute)"
+	@echo "make test-unit  the quick tests: no TorchServe, no export, nothing heavy (under a minute)"
 	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] | start [MODELS=\"a b\"] | stop | status"
 	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | clean"
 
@@ -124,9 +124,10 @@ status:
 test: $(BIN)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# No TorchServe, no export: parsing, options, planning, running, rendering, decoding, client (under a minute).
+# No TorchServe, no export, nothing heavy: parsing, options, planning, running, rendering, decoding,
+# client (under a minute). `make test` runs these and the rest CI needs (pytest.ini: markers).
 test-unit: $(BIN)/.installed
-	$(PY) -m pytest -m "not slow and not integration and not needs_build" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not integration and not needs_build and not heavy" $(PYTEST_ARGS)
 
 test-all: $(BIN)/.installed
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)

@@ -24,10 +24,14 @@ from typing import List, Sequence
 
 import torch
 
+from harness.paths import MODEL
+
 # Real clips the statistics are taken from (tests judging answers should use others).
 CALIBRATION_CLIPS = ("mb__trim-buck-bunny.webm", "ii__realshort.mp4", "tv__RATRACE_wave_f_nm_np1_fr_goo_37.avi")
 PROJECTION_SCALE = 40.0  # the perturbed checkpoint's: top-1 ~0.06 on real clips (uniform: 0.0025)
 LOGIT_SPREAD = 0.6  # typical std of a clip's logits over classes: top-1 probabilities ~0.2-0.8
+# The file export_non_flat writes: named as `make mar` names the default model's.
+NON_FLAT_PT = f"{MODEL}.pt"
 
 
 def calibration_pathways(videos: Path) -> List[List[torch.Tensor]]:
@@ -42,7 +46,7 @@ def calibration_pathways(videos: Path) -> List[List[torch.Tensor]]:
 
 
 def write_non_flat_checkpoint(path: Path, calibration: Sequence[List[torch.Tensor]], seed: int = 7) -> Path:
-    """Save a model-zoo layout state dict (``{"model_state": ...}``) of SlowFast R50 to ``path``."""
+    """Save a model-zoo layout state dict (``{"model_state": ...}``) of the default variant to ``path``."""
     from export.build import build_slowfast_r50
 
     model = build_slowfast_r50(None, seed=seed)
@@ -65,8 +69,8 @@ def write_non_flat_checkpoint(path: Path, calibration: Sequence[List[torch.Tenso
         for pathways in calibration:
             model([p.clone() for p in pathways])
         hook.remove()
-        feature = torch.cat([f.reshape(f.shape[0], f.shape[1], -1).mean(-1) for f in features])  # (N, 2304)
-        weight = head.proj.weight  # (400, 2304)
+        feature = torch.cat([f.reshape(f.shape[0], f.shape[1], -1).mean(-1) for f in features])  # (N, embedding size)
+        weight = head.proj.weight  # (classes, embedding size)
         # A clip's logits are W (f - mean); f varies by about the calibration clips' spread.
         spread = (weight.pow(2) @ feature.var(0)).sqrt().mean()
         scale = LOGIT_SPREAD / float(spread)
@@ -85,13 +89,13 @@ def export_non_flat(directory: Path, videos: Path) -> Path:
 
     from export.build import build_slowfast_r50
     from export.checkpoint import weights_origin
-    from export.reference import slowfast_r50_contract
+    from export.reference import default_contract
     from export.save import save_with_contract
     from export.scriptable import script_slowfast
 
     checkpoint = str(write_non_flat_checkpoint(directory / "non_flat.pyth", calibration_pathways(videos)))
-    contract = dataclasses.replace(slowfast_r50_contract(), weights=weights_origin(checkpoint, 0))
-    output = directory / "slowfast_r50.pt"
+    contract = dataclasses.replace(default_contract(), weights=weights_origin(checkpoint, 0))
+    output = directory / NON_FLAT_PT
     save_with_contract(script_slowfast(build_slowfast_r50(checkpoint)), contract, output)
     return output
 
@@ -118,10 +122,10 @@ def export_perturbed(output: Path, seed: int = 0) -> Path:
     """Script the perturbed network and save it with its contract (export's own steps)."""
     import dataclasses
 
-    from export.reference import slowfast_r50_contract
+    from export.reference import default_contract
     from export.save import save_with_contract
     from export.scriptable import script_slowfast
 
-    contract = dataclasses.replace(slowfast_r50_contract(), weights=f"perturbed test checkpoint (seed {seed})")
+    contract = dataclasses.replace(default_contract(), weights=f"perturbed test checkpoint (seed {seed})")
     save_with_contract(script_slowfast(perturbed_slowfast(seed)), contract, output)
     return output

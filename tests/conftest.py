@@ -65,7 +65,7 @@ def contract(built: Dict[str, Path]):
 
 @pytest.fixture(scope="session")
 def non_flat_model_dir(shared_videos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model directory holding ``slowfast_r50.pt`` exported from a checkpoint whose answers depend
+    """A model directory holding ``<MODEL>.pt`` exported from a checkpoint whose answers depend
     on the input (tests/checkpoints.py): for tests that judge probabilities or embeddings."""
     from tests.checkpoints import export_non_flat
 

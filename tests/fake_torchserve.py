@@ -58,7 +58,7 @@ class FakeTorchServe:
                 request = Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 fake.requests.append(request)
                 reply = fake.answer(request)
-                time.sleep(reply.delay_s)
+                time.sleep(reply.delay_s)  # the behaviour under test: a server this slow
                 if reply.lines is not None:
                     self._stream(reply)
                 else:
@@ -94,7 +94,8 @@ class FakeTorchServe:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # Polled often: shutdown() waits up to one poll interval (0.5 s by default) at every exit.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def url(self) -> str:

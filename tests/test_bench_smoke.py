@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 import pytest
 
-from harness.paths import REPO
+from harness.paths import REPO, TIMELINE_MODEL
 
 pytestmark = pytest.mark.integration  # starts its own TorchServe on free loopback ports
 
@@ -120,7 +120,7 @@ def test_held_section(quick_run: Dict[str, Any]) -> None:
     held = quick_run["http"]["held"]
     # The long video's timeline is refused by the clip registration, before decoding.
     assert held["clip_registration_refusal"]["status"] == 413
-    assert "slowfast_r50_timeline" in held["clip_registration_refusal"]["message"]
+    assert TIMELINE_MODEL in held["clip_registration_refusal"]["message"]
     assert held["abandoned"]["windows_read"] >= 1  # the timeline registration streamed it
     assert _positive(held["after_abandoned_s"]) and _positive(held["loaded_p95_over_alone"])
     names = " ".join(t["name"] for t in quick_run["targets"])

@@ -45,7 +45,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"x" * 10)
             self.wfile.flush()
-            time.sleep(3)  # longer than the test's read timeout
+            time.sleep(3)  # the behaviour under test: a stall longer than the test's read timeout
             return
         if name not in self.files:
             self.send_error(404, "Not Found")
@@ -66,7 +66,8 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tuple[str,
     _Handler.files = {"good.pyth": good.read_bytes(), "notes.pyth": b"<html>not a checkpoint</html>" * 10}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # Polled often: shutdown() waits up to one poll interval (0.5 s by default).
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path / "hub" / "checkpoints"

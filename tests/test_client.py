@@ -12,7 +12,7 @@ import pytest
 
 import client.endpoint as ep
 import client.predict as cp
-from harness.paths import REPO
+from harness.paths import MODEL, REPO
 from harness.torchserve import LocalTorchServe
 
 KEYS = {"management": {"key": "mgmt-key"}, "inference": {"key": "inf-key"}, "API": {"key": "api-key"}}
@@ -32,7 +32,7 @@ def run_client(*args: str, env_token: str = "") -> subprocess.CompletedProcess:
 
 
 def test_predictions_url() -> None:
-    assert ep.predictions_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080/predictions/slowfast_r50"
+    assert ep.predictions_url("http://127.0.0.1:8080") == f"http://127.0.0.1:8080/predictions/{MODEL}"
     assert ep.predictions_url("127.0.0.1:9000/", "m") == "http://127.0.0.1:9000/predictions/m"
     assert ep.predictions_url("https://h/predictions/x") == "https://h/predictions/x"
     with pytest.raises(ep.ClientError):
@@ -81,8 +81,9 @@ def test_missing_file_and_unreachable_server_exit_nonzero(tmp_path: Path) -> Non
     assert done.returncode == 1 and "cannot read" in done.stderr
     clip = tmp_path / "x.mp4"
     clip.write_bytes(b"\x00" * 16)
-    done = run_client(str(clip), "--url", "http://127.0.0.1:9", "--token", "t", "--timeout", "5")
-    assert done.returncode == 1 and "cannot reach http://127.0.0.1:9/predictions/slowfast_r50" in done.stderr
+    # Resent as for any connection error (the backoff's own test: test_client_bulk), without the waits.
+    done = run_client(str(clip), "--url", "http://127.0.0.1:9", "--token", "t", "--timeout", "5", "--backoff", "0.01")
+    assert done.returncode == 1 and f"cannot reach http://127.0.0.1:9/predictions/{MODEL}" in done.stderr
 
 
 # -- against the session's TorchServe ------------------------------------------------------------

@@ -337,10 +337,16 @@ def test_interrupt_keeps_finished_lines(tmp_path: Path, capsys, monkeypatch) -> 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Progress, "update", interrupting_update)
+    before = set(threading.enumerate())
     with FakeTorchServe(answer) as fake:
         code, _, stderr = run(capsys, str(tmp_path / "v"), "--out", str(out), "--url", fake.url, "--token", "k",
                               "--concurrency", "4")
         gate.set()
+        # The run returned at once, as on Ctrl-C; its daemon workers end once answered: let them,
+        # while the fake still serves (a worker outliving the test would write to a closed stderr).
+        for thread in set(threading.enumerate()) - before:
+            if thread.name.endswith("(worker)"):
+                thread.join(timeout=30)
     assert code == 130 and "--resume" in stderr
     assert [line["path"] for line in read_lines(out)] == [str(paths[0])]
     assert out.read_text().endswith("\n")

@@ -208,14 +208,14 @@ def test_streamed_timeline_with_csv_and_chart(served: LocalTorchServe, shared_vi
         assert image.size == (1000, 480)
 
 
-def test_embeddings_to_npy(served: LocalTorchServe, folder: Path, tmp_path: Path) -> None:
+def test_embeddings_to_npy(served: LocalTorchServe, folder: Path, tmp_path: Path, contract) -> None:
     clips = [str(folder / name) for name in GOOD[:2]]
     out = tmp_path / "emb.jsonl"
     done = subprocess.run(client(served, *clips, "--embedding", "--out", str(out)),
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     matrix = np.load(tmp_path / "emb.npy")
-    assert matrix.shape == (2, 2304) and matrix.dtype == np.float32
+    assert matrix.shape == (2, contract.embedding_size) and matrix.dtype == np.float32
     rows = {Path(line["path"]).name: line["embedding_row"] for line in lines_of(out)}
     assert not np.allclose(matrix[0], matrix[1])
     single = subprocess.run(client(served, clips[0], "--embedding", "--out", str(tmp_path / "one.npy")),

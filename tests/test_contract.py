@@ -6,12 +6,14 @@ import re
 
 import pytest
 
-from export.reference import LABELS_FILE, read_labels, slowfast_r50_contract
+from export.reference import LABELS_FILE, default_contract, read_labels
+from export.variants import VARIANTS, contract_for
 from handler.contract import ContractError, PreprocessContract
 
 
 def test_reference_contract_matches_the_hub_tutorial():
-    contract = slowfast_r50_contract()
+    # The tutorial's model, named: this test is about slowfast_r50, whichever model is the default.
+    contract = contract_for(VARIANTS["slowfast_r50"], read_labels())
     assert (contract.num_frames, contract.alpha, contract.slow_frames) == (32, 4, 8)
     assert contract.window_seconds == pytest.approx(64 / 30)
     assert (contract.short_side, contract.crop_size) == (256, 256)
@@ -26,7 +28,7 @@ def test_repo_labels_equal_the_shared_label_file(shared_videos):
 
 
 def test_json_round_trip_is_exact():
-    contract = slowfast_r50_contract()
+    contract = default_contract()
     assert PreprocessContract.from_json(contract.to_json()) == contract
 
 
@@ -43,7 +45,7 @@ def test_json_round_trip_is_exact():
     ],
 )
 def test_inconsistent_contracts_are_refused(change, message):
-    raw = json.loads(slowfast_r50_contract().to_json())
+    raw = json.loads(default_contract().to_json())
     raw.update(change)
     with pytest.raises(ContractError, match=message):
         PreprocessContract.from_json(json.dumps(raw))
@@ -56,13 +58,13 @@ def test_missing_fields_are_refused():
 
 def test_contract_without_weights_reads_as_unknown():
     """Model files exported before the weights' origin was recorded still load."""
-    raw = json.loads(slowfast_r50_contract().to_json())
+    raw = json.loads(default_contract().to_json())
     del raw["weights"]
     assert PreprocessContract.from_json(json.dumps(raw)).weights == "unknown"
 
 
 def test_built_model_carries_the_reference_contract_and_its_weights(contract):
-    assert dataclasses.replace(contract, weights="unknown") == slowfast_r50_contract()
+    assert dataclasses.replace(contract, weights="unknown") == default_contract()
     # Offline the default export falls back to random weights and says why (tests/test_checkpoint_download.py).
     assert re.fullmatch(r"random weights, seed \d+ \(predictions are meaningless(; .+)?\)|checkpoint .+ sha256:[0-9a-f]{12}",
                         contract.weights), contract.weights

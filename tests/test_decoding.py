@@ -14,14 +14,14 @@ import torch
 
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
-from export.reference import slowfast_r50_contract
+from export.reference import default_contract
 from handler.protocol import parse_row
 from handler.sampling import clip_windows, instants_between
 from tests.edge_cases import CASES, EXPECTED, SEEK_HOSTILE, build, build_seek_hostile, frame_index, truncations
 from harness.synth import faststart, make_video
 
 LIMITS = DecodeLimits(max_frame_pixels=8192 * 4352, max_decode_seconds=30)
-CONTRACT = slowfast_r50_contract()  # what the handler samples: the model's contract
+CONTRACT = default_contract()  # what the handler samples: the model's contract
 WINDOW, FRAMES, SHORT_SIDE = CONTRACT.window_seconds, CONTRACT.num_frames, CONTRACT.short_side
 
 

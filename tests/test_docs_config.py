@@ -183,11 +183,11 @@ def readme_option_rows(text: str) -> Dict[str, str]:
 
 
 def test_the_readme_states_every_request_option_as_declared() -> None:
-    from export.reference import slowfast_r50_contract
+    from export.reference import default_contract
 
     rows = readme_option_rows((REPO / "README.md").read_text())
     assert sorted(rows) == sorted(option.name for option in REQUEST_OPTIONS)
-    num_classes = slowfast_r50_contract().num_classes
+    num_classes = default_contract().num_classes
     wrong = [f"{option.name}: README says {rows[option.name]!r}, declared {stated_values(option, num_classes)!r}"
              for option in REQUEST_OPTIONS if not rows[option.name].startswith(stated_values(option, num_classes))]
     assert wrong == [], "\n".join(wrong)

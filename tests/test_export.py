@@ -16,14 +16,15 @@ import pytest
 import torch
 
 from export.__main__ import main as export_main
-from export.build import build_slowfast_r50
+from export.build import build_slowfast_r50, build_variant
 from export.checkpoint import CheckpointError, load_strict, read_state_dict, weights_origin
-from export.reference import slowfast_r50_contract
+from export.reference import DEFAULT, default_contract
 from export.save import load_with_contract
 from export.scriptable import script_slowfast
+from export.variants import DEFAULT_VARIANT, VARIANTS
 from export.verify import VerificationError, check_against, make_inputs, reference_outputs
 
-CONTRACT = slowfast_r50_contract()
+CONTRACT = default_contract()
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,10 @@ def eager():
 
 
 def test_hub_architecture_and_parameter_count(eager):
-    assert sum(p.numel() for p in eager.parameters()) == 34_566_488
-    fusion = eager.blocks[0].multipathway_fusion.conv_fast_to_slow
+    # The hub's slowfast_r50, named: its figures, whichever variant is the default.
+    r50 = eager if DEFAULT_VARIANT == "slowfast_r50" else build_variant(VARIANTS["slowfast_r50"])
+    assert sum(p.numel() for p in r50.parameters()) == 34_566_488
+    fusion = r50.blocks[0].multipathway_fusion.conv_fast_to_slow
     assert tuple(fusion.kernel_size) == (7, 1, 1)  # the hub's slowfast_r50 fusion kernel
 
 
@@ -42,13 +45,13 @@ def test_built_file_matches_eager_and_leaves_inputs_untouched(built, eager):
     assert isinstance(scripted, torch.jit.ScriptModule) and not isinstance(scripted, torch.jit.TopLevelTracedModule)
     # Offline, the default weights fall back to random ones (tests/test_checkpoint_download.py).
     assert contract == dataclasses.replace(CONTRACT, weights=contract.weights)
-    assert contract.weights.startswith(("random weights, seed 0 (predictions are meaningless", "checkpoint SLOWFAST_8x8_R50.pyth"))
+    assert contract.weights.startswith(("random weights, seed 0 (predictions are meaningless", f"checkpoint {Path(DEFAULT.checkpoint_url).name}"))
     inputs = make_inputs(CONTRACT, batch=2, crop=224, seed=7)
     given = list(inputs)
     with torch.inference_mode():
         ours = scripted(given)
         reference = eager([t.clone() for t in inputs])
-    assert ours.shape == (2, 400)
+    assert ours.shape == (2, CONTRACT.num_classes)
     assert float((ours - reference).abs().max()) <= 1e-4
     assert given[0] is inputs[0] and given[0].shape == (2, 3, 8, 224, 224)  # caller's list intact
 
@@ -58,7 +61,7 @@ def test_built_file_embedding_is_the_eager_heads_pooled_input(built, eager, batc
     """forward_with_embedding == the eager head's input (a hook on pytorchvideo's own pool-concat
     stage) averaged over T,H,W, and its logits are the head's projection of that vector."""
     scripted, contract = load_with_contract(built["pt"])
-    assert (contract.embedding_size, contract.embedding_name) == (2304, "slowfast_r50.head_input")
+    assert (contract.embedding_size, contract.embedding_name) == (DEFAULT.embedding_size, f"{DEFAULT.name}.head_input")
     head_inputs = []
     hook = eager.blocks[5].register_forward_hook(lambda _m, _i, out: head_inputs.append(out))
     inputs = make_inputs(CONTRACT, batch=batch, crop=256, seed=11)
@@ -70,8 +73,8 @@ def test_built_file_embedding_is_the_eager_heads_pooled_input(built, eager, batc
     finally:
         hook.remove()
     (head_input,) = head_inputs
-    assert head_input.shape == (batch, 2304, 1, 2, 2)  # 256x256: the pathway pools leave 1x2x2 positions
-    assert embedding.shape == (batch, 2304) and embedding.dtype == torch.float32
+    assert head_input.shape == (batch, DEFAULT.embedding_size, 1, 2, 2)  # 256x256: the pathway pools leave 1x2x2 positions
+    assert embedding.shape == (batch, DEFAULT.embedding_size) and embedding.dtype == torch.float32
     assert float((embedding - head_input.mean(dim=(2, 3, 4))).abs().max()) <= 1e-4
     assert float((logits - reference_logits).abs().max()) <= 1e-4
     assert torch.equal(logits, forward_logits)  # forward is the same pass's logits
@@ -141,7 +144,7 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path, eager):
         load_strict(model, state, "bad.pyth")
     message = str(caught.value)
     assert "blocks.6.proj.weight" in message and "blocks.6.extra.weight" in message
-    assert "blocks.6.proj.bias: checkpoint (700,) vs model (400,)" in message
+    assert f"blocks.6.proj.bias: checkpoint (700,) vs model ({CONTRACT.num_classes},)" in message
 
 
 def test_unreadable_checkpoints_fail_clearly(tmp_path):
@@ -176,7 +179,7 @@ def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *args: None  # type: ignore[attr-defined]
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield root, f"http://127.0.0.1:{server.server_address[1]}"

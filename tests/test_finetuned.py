@@ -2,8 +2,8 @@
 with its label file, archived and served by a real TorchServe beside the default model; a
 multi-label (sigmoid) head answering with ``threshold``; a label file of the wrong length refused.
 
-The 12-class head is 12 rows of the non-flat R50's calibrated head (tests/checkpoints.py), so its
-answers are known exactly: softmax over a subset of logits is the 400-class softmax restricted to
+The 12-class head is 12 rows of the non-flat default model's calibrated head (tests/checkpoints.py), so its
+answers are known exactly: softmax over a subset of logits is the full head's softmax restricted to
 those classes and renormalised.
 """
 
@@ -21,13 +21,15 @@ from harness.inproc import InProcessHandler
 from export.__main__ import main as export_main
 from export.archive import build_archive
 from export.save import load_with_contract, save_with_contract
-from export.variants import VARIANTS, build
+from export.reference import NUM_CLASSES
+from export.variants import DEFAULT_VARIANT, VARIANTS, build
 from harness.torchserve import REPO, LocalTorchServe
+from tests.checkpoints import NON_FLAT_PT
 
 NAME = "my_actions"
 LABELS = ("pour coffee", "open door", "tie shoelaces", "water plants", "fold towel", "feed cat",
           "wash dishes", "sweep floor", "iron shirt", "hang picture", "peel potato", "wrap gift")
-KEEP = list(range(7, 400, 33))[:12]  # the rows of the 400-class head the fine-tuned head keeps
+KEEP = list(range(7, NUM_CLASSES, 33))[:12]  # the rows of the default head the fine-tuned head keeps
 CLIP = "tv__WUzgd7C1pWA.mp4"
 
 
@@ -58,7 +60,7 @@ def fine_tuned(non_flat_model_dir: Path, tmp_path_factory) -> Dict[str, Path]:
 def test_export_reads_classes_from_the_head_labels_from_the_file_and_the_variant_from_the_shapes(fine_tuned):
     _, contract = load_with_contract(fine_tuned["pt"])
     assert contract.labels == LABELS and contract.num_classes == 12
-    assert (contract.model_name, contract.variant) == (NAME, "slowfast_r50")
+    assert (contract.model_name, contract.variant) == (NAME, DEFAULT_VARIANT)
     assert (contract.activation, contract.channel_order) == ("softmax", "RGB")
     assert contract.weights.startswith("checkpoint epoch=9-step=1200.ckpt sha256:")
 
@@ -89,8 +91,9 @@ def test_served_beside_the_default_model_each_with_its_own_name_and_labels(
     assert default["model"] == default_contract.model_name and len(default["predictions"]) == 5
     assert {p["label"] for p in default["predictions"]} <= set(default_contract.labels)
     assert not {p["label"] for p in default["predictions"]} & set(LABELS)
-    # The 400-class network's answer, restricted to the kept rows and renormalised, is the fine-tuned answer.
-    full = InProcessHandler(non_flat_model_dir / "slowfast_r50.pt", _torchscript_config(tmp_path)).handle(video, {"topk": "400"})
+    # The full network's answer, restricted to the kept rows and renormalised, is the fine-tuned answer.
+    full = InProcessHandler(non_flat_model_dir / NON_FLAT_PT, _torchscript_config(tmp_path)).handle(
+        video, {"topk": str(NUM_CLASSES)})
     by_index = {p["index"]: p["probability"] for p in full["predictions"]}
     kept = torch.tensor([by_index[i] for i in KEEP])
     expected = kept / kept.sum()
@@ -122,7 +125,7 @@ def test_a_sigmoid_model_answers_per_class_probabilities_above_a_threshold(fine_
 
 
 def test_a_label_file_of_the_wrong_length_is_refused_at_export(tmp_path, caplog):
-    state = build(VARIANTS["slowfast_r50"], num_classes=12, seed=1).state_dict()
+    state = build(VARIANTS[DEFAULT_VARIANT], num_classes=12, seed=1).state_dict()
     checkpoint = lightning_checkpoint(state, tmp_path / "last.ckpt")
     labels = tmp_path / "classes.txt"
     labels.write_text("\n".join(LABELS[:11]) + "\n")

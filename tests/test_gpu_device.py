@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 import torch
 
+from export.reference import EMBEDDING_SIZE, NUM_CLASSES
 from handler import runtime as runtime_module
 from handler import runtime_base, runtime_torchscript
 from handler import slowfast_handler as handler_module
@@ -72,9 +73,9 @@ class _RecordedLoad:
 @pytest.fixture
 def fake_contract() -> Any:
     """The real contract object (not a look-alike), so the handler reads every field it would in a worker."""
-    from export.reference import slowfast_r50_contract
+    from export.reference import default_contract
 
-    return slowfast_r50_contract()
+    return default_contract()
 
 
 @pytest.mark.parametrize("gpu_id", [0, 1, 3])
@@ -168,7 +169,7 @@ def test_initialize_real_model_on_cpu(
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    (model_dir / "slowfast_r50.pt").symlink_to(built["pt"])
+    (model_dir / built["pt"].name).symlink_to(built["pt"])
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this test process's threads
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     handler = handler_module.SlowFastHandler()
@@ -204,7 +205,7 @@ class _FakeScripted:
         })
         batch = pathways[0].shape[0]
         # fp16 outputs, as autocast produces on a GPU.
-        return torch.randn(batch, 400).half(), torch.rand(batch, 2304).half()
+        return torch.randn(batch, NUM_CLASSES).half(), torch.rand(batch, EMBEDDING_SIZE).half()
 
 
 @pytest.mark.parametrize("precision, dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", None)])
@@ -212,13 +213,13 @@ def test_gpu_runtime_runs_autocast_channels_last_and_returns_float32_cpu(
     precision: str, dtype: Optional[torch.dtype], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """GPU load path with a fake module: name, micro-batch, channels-last, autocast, float32 CPU outputs."""
-    from export.reference import slowfast_r50_contract
+    from export.reference import default_contract
     from handler.options import ServeOptions
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # lets torch.autocast("cuda") switch on
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     fake = _FakeScripted()
-    contract = slowfast_r50_contract()
+    contract = default_contract()
     monkeypatch.setattr(runtime_torchscript, "read_model", lambda path, device: (fake, contract))
     # Warm-up input built on CPU (no CUDA here); the device it is asked for is recorded.
     asked: List[torch.device] = []
@@ -245,5 +246,5 @@ def test_gpu_runtime_runs_autocast_channels_last_and_returns_float32_cpu(
     assert call["channels_last"] and call["autocast"] == dtype and call["shapes"][0] == (3, 3, 8, 16, 16)
     assert probabilities.dtype == embeddings.dtype == torch.float32
     assert probabilities.device.type == embeddings.device.type == "cpu"
-    assert probabilities.shape == (3, 400) and embeddings.shape == (3, 2304)
+    assert probabilities.shape == (3, NUM_CLASSES) and embeddings.shape == (3, EMBEDDING_SIZE)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(3))

@@ -24,9 +24,9 @@ from tests.edge_cases import build
 def model_dir(built, tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("model_dir")
     try:
-        os.link(built["pt"], directory / "slowfast_r50.pt")
+        os.link(built["pt"], directory / built["pt"].name)
     except OSError:
-        shutil.copy2(built["pt"], directory / "slowfast_r50.pt")
+        shutil.copy2(built["pt"], directory / built["pt"].name)
     return directory
 
 
@@ -43,7 +43,7 @@ def handle(handler: SlowFastHandler, model_dir: Path, rows: List[Dict[str, Any]]
     return handler.handle(rows, context), context
 
 
-def test_bad_requests_get_their_own_status_and_the_rest_are_answered(handler, model_dir, shared_videos):
+def test_bad_requests_get_their_own_status_and_the_rest_are_answered(handler, model_dir, shared_videos, contract):
     good = (shared_videos / "ii__realshort.mp4").read_bytes()
     rows = [{"body": good}, {"body": b"garbage" * 100}, {"body": build("png_still")}, {"body": good}]
     responses, context = handle(handler, model_dir, rows)
@@ -53,7 +53,7 @@ def test_bad_requests_get_their_own_status_and_the_rest_are_answered(handler, mo
     assert context.statuses[2][0] == 415 and responses[2]["reason"] == "still_image"
     for index in (0, 3):
         predictions = responses[index]["predictions"]
-        assert len(predictions) == 5 and responses[index]["model"] == "slowfast_r50"
+        assert len(predictions) == 5 and responses[index]["model"] == contract.model_name
     # The same video in one batch gives the same answer.
     assert responses[0]["predictions"] == responses[3]["predictions"]
 
@@ -71,10 +71,10 @@ def test_batched_answers_equal_single_answers(handler, model_dir, shared_videos)
 
 def test_options_topk_clips_crops_and_response_shape(handler, model_dir, shared_videos, contract):
     video = (shared_videos / "tv__v_SoccerJuggling_g23_c01.avi").read_bytes()
-    (result,), context = handle(handler, model_dir, [{"data": video, "topk": "400", "clips": "2"}], {0: {"X-Crops": "3"}})
+    (result,), context = handle(handler, model_dir, [{"data": video, "topk": str(contract.num_classes), "clips": "2"}], {0: {"X-Crops": "3"}})
     assert not context.statuses, result
     probabilities = [p["probability"] for p in result["predictions"]]
-    assert len(probabilities) == 400 and probabilities == sorted(probabilities, reverse=True)
+    assert len(probabilities) == contract.num_classes and probabilities == sorted(probabilities, reverse=True)
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
     assert {p["label"] for p in result["predictions"]} == set(contract.labels)
     assert result["views"] == 6 and len(result["windows"]) == 2
@@ -120,7 +120,7 @@ def test_micro_batches_bound_the_forward_size(model_dir, shared_videos, monkeypa
     assert seen == [2, 2] and sum(seen) == 4  # 3 + 1 views in chunks of at most 2
 
 
-def test_streamed_timeline_sends_a_line_per_window_then_the_full_answer(handler, model_dir, shared_videos):
+def test_streamed_timeline_sends_a_line_per_window_then_the_full_answer(handler, model_dir, shared_videos, contract):
     import json
 
     video = (shared_videos / "tv__WUzgd7C1pWA.mp4").read_bytes()
@@ -132,7 +132,7 @@ def test_streamed_timeline_sends_a_line_per_window_then_the_full_answer(handler,
     assert [line["window"]["index"] for line in lines] == [0, 1, 2] and lines[0]["window"]["of"] == 3
     assert [line["window"]["start"] for line in lines] == [entry["start"] for entry in answer["timeline"]]
     assert answer["timeline"][0]["start"] == 2.0 and answer["timeline"][-1]["end"] <= 9.0
-    assert len(answer["timeline"][1]["embedding"]) == answer["embedding"]["dim"] == 2304
+    assert len(answer["timeline"][1]["embedding"]) == answer["embedding"]["dim"] == contract.embedding_size
     assert lines[1]["window"]["predictions"] == answer["timeline"][1]["predictions"]
 
 

@@ -3,7 +3,7 @@
 TorchServe 0.12 cannot cancel a request whose client left: the frontend drops the streamed lines
 of a closed connection and never tells the worker, so the work runs to its end. The deployment
 bounds who it can delay instead: the archive is registered twice (config.properties load_models),
-slowfast_r50 for clips and slowfast_r50_timeline for long timelines, each with its own worker; the
+<model> for clips and <model>_timeline for long timelines, each with its own worker; the
 clip registration refuses a timeline longer than one answer's budget with a 413 naming the other,
 the client sends timelines there, and that worker runs at nice 10, so it only gets the cores the
 clip worker leaves idle.
@@ -32,11 +32,13 @@ import pytest
 
 from client.endpoint import ClientError, resolve_endpoint
 from client.transport import Answer, Transport
+from harness.paths import MODEL as CLIP_MODEL, TIMELINE_MODEL
+from harness.polling import wait_for
+from harness.prometheus import parse_prometheus, value
 from harness.torchserve import LocalTorchServe
 
 CLIP = "tv__WUzgd7C1pWA.mp4"  # 10.9 s Kinetics clip, the Makefile's default VIDEO
-CLIP_MODEL, TIMELINE_MODEL = "slowfast_r50", "slowfast_r50_timeline"
-TIMELINE_NICE = 10  # model-config.yaml registrations.slowfast_r50_timeline.cpu_nice
+TIMELINE_NICE = 10  # model-config.yaml registrations."{model}_timeline".cpu_nice
 ABANDON_AFTER_S = 3.0
 
 
@@ -80,6 +82,7 @@ def long_video(long_video_path: Path) -> bytes:
     return long_video_path.read_bytes()
 
 
+@pytest.mark.heavy  # encodes the 600 s clip once (~10 s, then cached)
 def test_the_upload_is_decoded_without_a_copy_of_it(long_video_path: Path):
     """Opening the 600 s video's body and decoding one window grows the peak by the decoder's own
     buffers (~30 MB here), not by another copy of the ~80 MB upload (io.BytesIO copied a bytearray)."""
@@ -156,7 +159,7 @@ def test_the_client_sends_timelines_to_the_timeline_registration_or_the_model_wi
     from client.endpoint import timeline_url
     from tests.fake_torchserve import FakeTorchServe, Reply, error, ok
 
-    assert timeline_url("http://h:8080/predictions/slowfast_r50") == "http://h:8080/predictions/slowfast_r50_timeline"
+    assert timeline_url(f"http://h:8080/predictions/{CLIP_MODEL}") == f"http://h:8080/predictions/{TIMELINE_MODEL}"
     assert timeline_url("http://h:8080/predictions/x_timeline") == "http://h:8080/predictions/x_timeline"
     line = {"window": {"index": 0, "of": 1, "start": 0.0, "end": 2.1}}
 
@@ -165,12 +168,11 @@ def test_the_client_sends_timelines_to_the_timeline_registration_or_the_model_wi
 
     def without(request):
         if request.path.endswith("_timeline"):
-            return error(404, "ModelNotFoundException", "Model not found: slowfast_r50_timeline", torchserve=True)
+            return error(404, "ModelNotFoundException", f"Model not found: {TIMELINE_MODEL}", torchserve=True)
         return Reply(200, lines=[line, {"timeline": []}]) if request.headers.get("timeline") else ok()
 
-    for answer, paths in ((with_registration, ["/predictions/slowfast_r50", "/predictions/slowfast_r50_timeline"]),
-                          (without, ["/predictions/slowfast_r50", "/predictions/slowfast_r50_timeline",
-                                     "/predictions/slowfast_r50"])):
+    clips, timelines = f"/predictions/{CLIP_MODEL}", f"/predictions/{TIMELINE_MODEL}"
+    for answer, paths in ((with_registration, [clips, timelines]), (without, [clips, timelines, clips])):
         with FakeTorchServe(answer) as fake:
             transport = Transport(resolve_endpoint(fake.url, token="k"), attempts=1)
             assert isinstance(transport.send(b"v", {}), Answer)
@@ -245,6 +247,12 @@ def cpu_seconds(server: LocalTorchServe, model: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def received(server: LocalTorchServe, model: str) -> float:
+    """Requests for ``model`` the frontend has read to their end (``ts_inference_requests_total``
+    counts a request when its whole body is in, before it is queued)."""
+    return value(parse_prometheus(server.metrics()), "ts_inference_requests_total", model_name=model)
+
+
 def worker_threads_nice(server: LocalTorchServe, model: str) -> List[int]:
     """The nice value of every thread of ``model``'s worker process (field 19 of /proc/<tid>/stat)."""
     pid = int(server.workers(model)[0]["pid"])
@@ -264,7 +272,7 @@ def test_each_registration_has_its_own_worker_and_the_timeline_one_yields_the_co
 @pytest.mark.parametrize("stream", ["true", "false"])
 def test_the_clip_registration_refuses_a_long_timeline_naming_the_way_out(both: LocalTorchServe,
                                                                           long_video: bytes, stream: str):
-    """curl to /predictions/slowfast_r50 with timeline=true: 413 before any decoding, naming where
+    """curl to /predictions/<model> with timeline=true: 413 before any decoding, naming where
     long timelines go; an abandoned request there can hold the clip worker for 48 views at most."""
     started = time.perf_counter()
     reply = both.predict(long_video, {"timeline": "true", "stream": stream})
@@ -289,17 +297,19 @@ def test_an_abandoned_streamed_timeline_does_not_hold_the_clip_worker(both: Loca
         f"(bound max(5 s, 3x) = {allowed_delay(alone_s):.2f} s)")
     # ... which the timeline worker still computes: nothing told it the client left.
     busy_before = cpu_seconds(both, TIMELINE_MODEL)
-    time.sleep(2.0)
-    assert cpu_seconds(both, TIMELINE_MODEL) - busy_before > 0.2
+    assert wait_for(lambda: cpu_seconds(both, TIMELINE_MODEL) - busy_before > 0.2, timeout=30), (
+        "the timeline worker used no CPU for 30 s after its client left")
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_four_long_timelines_at_once_keep_the_clip_p95_within_3x(transport: Transport, long_video: bytes,
-                                                                  clip: bytes, alone_s: float):
+def test_four_long_timelines_at_once_keep_the_clip_p95_within_3x(both: LocalTorchServe, transport: Transport,
+                                                                  long_video: bytes, clip: bytes, alone_s: float):
     stop = threading.Event()
 
-    def follow(_: int) -> int:
+    reads = [0] * 4
+
+    def follow(i: int) -> int:
         # Connected to the end: the timeline worker answers the four one after the other, so three
         # wait for their first line; the module's server stop ends those waits.
         mine = Transport(transport.endpoint, timeout=3600, attempts=1)
@@ -307,15 +317,19 @@ def test_four_long_timelines_at_once_keep_the_clip_p95_within_3x(transport: Tran
         try:
             for _line in mine.stream(long_video, {"timeline": "true", "stream": "true"}):
                 read += 1
+                reads[i] = read
                 if stop.is_set():
                     break
         except ClientError:
             pass
         return read
 
+    before = received(both, TIMELINE_MODEL)
     pool = ThreadPoolExecutor(4)
     streams = [pool.submit(follow, i) for i in range(4)]
-    time.sleep(5.0)  # the four are uploaded and the timeline worker is busy
+    # The load is there once the four are uploaded and the timeline worker streams one of them.
+    assert wait_for(lambda: received(both, TIMELINE_MODEL) - before >= 4 and any(reads), timeout=300), (
+        f"uploaded {received(both, TIMELINE_MODEL) - before:g} of 4, lines read per stream {reads}")
     latencies = [clip_seconds(transport, clip) for _ in range(12)]
     running = sum(not s.done() for s in streams)
     stop.set()

@@ -29,7 +29,7 @@ def assert_same_answer(a: Dict, b: Dict, tolerance: float = 1e-5) -> None:
 
 def assert_prediction_shape(answer: Dict, contract, k: int = 5) -> None:
     predictions = answer["predictions"]
-    assert len(predictions) == k and answer["model"] == "slowfast_r50"
+    assert len(predictions) == k and answer["model"] == contract.model_name
     probabilities = [p["probability"] for p in predictions]
     assert probabilities == sorted(probabilities, reverse=True) and 0 < probabilities[0] <= 1
     for p in predictions:
@@ -157,9 +157,9 @@ def _twin(data: bytes, quarter_turns: int) -> bytes:
                       options={"preset": "ultrafast", "qp": "0"}, frame_source=lambda i: frames[i])
 
 
-def test_rotated_phone_clip_answers_like_its_upright_twin(server, shared_videos):
+def test_rotated_phone_clip_answers_like_its_upright_twin(server, shared_videos, contract):
     data = (shared_videos / "dc__video_90.mov").read_bytes()
-    everything = {"topk": "400"}
+    everything = {"topk": str(contract.num_classes)}
     rotated = probabilities_by_index(server.predict(data, headers=everything).json())
     upright = probabilities_by_index(server.predict(_twin(data, -1), headers=everything).json())
     sideways = probabilities_by_index(server.predict(_twin(data, 1), headers=everything).json())

@@ -385,18 +385,18 @@ class TestNative:
             batch_sizes.append(result["timings_ms"]["batch_size"])
         assert max(batch_sizes) > 1, f"no batching happened: {batch_sizes}"
 
-    def test_embedding_over_multipart_v1_and_v2(self, native: PodTorchServe, clips: Dict[str, bytes]) -> None:
+    def test_embedding_over_multipart_v1_and_v2(self, native: PodTorchServe, clips: Dict[str, bytes], contract) -> None:
         # `curl -F data=@clip.mp4 -F output=embedding`: the README's line.
         multipart = requests.post(native.predictions_url, files={"data": ("clip.mp4", clips[CLIPS[0]])},
                                   data={"output": "embedding"}, timeout=300)
         assert multipart.status_code == 200, multipart.text
         plain = multipart.json()["embedding"]
-        assert plain["dim"] == 2304 == len(plain["values"]) and "predictions" not in multipart.json()
+        assert plain["dim"] == contract.embedding_size == len(plain["values"]) and "predictions" not in multipart.json()
         v1 = post_v1(native, [clips[CLIPS[0]], clips[CLIPS[1]]], {"output": "embedding"})
         assert v1.status_code == 200, v1.text
         instances = v1.json()["predictions"]
         assert len(instances) == 2 and instances[0]["embedding"]["values"] == pytest.approx(plain["values"], abs=1e-5)
-        assert len(instances[1]["embedding"]["values"]) == 2304
+        assert len(instances[1]["embedding"]["values"]) == contract.embedding_size
         body = {"id": "emb", "parameters": {"output": "both"},
                 "inputs": [{"name": "video", "shape": [2], "datatype": "BYTES",
                             "data": [base64.b64encode(clips[n]).decode() for n in CLIPS[:2]]}]}
@@ -405,8 +405,8 @@ class TestNative:
         outputs = {o["name"]: o for o in v2.json()["outputs"]}
         assert {"labels", "probabilities", "indices", "embedding"} <= set(outputs)
         embedding = outputs["embedding"]
-        assert embedding["datatype"] == "FP32" and embedding["shape"] == [2, 2304]
-        assert embedding["data"][:2304] == pytest.approx(plain["values"], abs=1e-5)
+        assert embedding["datatype"] == "FP32" and embedding["shape"] == [2, contract.embedding_size]
+        assert embedding["data"][:contract.embedding_size] == pytest.approx(plain["values"], abs=1e-5)
 
     def test_logits_over_a_header_and_v2(self, native: PodTorchServe, clips: Dict[str, bytes],
                                          baseline: Dict[str, Dict[int, float]]) -> None:

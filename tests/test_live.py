@@ -42,6 +42,13 @@ def stream_file(shared_videos: Path, tmp_path_factory) -> Path:
                             fps=FPS, seconds=12.0)
 
 
+@pytest.fixture(scope="module")
+def short_stream_file(shared_videos: Path, tmp_path_factory) -> Path:
+    """7 s of the same, for runs played in real time (each costs its stream's length in wall time)."""
+    return make_stream_file(shared_videos / "tv__WUzgd7C1pWA.mp4", tmp_path_factory.mktemp("live") / "short.ts",
+                            fps=FPS, seconds=7.0)
+
+
 def read_packets(path: Path):
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -240,11 +247,12 @@ def answered_with(delay_s: float, delays=None, keep: Optional[list] = None):
     return answer
 
 
-def run_live(url: str, source: Path, tmp_path: Path, *flags: str, stats: Optional[list] = None) -> tuple:
+def run_live(url: str, source: Path, tmp_path: Path, *flags: str, stats: Optional[list] = None,
+             window: float = WINDOW) -> tuple:
     """(exit status, the JSON lines, what was shown); ``stats`` gets the run's LiveStats."""
     out = tmp_path / "live.jsonl"
     stdout = io.StringIO()
-    status, counts = live_cli.run([str(source), "--url", url, "--token", "t", "--window", f"{WINDOW}", "--out", str(out),
+    status, counts = live_cli.run([str(source), "--url", url, "--token", "t", "--window", f"{window}", "--out", str(out),
                                    *flags], stdout=stdout)
     if stats is not None:
         stats.append(counts)
@@ -252,14 +260,15 @@ def run_live(url: str, source: Path, tmp_path: Path, *flags: str, stats: Optiona
     return status, lines, stdout.getvalue()
 
 
-def test_a_slow_server_costs_skipped_windows_not_latency_or_memory(stream_file: Path, tmp_path: Path, capsys) -> None:
-    delay = 2.0
+def test_a_slow_server_costs_skipped_windows_not_latency_or_memory(short_stream_file: Path, tmp_path: Path,
+                                                                   capsys) -> None:
+    delay = 1.0
     samples = []
     tracemalloc.start()
     stop = threading.Event()
 
     def sample() -> None:
-        while not stop.wait(0.5):
+        while not stop.wait(0.25):
             samples.append(tracemalloc.get_traced_memory()[0])
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -268,7 +277,7 @@ def test_a_slow_server_costs_skipped_windows_not_latency_or_memory(stream_file: 
         received: list = []
         counts: list = []
         with FakeTorchServe(answered_with(delay, keep=received), requests=received) as fake:
-            status, lines, _ = run_live(fake.url, stream_file, tmp_path, "--realtime", "--hop", "0.5", stats=counts)
+            status, lines, _ = run_live(fake.url, short_stream_file, tmp_path, "--realtime", "--hop", "0.25", stats=counts)
     finally:
         stop.set()
         sampler.join()
@@ -276,14 +285,15 @@ def test_a_slow_server_costs_skipped_windows_not_latency_or_memory(stream_file: 
     err = capsys.readouterr().err
     windows = [line for line in lines if "window" in line]
     assert status == 0
-    # 12 s of stream, the first window after 2.13 s, a hop every 0.5 s: ~20 hops, one answer per 2 s.
+    # 7 s of stream, the first window after 2.13 s, a hop every 0.25 s: ~20 hops, one answer per 1 s
+    # (a queue instead of skipping would wait > 2 s by the third window).
     skipped = int(err.split("skipped ")[1].split()[0])
     assert skipped >= 8, err
     assert 3 <= len(windows) <= 7, err
     latencies = [line["latency_ms"] / 1000 for line in windows]
     assert max(latencies) < delay + 1.0, latencies  # never the queue's wait, only the answer's time
     assert [line["window"] for line in windows] == list(range(len(windows)))
-    # The buffer held a window and at most one keyframe interval (1 s) of the stream, not the 12 s read,
+    # The buffer held a window and at most one keyframe interval (1 s) of the stream, not the 7 s read,
     # and at most `concurrency` clips were out at once.
     assert counts[0].buffer_seconds_max <= WINDOW + 1.0 + 2 / FPS, counts[0]
     assert counts[0].in_flight_max == 1
@@ -293,11 +303,12 @@ def test_a_slow_server_costs_skipped_windows_not_latency_or_memory(stream_file: 
     assert max(samples[half:]) - max(samples[:half]) < 2**20, samples
 
 
-def test_overlapping_windows_are_reported_in_order(stream_file: Path, tmp_path: Path, capsys) -> None:
+def test_overlapping_windows_are_reported_in_order(short_stream_file: Path, tmp_path: Path, capsys) -> None:
     # Answers take 1.6, 0.2, 0.9 s in turn, a window is due every 0.5 s: later windows overtake earlier ones.
+    # 1 s windows: the first is due 1 s into the stream (the model's length is not the point here).
     with FakeTorchServe(answered_with(0, delays=[1.6, 0.2, 0.9])) as fake:
-        status, lines, out = run_live(fake.url, stream_file, tmp_path, "--realtime", "--hop", "0.5",
-                                      "--concurrency", "3", "--max-windows", "8")
+        status, lines, out = run_live(fake.url, short_stream_file, tmp_path, "--realtime", "--hop", "0.5",
+                                      "--concurrency", "3", "--max-windows", "8", window=1.0)
         sent = len(fake.requests)
     windows = [line for line in lines if "window" in line]
     assert status == 0 and len(windows) == 8 and sent == 8
@@ -338,8 +349,9 @@ def test_ctrl_c_stops_with_a_summary(stream_file: Path, tmp_path: Path) -> None:
 
     with FakeTorchServe(answered_with(0.2)) as fake:
         process = subprocess.Popen(
+            # Short windows and hops: two answers within a second of stream (the length is not the point here).
             [sys.executable, "-m", "client", "live", str(stream_file), "--realtime", "--url", fake.url, "--token", "t",
-             "--window", f"{WINDOW}", "--out", str(tmp_path / "live.jsonl")],
+             "--window", "0.5", "--hop", "0.25", "--out", str(tmp_path / "live.jsonl")],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(fake.requests) < 2:

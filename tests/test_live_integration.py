@@ -108,7 +108,7 @@ def test_udp_stream_dropped_and_resumed(server, transport, stream_file: Path, tm
     try:
         def resume() -> None:
             first.wait(30)
-            time.sleep(3.0)  # the gap
+            time.sleep(3.0)  # the behaviour under test: a 3 s gap in the live stream
             resume.process = sender(stream_file, url, "--start-at", "6")
 
         resume.process = None

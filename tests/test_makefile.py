@@ -5,6 +5,7 @@ activate hook that points a hand-started TorchServe at config.properties (issue 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from harness.paths import REPO
+
+from harness.paths import MODEL, REPO
 
 
 FAKE_PYTHON = """#!/bin/sh
@@ -59,32 +61,37 @@ def exports(calls: List[str]) -> List[str]:
     return [c for c in calls if c.startswith("-m export ")]
 
 
-def stamp(root: Path, model: str = "slowfast_r50") -> dict:
+def stamp(root: Path, model: str = MODEL) -> dict:
     lines = (root / f"build/{model}.export").read_text().splitlines()
     return dict(line.split("=", 1) for line in lines)
+
+
+def test_the_makefiles_default_model_is_the_one_config_properties_serves() -> None:
+    # One default model: `make mar` builds what `make start` (config.properties load_models) serves.
+    assert re.findall(r"^MODEL\s*\?=\s*(\S+)$", (REPO / "Makefile").read_text(), re.M) == [MODEL]
 
 
 def test_checkpoint_given_to_make_mar_is_exported_and_remembered(scratch: Path) -> None:
     (scratch / "a.pyth").write_bytes(b"a")
     # No CHECKPOINT: the exporter's default, the variant's model-zoo weights (random where offline).
-    assert exports(make(scratch, "mar")) == ["-m export --output build/slowfast_r50.pt"]
+    assert exports(make(scratch, "mar")) == [f"-m export --output build/{MODEL}.pt"]
     assert stamp(scratch)["checkpoint"] == "default"
     assert make(scratch, "mar") == []
     # The bug of issue 9: this used to keep the old weights.
-    assert exports(make(scratch, "mar", "CHECKPOINT=a.pyth")) == ["-m export --output build/slowfast_r50.pt --checkpoint a.pyth"]
+    assert exports(make(scratch, "mar", "CHECKPOINT=a.pyth")) == [f"-m export --output build/{MODEL}.pt --checkpoint a.pyth"]
     assert stamp(scratch)["checkpoint"] == "a.pyth"
     assert make(scratch, "mar", "CHECKPOINT=a.pyth") == []
     assert make(scratch, "mar") == [], "a plain `make mar` keeps the checkpoint exported last"
     os.utime(scratch / "a.pyth")  # the checkpoint file changed: re-export from it
-    assert exports(make(scratch, "mar")) == ["-m export --output build/slowfast_r50.pt --checkpoint a.pyth"]
+    assert exports(make(scratch, "mar")) == [f"-m export --output build/{MODEL}.pt --checkpoint a.pyth"]
     url = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/SLOWFAST_8x8_R50.pyth"
-    assert exports(make(scratch, "mar", f"CHECKPOINT={url}")) == [f"-m export --output build/slowfast_r50.pt --checkpoint {url}"]
+    assert exports(make(scratch, "mar", f"CHECKPOINT={url}")) == [f"-m export --output build/{MODEL}.pt --checkpoint {url}"]
     # a rebuild for another reason (the exporter changed) keeps the remembered weights
     os.utime(scratch / "export/__main__.py")
-    assert exports(make(scratch, "mar")) == [f"-m export --output build/slowfast_r50.pt --checkpoint {url}"]
-    assert exports(make(scratch, "mar", "CHECKPOINT=random")) == ["-m export --output build/slowfast_r50.pt --checkpoint random"]
-    assert exports(make(scratch, "export")) == ["-m export --output build/slowfast_r50.pt --checkpoint random"]
-    assert exports(make(scratch, "mar", "CHECKPOINT=default")) == ["-m export --output build/slowfast_r50.pt"]
+    assert exports(make(scratch, "mar")) == [f"-m export --output build/{MODEL}.pt --checkpoint {url}"]
+    assert exports(make(scratch, "mar", "CHECKPOINT=random")) == [f"-m export --output build/{MODEL}.pt --checkpoint random"]
+    assert exports(make(scratch, "export")) == [f"-m export --output build/{MODEL}.pt --checkpoint random"]
+    assert exports(make(scratch, "mar", "CHECKPOINT=default")) == [f"-m export --output build/{MODEL}.pt"]
 
 
 def test_each_model_has_its_own_file_archive_and_remembered_options(scratch: Path) -> None:
@@ -105,11 +112,11 @@ def test_each_model_has_its_own_file_archive_and_remembered_options(scratch: Pat
 
 def test_dry_run_shows_the_export_and_changes_nothing(scratch: Path) -> None:
     make(scratch, "mar")
-    recorded = (scratch / "build/slowfast_r50.export").read_text()
+    recorded = (scratch / f"build/{MODEL}.export").read_text()
     shown = subprocess.run(["make", "-n", "mar", "CHECKPOINT=b.pyth"], cwd=scratch, check=True,
                            capture_output=True, text=True).stdout
-    assert "-m export --output build/slowfast_r50.pt --checkpoint b.pyth" in shown
-    assert (scratch / "build/slowfast_r50.export").read_text() == recorded
+    assert f"-m export --output build/{MODEL}.pt --checkpoint b.pyth" in shown
+    assert (scratch / f"build/{MODEL}.export").read_text() == recorded
     assert "-m export" not in subprocess.run(["make", "-n", "mar"], cwd=scratch, check=True,
                                              capture_output=True, text=True).stdout
 

@@ -7,9 +7,14 @@ the clone (so no export runs), and in ``env -i bash`` with only HOME, PATH and a
 short clip with the inference key from key_file.json, scales to 2 workers and back through the
 management API, and ``torchserve --stop``.
 
-It binds config.properties' fixed ports (8080-8082, 7070-7071): it skips when any is busy (a
-``make start`` server, another checkout). TMPDIR is private because TorchServe's launcher keeps its
-PID file there: ``torchserve --stop`` then stops this test's server and never someone else's.
+Also ``make start``, ``make status``, ``make predict`` and ``make stop`` themselves, in this checkout
+with the .mar `make mar` built (start must not rebuild it); they write logs/ and key_file.json in the
+repo root, as they do for a user.
+
+Both bind config.properties' fixed ports (8080-8082, 7070-7071): they skip when any is busy (a
+``make start`` server, another checkout), and each stops its server before the next runs. TMPDIR is
+private because TorchServe's launcher keeps its PID file there: ``torchserve --stop`` then stops this
+test's server and never someone else's.
 """
 
 from __future__ import annotations
@@ -28,12 +33,12 @@ import psutil
 import pytest
 import requests
 
-from client.endpoint import default_model
+from client.server import registered_models
 from handler.server_config import FRONTEND_CLASS
+from harness.paths import MAR, MODEL, REPO, SHARED_VIDEOS
+from harness.polling import wait_for
 from harness.synth import make_video
-from harness.paths import REPO
 
-MODEL = default_model()  # config.properties' model, as `make start` serves it
 PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc inference": 7070, "grpc management": 7071}
 
 pytestmark = pytest.mark.integration
@@ -166,3 +171,58 @@ def test_readme_manual_start_from_a_fresh_clone(clone: Path, tmp_path: Path) -> 
         time.sleep(0.5)
     assert not frontends_in(clone), "torchserve --stop left the frontend running"
     assert not busy_ports(), "a port is still bound after torchserve --stop"
+
+
+# -- make start / status / predict / stop ----------------------------------------------------------
+
+
+def make(target: str, tmp: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    """``make TARGET`` in the repo root, with this test's private TMPDIR (TorchServe's PID file)."""
+    return subprocess.run(["make", "--no-print-directory", target, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "TMPDIR": str(tmp)})
+
+
+def test_make_start_serves_every_registration_until_make_stop(built: Dict[str, Path], tmp_path: Path) -> None:
+    if busy := busy_ports():
+        pytest.skip(f"config.properties' fixed ports are in use ({', '.join(busy)}): stop that server to run this test")
+    assert built["mar"] == MAR and MAR.is_file()
+    # The stamps say the .mar is current: `make start` serves it as built, with no export.
+    assert subprocess.run(["make", "-q", "mar"], cwd=REPO, capture_output=True).returncode == 0
+    video = SHARED_VIDEOS / "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO
+    if not video.is_file():
+        pytest.skip(f"shared clip corpus not found at {SHARED_VIDEOS}")
+    registrations = registered_models()
+    assert MODEL in registrations
+    try:
+        started = make("start", tmp_path)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "-m export" not in started.stdout, started.stdout
+        assert f"TorchServe is up with {', '.join(registrations)}." in started.stdout, started.stdout
+        key = read_key(REPO, "inference")
+        assert f"Authorization: Bearer {key}" in started.stdout  # the curl line it prints works as shown
+
+        status = make("status", tmp_path)
+        assert status.returncode == 0, status.stderr
+        described = json.loads(status.stdout)
+        assert [d["modelName"] for d in described] == registrations
+        assert all([w["status"] for w in d["workers"]] == ["READY"] for d in described), described
+
+        reply = requests.post(f"http://127.0.0.1:8080/predictions/{MODEL}", data=video.read_bytes(), timeout=300,
+                              headers={"Authorization": f"Bearer {key}", "Content-Type": "application/octet-stream"})
+        assert reply.status_code == 200, reply.text
+        answer = reply.json()
+        assert answer["model"] == MODEL and len(answer["predictions"]) == 5
+        predicted = make("predict", tmp_path, f"VIDEO={video}", "TOPK=3")
+        assert predicted.returncode == 0, predicted.stderr
+        top = answer["predictions"][0]
+        assert f"{top['index']}" in predicted.stdout and top["label"] in predicted.stdout, predicted.stdout
+    finally:
+        stopped = make("stop", tmp_path, timeout=120)
+        stopped_cleanly = wait_for(lambda: not frontends_in(REPO), timeout=60, every=0.5)
+        for process in frontends_in(REPO):  # a failed stop must not leave a server on 8080
+            for child in process.children(recursive=True):
+                child.kill()
+            process.kill()
+    assert stopped.returncode == 0 and "TorchServe has stopped." in stopped.stdout, stopped.stdout + stopped.stderr
+    assert stopped_cleanly, "make stop left the frontend running"
+    assert wait_for(lambda: not busy_ports(), timeout=30), f"still bound after make stop: {busy_ports()}"

@@ -5,39 +5,19 @@ requests did. Per-request figures are ratios of counters (views / ok requests et
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import pytest
 import requests
 
+from harness.prometheus import parse_prometheus, value
 from harness.torchserve import LocalTorchServe
 
 pytestmark = pytest.mark.integration
 
-SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
-LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 HANDLER_METRICS = ["SlowFastDecodeMs", "SlowFastFramesDecoded", "SlowFastViews", "SlowFastVideoSeconds",
                    "SlowFastRequests", "SlowFastRejected"]
-
-
-def parse_prometheus(text: str) -> List[Tuple[str, Dict[str, str], float]]:
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = SAMPLE.match(line.strip())
-        if match:
-            name, labels, value = match.groups()
-            samples.append((name, dict(LABEL.findall(labels or "")), float(value)))
-    return samples
-
-
-def value(samples, name: str, **labels: str) -> float:
-    """Sum of ``name`` over the samples whose labels include ``labels`` (0 when absent)."""
-    return sum(v for n, l, v in samples if n == name and all(l.get(k) == x for k, x in labels.items()))
 
 
 def test_parse_prometheus() -> None:

@@ -16,12 +16,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 import psutil
 import pytest
 import requests
 
+from harness.polling import wait_for
 from harness.torchserve import LocalTorchServe
 
 pytestmark = pytest.mark.integration
@@ -185,12 +186,12 @@ def scale_retrying(server: LocalTorchServe, min_worker: int, max_worker: int, at
         reply = server.scale(min_worker=min_worker, max_worker=max_worker)
         if not (reply.status_code == 500 and "ConcurrentModificationException" in reply.text):
             return reply
-        time.sleep(1.0)
+        time.sleep(1.0)  # a pause between retries of the management call, not a wait for an event
     return reply
 
 
 def test_scale_up_and_down_while_clients_run(server: LocalTorchServe, clip_bytes, reference) -> None:
-    """``PUT /models/slowfast_r50?min_worker=2`` then ``?min_worker=1&max_worker=1`` under load.
+    """``PUT /models/<model>?min_worker=2`` then ``?min_worker=1&max_worker=1`` under load.
 
     Scaling up must not fail a request. Scaling down: TorchServe removes the newest worker at once
     (``destroyForcibly``) and fails the batch it was running with 500 "Worker died." (or "Worker
@@ -203,6 +204,7 @@ def test_scale_up_and_down_while_clients_run(server: LocalTorchServe, clip_bytes
     stop = threading.Event()
     phase = {"name": "1 worker"}
     log: List[tuple] = []  # (phase at send, sent, answered, first attempt, retry or None)
+    sending: Set[int] = set()  # the clients that have sent a request
 
     def client(c: int) -> None:
         with requests.Session() as session:
@@ -211,6 +213,7 @@ def test_scale_up_and_down_while_clients_run(server: LocalTorchServe, clip_bytes
                     return
                 clip = SMALL[(i + c) % len(SMALL)]
                 at, sent = phase["name"], time.perf_counter()
+                sending.add(c)
                 first = post(server, session, clip, clip_bytes[clip], timeout=SCALING_TIMEOUT_S)
                 done = time.perf_counter()
                 if first.status is None:
@@ -229,7 +232,7 @@ def test_scale_up_and_down_while_clients_run(server: LocalTorchServe, clip_bytes
     for t in clients:
         t.start()
     try:
-        time.sleep(2)
+        assert wait_for(lambda: len(sending) == len(clients), timeout=60), f"only clients {sorted(sending)} sent"
         phase["name"] = "scaling up"
         t0 = time.perf_counter()
         # Other tests may have left maxWorkers at 1: never ask for a max below the target.

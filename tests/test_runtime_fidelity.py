@@ -20,6 +20,7 @@ from handler.options import ServeOptions
 from handler.runtime import load_runtime
 from handler.runtime_base import read_model
 from handler.runtime_openvino import cpu_flags
+from harness.paths import MODEL
 from tests.checkpoints import export_perturbed
 from tests.test_reference_parity import ours as window_views
 
@@ -42,7 +43,7 @@ Answer = Tuple[torch.Tensor, torch.Tensor]  # probabilities (B, classes), embedd
 
 @pytest.fixture(scope="module")
 def nonflat_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_perturbed(tmp_path_factory.mktemp("perturbed") / "slowfast_r50.pt")
+    return export_perturbed(tmp_path_factory.mktemp("perturbed") / f"{MODEL}.pt")
 
 
 class Clips:

@@ -15,12 +15,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 import torch
 
-from export.reference import slowfast_r50_contract
+from export.reference import default_contract
 from export.save import save_with_contract
 from handler.options import ConfigError, ServeOptions
 from handler.runtime import load_runtime
@@ -54,7 +54,7 @@ class Tiny(torch.nn.Module):
 @pytest.fixture(scope="module")
 def tiny_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     contract = dataclasses.replace(
-        slowfast_r50_contract(), num_frames=8, alpha=4, short_side=16, crop_size=16,
+        default_contract(), num_frames=8, alpha=4, short_side=16, crop_size=16,
         labels=tuple(f"class {i}" for i in range(CLASSES)), embedding_size=EMBEDDING,
     )
     path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
@@ -273,26 +273,41 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def run_probe(tmp_path: Path, mode: str) -> List[str]:
-    home = tmp_path / mode
-    home.mkdir()
-    record = tmp_path / f"{mode}.log"
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Tuple[Path, List[str]]]:
+    """{mode: (its HOME, the lines it recorded)} for both probes, run side by side (each is seconds
+    of imports in a fresh interpreter)."""
+    root = tmp_path_factory.mktemp("telemetry")
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
-    env.update(HOME=str(home), PROBE_RECORD=str(record), PROBE_REPO=str(REPO))
-    subprocess.run([sys.executable, "-c", PROBE, mode], env=env, check=True, timeout=300, capture_output=True)
-    return record.read_text().splitlines()
+    running = {}
+    for mode in ("handler", "bare"):
+        home = root / mode
+        home.mkdir()
+        record = root / f"{mode}.log"
+        running[mode] = (home, record, subprocess.Popen(
+            [sys.executable, "-c", PROBE, mode], env={**env, "HOME": str(home), "PROBE_RECORD": str(record),
+                                                     "PROBE_REPO": str(REPO)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = {}
+    for mode, (home, record, process) in running.items():
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, f"{mode} probe: {err[-2000:]}"
+        results[mode] = (home, record.read_text().splitlines())
+    return results
 
 
-def test_the_worker_sends_no_telemetry(tmp_path: Path) -> None:
-    lines = run_probe(tmp_path, "handler")
+@pytest.mark.heavy  # two fresh interpreters importing torch, OpenVINO and TorchServe: ~7 s of CPU
+def test_the_worker_sends_no_telemetry(probes) -> None:
+    home, lines = probes["handler"]
     assert lines[0] == "openvino imported, opt-out loaded: True"
     assert not [line for line in lines if line.startswith(("send", "connect"))], lines
     assert "consent False" in lines and "check DECLINED" in lines
-    assert not (tmp_path / "handler" / "intel").exists()  # nothing written to the user's home either
+    assert not (home / "intel").exists()  # nothing written to the user's home either
 
 
-def test_without_the_opt_out_openvino_would_send(tmp_path: Path) -> None:
+@pytest.mark.heavy
+def test_without_the_opt_out_openvino_would_send(probes) -> None:
     """The probe can fail: the same conversion without the handler's opt-out tries to send."""
-    lines = run_probe(tmp_path, "bare")
+    _, lines = probes["bare"]
     assert "consent True" in lines and "check NO_FILE" in lines
     assert [line for line in lines if line.startswith("send")], lines

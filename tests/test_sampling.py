@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from export.reference import slowfast_r50_contract
+from export.reference import default_contract
 from handler.sampling import clip_windows, frame_times, instants_between
 from handler.transforms import crop_offsets, scaled_size
 from harness.reference import alias_functional_tensor
 
 # The served model's window and frame count; the worked examples below (16:9 offsets, scaled sizes)
 # keep literal sizes, with results computed by hand.
-CONTRACT = slowfast_r50_contract()
+CONTRACT = default_contract()
 WINDOW, FRAMES = CONTRACT.window_seconds, CONTRACT.num_frames
 
 

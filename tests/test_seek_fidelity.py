@@ -195,6 +195,7 @@ def _corpus(shared_videos) -> List:
     return sorted(p for p in shared_videos.iterdir() if p.suffix in (".mp4", ".avi", ".webm", ".mov", ".mkv"))
 
 
+@pytest.mark.heavy  # every clip of the corpus decoded twice: ~5 s
 def test_every_seeked_window_of_the_shared_corpus_equals_its_one_pass_decode(shared_videos):
     """The decoder against itself decoding from the first byte (``seek=False``): the same sampling,
     so damaged files and packed B-frames compare too."""

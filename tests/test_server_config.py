@@ -20,6 +20,7 @@ import pytest
 from handler.server_config import (
     FRONTEND_CLASS, FrontendView, ServerConfigError, find_frontend, frontend_config, require_config_file,
 )
+from harness.paths import MODEL
 
 JAVA = ["java", "-cp", "ts/frontend/*", FRONTEND_CLASS, "--python", sys.executable]
 
@@ -36,7 +37,7 @@ def write(path: Path, text: str = "inference_address=http://127.0.0.1:8080\n") -
 
 def test_defaults_from_elsewhere_are_refused_with_the_fix(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """`torchserve --start --model-store X --models ...` in a directory without config.properties."""
-    frontend = view(tmp_path, ["-s", "/srv/model_store", "-m", "slowfast_r50=slowfast_r50.mar"])
+    frontend = view(tmp_path, ["-s", "/srv/model_store", "-m", f"{MODEL}={MODEL}.mar"])
     with caplog.at_level(logging.ERROR), pytest.raises(ServerConfigError) as raised:
         require_config_file(frontend)
     message = str(raised.value)

@@ -16,9 +16,13 @@ from typing import Any, Dict, List, Tuple
 import pytest
 import requests
 
+from export.reference import EMBEDDING_SIZE, NUM_CLASSES
+from harness.paths import MODEL
+
 pytestmark = pytest.mark.integration
 
 CLIP = "tv__WUzgd7C1pWA.mp4"  # 10.9 s Kinetics clip: 5 windows at the default stride
+EVERY_LABEL = str(NUM_CLASSES)  # topk: every class
 
 
 def post(server, video: bytes, headers: Dict[str, str], stream: bool = False) -> requests.Response:
@@ -44,7 +48,7 @@ def clip(shared_videos) -> bytes:
 
 @pytest.fixture(scope="module")
 def plain_timeline(server, clip) -> Dict[str, Any]:
-    reply = post(server, clip, {"timeline": "true", "topk": "400"})
+    reply = post(server, clip, {"timeline": "true", "topk": EVERY_LABEL})
     assert reply.status_code == 200, reply.text
     return reply.json()
 
@@ -64,7 +68,7 @@ def test_timeline_windows_follow_the_stride_in_time_order(plain_timeline):
 
 def test_a_window_of_the_timeline_equals_that_window_alone(server, clip, plain_timeline):
     entry = plain_timeline["timeline"][3]
-    reply = post(server, clip, {"start": str(entry["start"]), "end": str(entry["end"]), "topk": "400"})
+    reply = post(server, clip, {"start": str(entry["start"]), "end": str(entry["end"]), "topk": EVERY_LABEL})
     assert reply.status_code == 200, reply.text
     alone = reply.json()
     assert alone["windows"] == [[entry["start"], entry["end"]]]
@@ -74,7 +78,7 @@ def test_a_window_of_the_timeline_equals_that_window_alone(server, clip, plain_t
 
 def test_streamed_lines_arrive_as_computed_and_end_with_the_full_answer(server, clip, plain_timeline):
     started = time.perf_counter()
-    with post(server, clip, {"timeline": "true", "topk": "400", "stream": "true"}, stream=True) as reply:
+    with post(server, clip, {"timeline": "true", "topk": EVERY_LABEL, "stream": "true"}, stream=True) as reply:
         assert reply.status_code == 200
         lines = streamed_lines(reply)
     windows = [line for _, line in lines if "window" in line]
@@ -92,10 +96,10 @@ def test_streamed_lines_arrive_as_computed_and_end_with_the_full_answer(server, 
 
 def test_streamed_and_plain_requests_batched_together_answer_as_alone(server, shared_videos, clip, plain_timeline):
     others = ["ii__realshort.mp4", "tv__R6llTwEh07w.mp4"]
-    alone = {name: post(server, (shared_videos / name).read_bytes(), {"topk": "400"}).json() for name in others}
+    alone = {name: post(server, (shared_videos / name).read_bytes(), {"topk": EVERY_LABEL}).json() for name in others}
 
     def streamed() -> List[Dict[str, Any]]:
-        with post(server, clip, {"timeline": "true", "topk": "400", "stream": "true"}, stream=True) as reply:
+        with post(server, clip, {"timeline": "true", "topk": EVERY_LABEL, "stream": "true"}, stream=True) as reply:
             return [line for _, line in streamed_lines(reply)]
 
     # A streamed timeline keeps the worker busy: once its first line is here, 4 windows are still
@@ -105,7 +109,7 @@ def test_streamed_and_plain_requests_batched_together_answer_as_alone(server, sh
         assert "window" in json.loads(next(line for line in blocker_lines if line.strip()))
         with ThreadPoolExecutor(max_workers=3) as pool:
             stream_future = pool.submit(streamed)
-            plain = {name: pool.submit(post, server, (shared_videos / name).read_bytes(), {"topk": "400"})
+            plain = {name: pool.submit(post, server, (shared_videos / name).read_bytes(), {"topk": EVERY_LABEL})
                      for name in others}
             for _ in blocker_lines:  # let the blocker finish, so the queued requests get the worker
                 pass
@@ -132,7 +136,7 @@ def test_embedding_output_plain_and_normalised(server, clip):
     body = reply.json()
     assert "predictions" not in body
     embedding = body["embedding"]
-    assert embedding["dim"] == 2304 == len(embedding["values"]) and embedding["model"] == "slowfast_r50"
+    assert embedding["dim"] == EMBEDDING_SIZE == len(embedding["values"]) and embedding["model"] == MODEL
     both = post(server, clip, {"output": "both", "normalize": "true"}).json()
     norm = sum(v * v for v in both["embedding"]["values"]) ** 0.5
     assert "predictions" in both and norm == pytest.approx(1.0, abs=1e-4) and both["embedding"]["normalized"] is True

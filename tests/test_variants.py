@@ -4,17 +4,19 @@ them. The heavy variants' scripted == eager check runs behind the slow marker.""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-from typing import List
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 import torch
 
+import export.variants
 from export.checkpoint import CheckpointError, load_strict, unwrap_state_dict
 from export.variants import (
     DEFAULT_VARIANT, VARIANTS, VariantError, build, contract_for, get_variant, head_classes, read_label_file,
-    recognise, resolve_labels, skeleton_shapes,
+    recognise, resolve_labels,
 )
 from handler.contract import ContractError, PreprocessContract, activate, combine_views
 from handler.errors import RequestError
@@ -22,6 +24,21 @@ from handler.options import ServeOptions, resolve_request_options
 from handler.render import top_predictions
 from handler.run import WindowJob, mean_scores, run_windows
 from handler.runtime_base import Outputs, model_outputs
+from harness.paths import MODEL
+
+
+@pytest.fixture(scope="module", autouse=True)
+def skeletons_built_once() -> Iterator[None]:
+    """Each (variant, classes) skeleton built once for the module (recognise() builds every variant's
+    for each state dict it is given: seconds each time), the same shapes every time."""
+    cached = functools.lru_cache(maxsize=None)(export.variants.skeleton_shapes)
+
+    def shapes(variant: export.variants.Variant, num_classes: int) -> Dict[str, Tuple[int, ...]]:
+        return dict(cached(variant, num_classes))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export.variants, "skeleton_shapes", shapes)
+        yield
 
 
 def meta_model(name: str, classes: int = 400) -> torch.nn.Module:
@@ -55,7 +72,8 @@ def test_the_16x8_variant_samples_64_frames_over_128():
 
 
 def test_default_variant_and_unknown_names():
-    assert DEFAULT_VARIANT == "slowfast_r50" and list(VARIANTS)[0] == DEFAULT_VARIANT
+    # The default variant is the first row and the model `make mar` builds and config.properties serves.
+    assert DEFAULT_VARIANT == MODEL and list(VARIANTS)[0] == DEFAULT_VARIANT
     with pytest.raises(VariantError, match="unknown variant 'slowfast_r18'.*slowfast_r50"):
         get_variant("slowfast_r18")
 
@@ -63,13 +81,15 @@ def test_default_variant_and_unknown_names():
 @pytest.mark.parametrize("name", list(VARIANTS))
 @pytest.mark.parametrize("classes", [12, 400])
 def test_a_state_dict_is_recognised_by_its_shapes(name, classes):
-    state = {k: torch.empty(s, device="meta") for k, s in skeleton_shapes(VARIANTS[name], classes).items()}
+    shapes = export.variants.skeleton_shapes(VARIANTS[name], classes)
+    state = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     assert head_classes(state) == classes
     assert recognise(state).name == name
 
 
 def test_a_state_dict_no_variant_fits_is_refused():
-    state = {k: torch.empty(s, device="meta") for k, s in skeleton_shapes(VARIANTS["slowfast_r50"], 12).items()}
+    shapes = export.variants.skeleton_shapes(VARIANTS["slowfast_r50"], 12)
+    state = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     del state["blocks.0.multipathway_blocks.0.conv.weight"]
     with pytest.raises(VariantError, match="matches none of slowfast_r50, slowfast_r101"):
         recognise(state)
@@ -86,12 +106,19 @@ def small_state():
     return build(VARIANTS["slowfast_r50"], num_classes=12, seed=3).state_dict()
 
 
+@pytest.fixture(scope="module")
+def other_model():
+    """(an R50 with other random weights, those weights): reset before each load, not rebuilt."""
+    model = build(VARIANTS["slowfast_r50"], num_classes=12, seed=9)
+    return model, {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def _prefixed(state, prefix):
     return {prefix + k: v for k, v in state.items()}
 
 
 @pytest.mark.parametrize("layout", ["model_zoo", "bare", "lightning", "pysf", "ddp"])
-def test_every_checkpoint_layout_loads_strictly(small_state, layout):
+def test_every_checkpoint_layout_loads_strictly(small_state, other_model, layout):
     saved = {
         "model_zoo": {"model_state": small_state, "epoch": 1},
         "bare": small_state,
@@ -102,7 +129,10 @@ def test_every_checkpoint_layout_loads_strictly(small_state, layout):
     }[layout]
     state = unwrap_state_dict(saved, layout)
     assert list(state) == list(small_state)
-    model = build(VARIANTS["slowfast_r50"], num_classes=head_classes(state), seed=9)
+    model, initial = other_model
+    assert head_classes(state) == 12
+    model.load_state_dict(initial)
+    assert not torch.equal(model.blocks[6].proj.weight, small_state["blocks.6.proj.weight"])
     load_strict(model, state, layout)
     assert torch.equal(model.blocks[6].proj.weight, small_state["blocks.6.proj.weight"])
 

@@ -22,7 +22,7 @@ def build_variant(variant: Variant, state_dict: Optional[Mapping[str, torch.Tens
     return model.eval()
 
 
-def build_slowfast_r50(checkpoint: Optional[str] = None, seed: int = 0) -> Net:
+def build_default(checkpoint: Optional[str] = None, seed: int = 0) -> Net:
     """The default variant, from a checkpoint path/URL or seeded random weights (tests, bench)."""
     variant = get_variant(DEFAULT_VARIANT)
     if checkpoint:

@@ -27,5 +27,3 @@ def default_contract(labels: Optional[Sequence[str]] = None) -> PreprocessContra
     """The contract of the default variant with its own labels (or ``labels``)."""
     return contract_for(DEFAULT, labels if labels is not None else read_labels())
 
-
-slowfast_r50_contract = default_contract

@@ -1,15 +1,14 @@
 """The preprocessing contract: what a model expects of its input, stored inside the model file.
 
-The exporter decides the values (export/reference.py is the only code that sets them) and embeds
+The exporter decides the values (export/variants.py: one row per SlowFast variant) and embeds
 them in the TorchScript file as an extra file (``torch.jit.save(..., _extra_files={CONTRACT_FILE:
 ...})``); the handler reads them back from the same file, so a model cannot be served with another
 model's transform or label order. Tests and the benchmark read them from the model file or from
-``slowfast_r50_contract()``, except where the pytorchvideo hub tutorial's literal values are the
-independent reference on purpose: tests/test_contract.py checks the contract against them, and
-tests/reference_pipeline.py, tests/test_reference_parity.py and bench/reference.py rebuild the
-tutorial's own pipeline with them. Unit tests of functions that take such numbers as arguments
-(tests/test_transforms.py, the worked examples in tests/test_sampling.py) pass them as plain inputs
-with hand-computed results.
+``export.reference.default_contract()``, except where the pytorchvideo hub tutorial's literal
+values are the independent reference on purpose: tests/test_contract.py checks the contract against
+them, and harness/reference.py rebuilds the tutorial's own pipeline with them. Unit tests of
+functions that take such numbers as arguments (tests/test_transforms.py, the worked examples in
+tests/test_sampling.py) pass them as plain inputs with hand-computed results.
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ class PreprocessContract:
     weights: str = "unknown"
     activation: str = "softmax"
     channel_order: str = "RGB"
-    variant: str = "slowfast_r50"
+    variant: str = "slowfast_r50"  # contracts before v3 name no variant: they were all this one
     version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:

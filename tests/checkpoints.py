@@ -47,9 +47,9 @@ def calibration_pathways(videos: Path) -> List[List[torch.Tensor]]:
 
 def write_non_flat_checkpoint(path: Path, calibration: Sequence[List[torch.Tensor]], seed: int = 7) -> Path:
     """Save a model-zoo layout state dict (``{"model_state": ...}``) of the default variant to ``path``."""
-    from export.build import build_slowfast_r50
+    from export.build import build_default
 
-    model = build_slowfast_r50(None, seed=seed)
+    model = build_default(None, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -87,7 +87,7 @@ def export_non_flat(directory: Path, videos: Path) -> Path:
     tests/test_export.py's job and take most of an export's time."""
     import dataclasses
 
-    from export.build import build_slowfast_r50
+    from export.build import build_default
     from export.checkpoint import weights_origin
     from export.reference import default_contract
     from export.save import save_with_contract
@@ -96,15 +96,15 @@ def export_non_flat(directory: Path, videos: Path) -> Path:
     checkpoint = str(write_non_flat_checkpoint(directory / "non_flat.pyth", calibration_pathways(videos)))
     contract = dataclasses.replace(default_contract(), weights=weights_origin(checkpoint, 0))
     output = directory / NON_FLAT_PT
-    save_with_contract(script_slowfast(build_slowfast_r50(checkpoint)), contract, output)
+    save_with_contract(script_slowfast(build_default(checkpoint)), contract, output)
     return output
 
 
 def perturbed_slowfast(seed: int = 0) -> torch.nn.Module:
     """The eager network (eval mode) with perturbed BN running stats and a scaled projection."""
-    from export.build import build_slowfast_r50
+    from export.build import build_default
 
-    model = build_slowfast_r50(seed=seed)
+    model = build_default(seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for module in model.modules():

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from export.__main__ import main as export_main
-from export.build import build_slowfast_r50, build_variant
+from export.build import build_default, build_variant
 from export.checkpoint import CheckpointError, load_strict, read_state_dict, weights_origin
 from export.reference import DEFAULT, default_contract
 from export.save import load_with_contract
@@ -29,7 +29,7 @@ CONTRACT = default_contract()
 
 @pytest.fixture(scope="module")
 def eager():
-    return build_slowfast_r50(seed=0)
+    return build_default(seed=0)
 
 
 def test_hub_architecture_and_parameter_count(eager):
@@ -105,7 +105,7 @@ def test_scripting_keeps_every_state_dict_key_and_value(eager):
 
 def test_model_zoo_checkpoint_round_trip(tmp_path, eager):
     # A model-zoo style file with weights that differ from the seeded default.
-    trained = build_slowfast_r50(seed=123)
+    trained = build_default(seed=123)
     with torch.no_grad():
         for buffer_name, buffer in trained.named_buffers():
             if buffer_name.endswith("running_mean"):
@@ -139,7 +139,7 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path, eager):
     del state["blocks.6.proj.weight"]
     state["blocks.6.extra.weight"] = torch.zeros(1)
     state["blocks.6.proj.bias"] = torch.zeros(700)
-    model = build_slowfast_r50(seed=0)
+    model = build_default(seed=0)
     with pytest.raises(CheckpointError) as caught:
         load_strict(model, state, "bad.pyth")
     message = str(caught.value)

@@ -108,19 +108,18 @@ def _embedding_answer(vector: torch.Tensor, model: ModelInfo, options: RequestOp
     return {"model": model.name, "dim": len(values), "normalized": options.normalize, "values": values}
 
 
-def _embedding_tensors(values: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    return [{"name": "embedding", "datatype": "FP32", "shape": [len(values), values[0]["dim"]],
-             "data": [v for embedding in values for v in embedding["values"]]}]
+def _vector_tensors(name: str) -> Callable[[List[Dict[str, Any]]], List[Dict[str, Any]]]:
+    """KServe v2 tensors of a kind whose answer holds ``values``: one FP32 ``name`` [videos, N]."""
+    def tensors(answers: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        return [{"name": name, "datatype": "FP32", "shape": [len(answers), len(answers[0]["values"])],
+                 "data": [v for answer in answers for v in answer["values"]]}]
+    return tensors
 
 
 def _logits_answer(vector: torch.Tensor, model: ModelInfo, options: RequestOptions) -> Dict[str, Any]:
     # The activation says how the logits became this model's probabilities (softmax or sigmoid).
     return {"activation": model.activation, "values": _floats(vector.tolist())}
 
-
-def _logits_tensors(values: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    return [{"name": "logits", "datatype": "FP32", "shape": [len(values), len(values[0]["values"])],
-             "data": [v for logits in values for v in logits["values"]]}]
 
 
 LABELS = OutputKind(
@@ -132,14 +131,14 @@ EMBEDDING = OutputKind(
     name="embedding", key="embedding",
     vector=_embedding,
     window_json=lambda vector, model, options: _floats(vector.tolist()),
-    video_json=_embedding_answer, tensors=_embedding_tensors,
+    video_json=_embedding_answer, tensors=_vector_tensors("embedding"),
 )
 # The raw class scores in label order (index i: the label with "index": i), averaged over the views.
 LOGITS = OutputKind(
     name="logits", key="logits",
     vector=lambda outputs, options: outputs.logits,
     window_json=lambda vector, model, options: _floats(vector.tolist()),
-    video_json=_logits_answer, tensors=_logits_tensors,
+    video_json=_logits_answer, tensors=_vector_tensors("logits"),
 )
 OUTPUT_KINDS: Mapping[str, OutputKind] = {kind.name: kind for kind in (LABELS, EMBEDDING, LOGITS)}
 

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List
 
 from bench.util import fmt_ms, percentile, progress, ratio, summary, target
+from harness.paths import MODEL, TIMELINE_MODEL
 
 ABANDON_AFTER_S = 3.0
 
@@ -145,12 +146,12 @@ def render(results: Dict[str, Any]) -> List[str]:
         return []
     refusal = held["clip_registration_refusal"]
     return [
-        "", f"8. Clients who leave: {held['clip']} on slowfast_r50 while {held['long_video']} timelines run on "
-            "slowfast_r50_timeline",
+        "", f"8. Clients who leave: {held['clip']} on {MODEL} while {held['long_video']} timelines run on "
+            f"{TIMELINE_MODEL}",
         f"  default request alone p50 {fmt_ms(held['alone_p50_s'] * 1000)} ms, p95 {fmt_ms(held['alone_p95_s'] * 1000)} ms; "
         f"after a timeline abandoned {held['abandoned']['after_s']:g} s in ({held['abandoned']['windows_read']} windows "
         f"read): {fmt_ms(held['after_abandoned_s'] * 1000)} ms",
         f"  with {held['clients']} long timelines streaming: p50 {fmt_ms(held['loaded_s']['median'] * 1000)} ms, "
         f"p95 {fmt_ms(held['loaded_p95_s'] * 1000)} ms ({held['loaded_p95_over_alone']:.2f}x alone)",
-        f"  the same timeline sent to slowfast_r50: HTTP {refusal['status']} in {fmt_ms(refusal['s'] * 1000)} ms",
+        f"  the same timeline sent to {MODEL}: HTTP {refusal['status']} in {fmt_ms(refusal['s'] * 1000)} ms",
     ]

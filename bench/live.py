@@ -79,11 +79,11 @@ def run(served: Any, video: Path, seconds: float, concurrency: int = 1) -> Dict[
 
 def render(result: Dict[str, Any]) -> List[str]:
     if "error" in result:
-        return ["", f"8. Live: {result['error']}"]
+        return ["", f"9. Live: {result['error']}"]
     h = result.get("handler_ms") or {}
     return [
         "",
-        f"8. Live (python -m client live): {result['clip']} at {result['fps']} fps over UDP, a window every "
+        f"9. Live (python -m client live): {result['clip']} at {result['fps']} fps over UDP, a window every "
         f"{result['hop_s']:g} s for {result['seconds']:g} s, concurrency {result['concurrency']}",
         f"  latency from a window's last frame read to its answer: p50 {result['latency_ms']['p50']:.0f} ms, "
         f"p95 {result['latency_ms']['p95']:.0f} ms (server's own time p50 {h.get('median', float('nan')):.0f} ms)",

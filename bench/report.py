@@ -242,7 +242,7 @@ def render(results: Dict[str, Any]) -> str:
     http = results.get("http", {})
     if http.get("latency"):
         lines.append("")
-        lines.append(f"3. HTTP end-to-end, one client, real TorchServe (started in {_f(http.get('server_start_s'), '.0f')} s)")
+        lines.append(f"3c. HTTP end-to-end, one client, real TorchServe (started in {_f(http.get('server_start_s'), '.0f')} s)")
         rows = []
         for name, c in http["latency"].items():
             h = c["handler_ms"]

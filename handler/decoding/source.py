@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import io
-from typing import Callable
+from typing import Callable, Optional
 
 import av
 
 from handler.decoding.budget import DecodeLimits
+from handler.decoding.containers import STILL_IMAGE_FORMATS, is_allowed, open_options, probed_format
 from handler.body_reader import BodyReader
 from handler.errors import RequestError
-
-STILL_IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "apng")
 # Bounds on what opening a file reads before any frame size is checked (FFmpeg's own defaults are
 # 5 MB and 5 s; a little more room for files whose video stream starts late in the data).
 PROBE_BYTES = 8 * 1024 * 1024
@@ -22,29 +21,47 @@ PRIME_MAX_PACKETS = 300
 
 
 def open_container(data: bytes) -> av.container.InputContainer:
-    """The file opened for demuxing (bounded probe); 422/415 for what is no video."""
+    """The file opened for demuxing (bounded probe, allowed containers only, no protocol).
+
+    415 ``still_image`` / ``unsupported_container`` for a container off the allowlist (named,
+    refused before its demuxer reads anything the body names); 422 for what is no video."""
     try:
         container = av.open(
             BodyReader(data),  # io.BytesIO would copy a bytearray body whole
             mode="r",
             metadata_errors="ignore",
             # Bound the probe itself; declared frame sizes are checked before any decoding.
-            options={"probesize": str(PROBE_BYTES), "analyzeduration": str(PROBE_MICROSECONDS)},
+            # Only self-contained containers, and no protocol: nothing but these bytes is read.
+            options={"probesize": str(PROBE_BYTES), "analyzeduration": str(PROBE_MICROSECONDS), **open_options()},
         )
     except av.error.FFmpegError as exc:
+        _refuse_unsupported_container(data)
         raise RequestError(
             422, "not_a_video", f"the body is not a decodable video ({_ffmpeg_reason(exc)}); "
             f"{len(data)} bytes starting {data[:8].hex(' ')}"
         ) from None
     except (MemoryError, OverflowError, ValueError) as exc:
         raise RequestError(422, "not_a_video", f"the body could not be opened as a video: {exc}") from None
-    if container.format.name in STILL_IMAGE_FORMATS:
+    if not is_allowed(container.format.name):  # FFmpeg checked it; a second look costs nothing
         container.close()
-        raise RequestError(
-            415, "still_image",
-            f"the body is a still image ({container.format.name}), not a video; send a video file",
-        )
+        _refuse_unsupported_container(data, container.format.name)
     return container
+
+
+def _refuse_unsupported_container(data: bytes, name: Optional[str] = None) -> None:
+    """Raise 415 when the body is a container FFmpeg knows but this server does not open."""
+    if name is None:
+        name, _ = probed_format(data, PROBE_BYTES)
+    if name is None or is_allowed(name):
+        return  # not a format off the allowlist: the caller's own error says what it is
+    if name in STILL_IMAGE_FORMATS:
+        raise RequestError(415, "still_image", f"the body is a still image ({name}), not a video; send a video file")
+    raise RequestError(
+        415, "unsupported_container",
+        f"the body is a {name} file, which this server does not open: it accepts self-contained video "
+        "files only (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, Ogg, ASF, animated GIF); "
+        "playlists, stream descriptions and other files that name other resources are refused",
+    )
 
 
 

@@ -1,5 +1,5 @@
 # slowfast-serve: export SlowFast R50 to TorchScript, archive it, serve it with TorchServe.
-.PHONY: help install check-java rtsp-server export mar serve start stop status test test-unit test-all bench scale predict kserve clean
+.PHONY: help install check-java rtsp-server export mar serve start stop status test test-unit test-all bench scale predict kserve fuzz soak clean
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -53,7 +53,7 @@ help:
 	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
 	@echo "make test-unit  the quick tests: no TorchServe, no export, nothing heavy (under a minute)"
 	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] | start [MODELS=\"a b\"] | stop | status"
-	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | clean"
+	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | fuzz [N=500] | soak [MINUTES=30] | clean"
 
 $(BIN)/.installed: requirements.txt
 	@$(MAKE) --no-print-directory check-java
@@ -131,6 +131,20 @@ test-unit: $(BIN)/.installed
 
 test-all: $(BIN)/.installed
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+# A mutation fuzzer over decoding (harness/fuzz.py): N inputs, printed by outcome; failures are
+# kept in tests/fuzz_regressions/ and replayed by `make test`.
+N          ?= 500
+FUZZ_SEED  ?= 1
+fuzz: $(BIN)/.installed
+	$(PY) -m harness.fuzz --inputs $(N) --seed $(FUZZ_SEED)
+
+# A long run against a real TorchServe (bench/soak.py): MINUTES of real videos, bad inputs and
+# timelines from CLIENTS clients; prints statuses, p50/p95, worker RSS and open fds over time.
+MINUTES    ?= 30
+CLIENTS    ?= 2
+soak: $(MAR)
+	$(PY) -m bench.soak --minutes $(MINUTES) --clients $(CLIENTS) --json bench/results/soak.json
 
 bench: $(MAR)
 	$(PY) -m bench $(BENCH_ARGS)

@@ -30,15 +30,19 @@ class Served:
     the one for long timelines, a worker each) plus one keep-alive HTTP session per client thread.
     ``model``: which registration a request goes to (default: the main one)."""
 
-    def __init__(self, mar: Path) -> None:
+    def __init__(self, mar: Optional[Path] = None, server: Any = None) -> None:
+        """Start a server for ``mar`` (on entering), or use ``server``, a started LocalTorchServe
+        that the caller owns (it is neither started nor stopped here)."""
         from harness.torchserve import LocalTorchServe
 
-        self._tmp = tempfile.TemporaryDirectory(prefix="slowfast-bench-")
-        self.server = LocalTorchServe(mar, Path(self._tmp.name), also_as=(TIMELINE_MODEL,))
+        self._tmp = None if server is not None else tempfile.TemporaryDirectory(prefix="slowfast-bench-")
+        self.server = server if server is not None else LocalTorchServe(mar, Path(self._tmp.name), also_as=(TIMELINE_MODEL,))
         self._local = threading.local()
         self.start_s = float("nan")
 
     def __enter__(self) -> "Served":
+        if self._tmp is None:
+            return self
         started = time.perf_counter()
         progress("starting an isolated TorchServe (free loopback ports) ...")
         try:
@@ -51,6 +55,8 @@ class Served:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._tmp is None:
+            return
         progress("stopping the benchmark's TorchServe")
         self.server.stop()
         self._tmp.cleanup()

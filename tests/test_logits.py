@@ -14,14 +14,12 @@ from typing import Dict, List
 
 import pytest
 import torch
-import yaml
 
 from handler.options import ServeOptions, resolve_request_options
 from handler.protocol import parse_row
 from handler.render import ModelInfo, reply, video_answer
 from handler.run import WindowScores
 from handler.runtime_base import Outputs
-from harness.paths import MODEL_CONFIG
 
 CLIP = "tv__WUzgd7C1pWA.mp4"  # 340x256, 10.9 s: three crops see different parts of the frame
 # The handler's runtime is TorchScript frozen and optimized for inference: conv-BN folding moves
@@ -107,10 +105,10 @@ def test_the_client_prints_an_answer_it_has_no_table_for_as_json(capsys, tmp_pat
 def inproc(built, tmp_path_factory):
     from harness.inproc import InProcessHandler
 
-    config = yaml.safe_load(MODEL_CONFIG.read_text())
-    config["handler"].update({"cpu_runtime": "torchscript", "warmup": False})
-    path = tmp_path_factory.mktemp("logits") / "model-config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    from harness.precision import model_config
+
+    # Compared with the scripted module's fp32 logits: TorchScript fp32 on every CPU.
+    path = model_config(tmp_path_factory.mktemp("logits"), cpu_runtime="torchscript", warmup=False)
     return InProcessHandler(built["pt"], path)
 
 

@@ -15,7 +15,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List
 
 import av
 import pytest

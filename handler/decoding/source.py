@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Callable, Optional
 
 import av
@@ -84,7 +83,14 @@ def video_stream(container: av.container.InputContainer, limits: DecodeLimits) -
             f"the file ({name}) has no video stream (streams: {', '.join(kinds)}); "
             "audio-only files cannot be classified",
         )
-    stream = candidates[0]
+    decodable = [s for s in candidates if s.codec_context is not None]
+    if not decodable:  # PyAV gives no codec context where FFmpeg has no decoder for the stream
+        raise RequestError(
+            415, "unsupported_codec",
+            f"the file ({container.format.name}) has {len(candidates)} video stream(s) but no decoder for "
+            "their codec (unknown, or not built into this server's FFmpeg)",
+        )
+    stream = decodable[0]
     ctx = stream.codec_context
     check_pixels(ctx.width, ctx.height, "declared", limits)
     # FFmpeg refuses to allocate a frame above this (a size change mid-stream): that packet

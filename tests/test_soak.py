@@ -1,0 +1,55 @@
+"""A long run without growth (issue 25, point 3; bench/soak.py): a real TorchServe under a mix of
+real videos, bad inputs and streamed timelines, watched for 5xx, latency, memory and descriptors.
+
+The default suite runs the machinery for 25 s against the session's server (every kind of request
+answered as it should be, the worker's RSS and descriptors sampled); ``make test-all`` runs 3
+minutes against a server of its own and holds the targets (no 5xx, RSS slope under 1 MB per 1,000
+requests after warm-up, descriptors flat). ``make soak`` runs 30 minutes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bench import soak
+from bench.served import Served
+from harness.paths import MODEL, TIMELINE_MODEL
+
+pytestmark = pytest.mark.integration
+SMOKE_VIDEOS = ("tv__WUzgd7C1pWA.mp4", "ii__realshort.mp4", "tc__nasa_13013.mp4.audio.mp3")
+
+
+def test_a_short_soak_answers_every_kind_as_expected(server, shared_videos: Path, tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in SMOKE_VIDEOS:
+        os.symlink(shared_videos / name, videos / name)
+    with Served(server=server) as served:
+        result = soak.run(soak.send_with(served), soak.worker_pids_of(server, (server.model_name,)), videos,
+                          seconds=25, clients=2, sample_s=2)
+    kinds = {kind.name for kind in soak.request_mix(videos, None)}
+    assert set(result["by_kind"]) == kinds, "every kind of request was sent"
+    assert result["targets"]["no_5xx"] and result["targets"]["statuses_as_expected"], result["unexpected"]
+    assert set(result["by_kind"]["bad playlist"]) == {"415"} and set(result["by_kind"]["bad empty"]) == {"400"}
+    (worker,) = result["workers"].values()
+    assert worker["rss_first_mb"] > 100 and worker["fds_after_max"] > 0  # the worker was sampled
+    text = soak.render(result)
+    assert "p95 ms" in text and "PASS  no_5xx" in text
+
+
+def test_the_slope_is_per_thousand_requests() -> None:
+    assert soak._slope_per_1000([(0, 100.0), (1000, 101.0), (2000, 102.0)]) == pytest.approx(1.0)
+    assert soak._slope_per_1000([(0, 100.0), (500, 100.0), (900, 100.0)]) == 0
+
+
+@pytest.mark.slow
+def test_three_minutes_without_growth(built, shared_videos: Path) -> None:
+    with Served(built["mar"]) as served:
+        pids = soak.worker_pids_of(served.server, (MODEL, TIMELINE_MODEL))
+        result = soak.run(soak.send_with(served), pids, shared_videos, seconds=180, clients=2,
+                          timeline_model=TIMELINE_MODEL)
+    print(soak.render(result))
+    assert all(result["targets"].values()), soak.render(result)

@@ -133,7 +133,7 @@ def edit_size_field(rng: random.Random, data: bytes, others: Sequence[bytes]) ->
 
 def splice(rng: random.Random, data: bytes, others: Sequence[bytes]) -> bytes:
     other = rng.choice(others)
-    return data[:rng.randrange(1, len(data))] + other[rng.randrange(len(other)):]
+    return data[:rng.randrange(1, max(2, len(data)))] + other[rng.randrange(len(other)):]
 
 
 def repeat_chunk(rng: random.Random, data: bytes, _others: Sequence[bytes]) -> bytes:
@@ -170,6 +170,8 @@ def inputs(seeds: Dict[str, bytes], count: int, seed: int) -> Iterator[FuzzInput
         data = seeds[name]
         applied = []
         for _ in range(rng.choice((1, 1, 2, 3))):
+            if len(data) < 2:
+                break
             mutation = rng.choice(sorted(MUTATIONS))
             data = MUTATIONS[mutation](rng, data, [seeds[n] for n in names]) or data[:1]
             applied.append(mutation)

@@ -163,7 +163,11 @@ class StreamReader:
         try:
             self._container.seek(int(math.floor(seconds / self.time_base)), stream=self._stream, backward=True)
         except av.error.FFmpegError:
-            self._container.seek(0)
+            try:
+                self._container.seek(0)
+            except av.error.FFmpegError:  # a demuxer that cannot seek at all (a damaged index): byte 0
+                self._restart()
+                return
         self._stream.codec_context.flush_buffers()
 
     def _starts(self, target: float) -> Iterator[DecodePass]:

@@ -8,6 +8,7 @@ from typing import Callable, Optional, Tuple
 
 import av
 
+from handler.decoding.source import packets
 from handler.errors import RequestError
 
 DEFAULT_FPS = 30.0
@@ -102,7 +103,7 @@ def _end_time_from_tail(
     except av.error.FFmpegError:
         return None
     end = None
-    for packet in container.demux(stream):
+    for packet in packets(container, stream):
         check()
         if packet.pts is not None and packet.size:
             length = packet.duration * time_base if packet.duration else frame_interval
@@ -117,7 +118,7 @@ def _scan_packet_times(
 ) -> Tuple[float, float]:
     """First and last timestamps by demuxing the whole stream from byte 0 (no decoding)."""
     first, last = None, None
-    for packet in container.demux(stream):
+    for packet in packets(container, stream):
         check()
         if packet.pts is None or not packet.size:
             continue

@@ -28,7 +28,7 @@ import av
 
 from handler.decoding.budget import DecodeLimits
 from handler.decoding.probe import Opened, VideoInfo, probe
-from handler.decoding.source import check_pixels, open_container, prime, video_stream
+from handler.decoding.source import check_pixels, open_container, packets, prime, video_stream
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class StreamReader:
             found = []
             first = True
             trusted = not pass_.seeked
-            for packet in self._container.demux(self._stream):
+            for packet in packets(self._container, self._stream):
                 self._check()
                 if packet.size == 0:
                     continue
@@ -240,7 +240,7 @@ class StreamReader:
         heap: List[Tuple[float, int, av.VideoFrame]] = []
         order = itertools.count()
         last_time = -math.inf
-        for packet in self._container.demux(self._stream):
+        for packet in packets(self._container, self._stream):
             self._check()
             skip = False
             if packet.pts is not None and packet.pts not in needed:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import av
 
@@ -111,6 +111,28 @@ def check_pixels(width: int, height: int, what: str, limits: DecodeLimits) -> No
         )
 
 
+# Demuxers may answer "try again" (EAGAIN) on damaged data; a few retries, then the data ends there.
+DEMUX_RETRIES = 8
+
+
+def packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.Packet]:
+    """``container.demux(stream)`` from its current position, ending where FFmpeg reports damage it
+    cannot demux past (the rest of the data is then unreadable in order anyway; a seek or the
+    byte-0 pass may still reach it), instead of failing the request."""
+    retries = 0
+    while True:
+        try:
+            for packet in container.demux(stream):
+                yield packet
+            return
+        except av.error.BlockingIOError:
+            retries += 1
+            if retries > DEMUX_RETRIES:
+                return
+        except av.error.FFmpegError:
+            return
+
+
 def prime(container: av.container.InputContainer, stream: av.video.stream.VideoStream, check: Callable[[], None]) -> None:
     """Decode the stream's first packets, up to its first keyframe, through the codec context.
 
@@ -120,7 +142,7 @@ def prime(container: av.container.InputContainer, stream: av.video.stream.VideoS
     Errors here are not counted: these frames belong to no window.
     """
     ctx = stream.codec_context
-    for count, packet in enumerate(container.demux(stream), start=1):
+    for count, packet in enumerate(packets(container, stream), start=1):
         check()
         if packet.size == 0:
             continue

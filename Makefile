@@ -1,5 +1,5 @@
 # slowfast-serve: export SlowFast R50 to TorchScript, archive it, serve it with TorchServe.
-.PHONY: help install check-java rtsp-server export mar serve start stop status test test-unit test-all bench scale predict kserve clean
+.PHONY: help install check-java rtsp-server export mar serve start stop status test test-unit test-all bench scale predict kserve image gpu-check clean
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -46,6 +46,13 @@ MANAGEMENT_URL ?=
 KEY_FILE   ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# The serving image (docker/Dockerfile, docs/container.md): IMAGE_VARIANT=cpu|gpu, tagged IMAGE.
+IMAGE_VARIANT ?= cpu
+IMAGE      ?= slowfast-serve:$(IMAGE_VARIANT)
+# A container engine that works here: docker only when its daemon answers, else podman.
+ENGINE     ?= $(shell for e in docker podman; do $$e info >/dev/null 2>&1 && { echo $$e; break; }; done)
+IMAGE_BUILD = build -f docker/Dockerfile --build-arg VARIANT=$(IMAGE_VARIANT) -t $(IMAGE) .
+GPU_CHECK_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
 help:
@@ -54,8 +61,10 @@ help:
 	@echo "make test-unit  the quick tests: no TorchServe, no export, nothing heavy (under a minute)"
 	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] | start [MODELS=\"a b\"] | stop | status"
 	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | clean"
+	@echo "make image [IMAGE_VARIANT=cpu|gpu] [IMAGE=name:tag]   the serving image (docs/container.md)"
+	@echo "make gpu-check  on a GPU machine: forward ms per batch, served p50, GPU-vs-CPU difference (docs/gpu.md)"
 
-$(BIN)/.installed: requirements.txt
+$(BIN)/.installed: requirements.txt requirements-serve.txt
 	@$(MAKE) --no-print-directory check-java
 	$(PYTHON_SYS) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -143,6 +152,20 @@ predict:
 
 kserve: $(MAR)
 	$(PY) -m deploy.kserve.build
+
+# The .mar is built here and copied into the image (the image has no exporter).
+image: $(MAR)
+	@if [ -z "$(ENGINE)" ]; then \
+	  echo "No container engine is available here: no docker daemon answers 'docker info' and no podman runs, so no image was built."; \
+	  echo "On a machine with one, after 'make mar', from this directory:"; \
+	  echo "  docker $(IMAGE_BUILD)"; \
+	  exit 1; \
+	fi
+	$(ENGINE) $(IMAGE_BUILD)
+
+# One command on a GPU machine (exports first if needed); exits 3 with a message where there is no GPU.
+gpu-check: $(BIN)/.installed
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build $(MAR) logs key_file.json deploy/kserve/build .pytest_cache

@@ -86,6 +86,16 @@ def describe_gpu(gpu: int) -> Dict[str, Any]:
             "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
 
 
+def worker_device(gpu: int) -> torch.device:
+    """The device a worker given GPU ``gpu`` must run on (a CPU rehearsal replaces it: tests)."""
+    return torch.device(f"cuda:{gpu}")
+
+
+def on_gpu(worker: Dict[str, Any]) -> bool:
+    """Whether TorchServe's description of a worker says it holds a GPU."""
+    return bool(worker.get("gpu"))
+
+
 def forward_ms(handler: Any, sizes: Sequence[int], repeats: int) -> Dict[int, Dict[str, float]]:
     """Median and min ms of one forward of ``b`` random views (outputs copied back: synchronised)."""
     out = {}
@@ -125,16 +135,17 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
     progress(f"the worker's runtime on cuda:{args.gpu}")
     gpu = InProcessHandler(PT, gpu_id=args.gpu)
-    if gpu.handler.device != torch.device(f"cuda:{args.gpu}"):
-        raise RuntimeError(f"the handler chose {gpu.handler.device}, not cuda:{args.gpu}")
+    if gpu.handler.device != worker_device(args.gpu):
+        raise RuntimeError(f"the handler chose {gpu.handler.device}, not {worker_device(args.gpu)}")
     every_class = {"topk": str(gpu.contract.num_classes)}
     figures["runtime"] = gpu.runtime.name
     figures["load_s"] = round(gpu.load_s, 1)
     figures["forward_ms"] = forward_ms(gpu, args.batch_sizes, args.repeats)
-    figures["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(args.gpu) / 2**20)
+    figures["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(args.gpu) / 2**20) if torch.cuda.is_available() else None
     in_process_gpu = probabilities(gpu.handle(video, every_class))
     del gpu
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
     progress(f"the CPU answer ({args.cpu_runtime})")
     cpu = InProcessHandler(PT, handler={"cpu_runtime": args.cpu_runtime})
@@ -145,7 +156,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     progress("a real TorchServe with GPU workers")
     with Served(MAR) as served:
         workers = served.server.workers()
-        if not workers or not all(w.get("gpu") for w in workers):
+        if not workers or not all(on_gpu(w) for w in workers):
             raise RuntimeError(f"TorchServe's workers are not on a GPU: {workers}")
         figures["served_workers"] = [{"id": w.get("id"), "gpu": w.get("gpu")} for w in workers]
         for _ in range(2):

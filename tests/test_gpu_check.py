@@ -83,3 +83,32 @@ def test_report_and_difference() -> None:
     text = gpu_check.report(figures)
     assert "    1       5.0 ms" in text and "    8      20.0 ms  (2.5 ms a view, 400.0 views/s)" in text
     assert "p50 80.0 ms" in text and "served GPU 1.00e-05" in text
+
+
+@pytest.mark.slow
+def test_rehearsal_of_every_stage_on_the_cpu(
+    built: dict, shared_videos: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Every stage of the measuring path, with the CPU standing in for the GPU (the handler, given
+    gpu_id 0 without CUDA, runs on the CPU; TorchServe's workers are CPU workers): the code a GPU
+    machine runs first, rehearsed here. What it cannot rehearse: CUDA itself."""
+    monkeypatch.setattr(gpu_check, "gpu_problem", lambda gpu: None)
+    monkeypatch.setattr(gpu_check, "describe_gpu", lambda gpu: {
+        "gpu": "CPU rehearsal", "memory_gib": 0, "driver": "-", "torch": torch.__version__, "cuda": None, "cudnn": None})
+    monkeypatch.setattr(gpu_check, "worker_device", lambda gpu: torch.device("cpu"))
+    monkeypatch.setattr(gpu_check, "on_gpu", lambda worker: True)
+    figures_file = tmp_path / "gpu.json"
+    status = gpu_check.main(["--batch-sizes", "1,2", "--repeats", "1", "--requests", "1", "--no-export",
+                             "--video", str(shared_videos / "tv__WUzgd7C1pWA.mp4"), "--json", str(figures_file)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    import json
+
+    figures = json.loads(figures_file.read_text())
+    assert set(figures["forward_ms"]) == {"1", "2"}
+    assert figures["served_ms"]["requests"] == 1 and figures["served_ms"]["p50"] > 0
+    difference = figures["max_abs_probability_difference"]
+    # CPU against CPU: the stand-ins for the GPU (in-process and served) are CPU workers on OpenVINO,
+    # the CPU default (bf16 where the CPU has it, else fp32), against TorchScript fp32: close, not equal.
+    assert 0 <= difference["in_process_gpu_vs_cpu"] < 0.05 and 0 <= difference["served_gpu_vs_cpu"] < 0.05
+    assert "served tv__WUzgd7C1pWA.mp4: p50" in out

@@ -17,6 +17,7 @@ if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
 fi
 
 stopping=0
+# shellcheck disable=SC2329  # called by the trap below
 stop() {
     stopping=1
     echo "entrypoint: stopping TorchServe" >&2

@@ -165,6 +165,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         served_answer = probabilities(served.predict(video, every_class))
         figures["served_ms"] = {"p50": round(percentile(e2e, 50), 1), "p95": round(percentile(e2e, 95), 1),
                                 "requests": len(e2e)}
+        progress(f"  served p50 {figures['served_ms']['p50']} ms over {len(e2e)} requests")
         log = served.server.log_dir / "model_log.log"
         figures["served_worker_log"] = [line.split(" - ", 1)[-1] for line in log.read_text(errors="replace").splitlines()
                                         if " on cuda" in line][-4:] if log.is_file() else []
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "served_gpu_vs_cpu": largest_difference(served_answer, cpu_answer),
         "in_process_gpu_vs_cpu": largest_difference(in_process_gpu, cpu_answer),
     }
+    progress(f"  max |probability difference| vs CPU: {figures['max_abs_probability_difference']}")
     figures["total_s"] = round(time.monotonic() - started, 1)
     return figures
 

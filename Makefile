@@ -1,5 +1,5 @@
 # slowfast-serve: export SlowFast R50 to TorchScript, archive it, serve it with TorchServe.
-.PHONY: help install check-java rtsp-server export mar serve start stop status test test-unit test-all bench scale predict kserve image gpu-check clean
+.PHONY: help install check-java rtsp-server export mar serve start stop status test test-unit test-all bench scale predict kserve clean
 
 PYTHON_SYS ?= python3
 VENV       := .venv
@@ -59,10 +59,10 @@ help:
 	@echo "make serve      install, export, archive and start TorchServe with $(MODEL) loaded"
 	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
 	@echo "make test-unit  the quick tests: no TorchServe, no export, nothing heavy (under a minute)"
-	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] | start [MODELS=\"a b\"] | stop | status"
-	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | clean"
 	@echo "make image [IMAGE_VARIANT=cpu|gpu] [IMAGE=name:tag]   the serving image (docs/container.md)"
 	@echo "make gpu-check  on a GPU machine: forward ms per batch, served p50, GPU-vs-CPU difference (docs/gpu.md)"
+	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] | start [MODELS=\"a b\"] | stop | status"
+	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | clean"
 
 $(BIN)/.installed: requirements.txt requirements-serve.txt
 	@$(MAKE) --no-print-directory check-java
@@ -153,6 +153,7 @@ predict:
 kserve: $(MAR)
 	$(PY) -m deploy.kserve.build
 
+.PHONY: image gpu-check
 # The .mar is built here and copied into the image (the image has no exporter).
 image: $(MAR)
 	@if [ -z "$(ENGINE)" ]; then \

@@ -62,8 +62,16 @@ def stages() -> List[List[Tuple[str, str]]]:
     return found
 
 
+def stage(name: str) -> List[Tuple[str, str]]:
+    """The stage ``FROM ... AS name``."""
+    found = [st for st in stages() if st and st[0][0] == "FROM" and st[0][1].split()[-1] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
 def final_stage() -> List[Tuple[str, str]]:
-    return stages()[-1]
+    """The stage both variants are built on (the variants only add environment variables)."""
+    return stage("runtime")
 
 
 def arguments(stage: List[Tuple[str, str]], instruction: str) -> List[str]:
@@ -101,7 +109,7 @@ def test_dockerfile_lints_clean_with_hadolint() -> None:
 
 def test_final_stage_runs_as_a_user_without_compilers_and_checks_ping() -> None:
     stage = final_stage()
-    assert stage[0][1].split()[0] == stages()[1][0][1].split()[0], "build and runtime stages share the base"
+    assert stage[0][1].split()[0] == stages()[1][0][1].split()[0] == "${BASE_IMAGE}", "build and runtime share the base"
     users = arguments(stage, "USER")
     assert users and users[-1].split(":")[0] not in ("0", "root"), users
     installs = " ".join(arguments(stage, "RUN"))
@@ -114,6 +122,17 @@ def test_final_stage_runs_as_a_user_without_compilers_and_checks_ping() -> None:
     assert arguments(stage, "ENTRYPOINT") == ['["/usr/local/bin/slowfast-entrypoint"]']
     assert any(rest.endswith("/usr/local/bin/slowfast-entrypoint") and "docker/entrypoint.sh" in rest
                for rest in arguments(stage, "COPY"))
+
+
+def test_the_variant_picks_the_last_stage_and_only_gpu_asks_for_gpus() -> None:
+    assert stages()[-1] == [("FROM", "runtime-${VARIANT}")]
+    assert stages()[0] and ("ARG", "VARIANT=cpu") in stages()[0], "a global VARIANT, cpu by default"
+    cpu, gpu = " ".join(arguments(stage("runtime-cpu"), "ENV")), " ".join(arguments(stage("runtime-gpu"), "ENV"))
+    assert "NVIDIA" not in cpu and "NVIDIA" not in " ".join(arguments(final_stage(), "ENV"))
+    assert "NVIDIA_VISIBLE_DEVICES=all" in gpu and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in gpu
+    for name in ("runtime-cpu", "runtime-gpu"):
+        assert stage(name)[0] == ("FROM", f"runtime AS {name}")
+        assert {i for i, _ in stage(name)} == {"FROM", "ENV"}, "the variants add environment only"
 
 
 def test_exposed_ports_are_the_ones_the_container_config_listens_on() -> None:

@@ -61,6 +61,7 @@ def test_a_gpu_torchserve_cannot_count_is_refused_too(monkeypatch: pytest.Monkey
     assert "--gpu 1 but torch sees 1 GPU(s)" in capsys.readouterr().out
 
 
+@pytest.mark.heavy  # a fresh interpreter importing torch: seconds of CPU
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the command would measure it")
 def test_the_command_itself_exits_cleanly_here() -> None:
     done = subprocess.run([sys.executable, "-m", "bench.gpu_check"], cwd=REPO, capture_output=True, text=True, timeout=120)

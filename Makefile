@@ -57,10 +57,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 help:
 	@echo "make serve      install, export, archive and start TorchServe with $(MODEL) loaded"
-	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
-	@echo "make test-unit  the quick tests: no TorchServe, no export, nothing heavy (under a minute)"
 	@echo "make image [IMAGE_VARIANT=cpu|gpu] [IMAGE=name:tag]   the serving image (docs/container.md)"
 	@echo "make gpu-check  on a GPU machine: forward ms per batch, served p50, GPU-vs-CPU difference (docs/gpu.md)"
+	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
+	@echo "make test-unit  the quick tests: no TorchServe, no export, nothing heavy (under a minute)"
 	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] | start [MODELS=\"a b\"] | stop | status"
 	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | clean"
 
@@ -150,9 +150,6 @@ scale:
 predict:
 	@$(PY) -m client "$(VIDEO)" --model $(MODEL) --topk $(TOPK) $(if $(URL),--url $(URL)) $(if $(KEY_FILE),--key-file $(KEY_FILE))
 
-kserve: $(MAR)
-	$(PY) -m deploy.kserve.build
-
 .PHONY: image gpu-check
 # The .mar is built here and copied into the image (the image has no exporter).
 image: $(MAR)
@@ -167,6 +164,9 @@ image: $(MAR)
 # One command on a GPU machine (exports first if needed); exits 3 with a message where there is no GPU.
 gpu-check: $(BIN)/.installed
 	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
+
+kserve: $(MAR)
+	$(PY) -m deploy.kserve.build
 
 clean:
 	rm -rf build $(MAR) logs key_file.json deploy/kserve/build .pytest_cache

@@ -30,9 +30,10 @@ exit 0
 @pytest.fixture
 def scratch(tmp_path: Path) -> Path:
     """The Makefile and the files its rules depend on, with an installed (fake) venv."""
-    for name in ["Makefile", "requirements.txt", "requirements-serve.txt", "model-config.yaml", "client/activate-hook.sh", "handler/contract.py"]:
+    for name in ["Makefile", "requirements.txt", "model-config.yaml", "client/activate-hook.sh", "handler/contract.py"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, tmp_path / name)
+    shutil.copy2(REPO / "requirements-serve.txt", tmp_path)  # requirements.txt includes it
     (tmp_path / "export").mkdir()
     (tmp_path / "export/__main__.py").write_text("")
     (tmp_path / "config.properties").write_text("model_store=model_store\n")

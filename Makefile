@@ -46,16 +46,25 @@ MANAGEMENT_URL ?=
 KEY_FILE   ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# The serving image (docker/Dockerfile, docs/container.md): IMAGE_VARIANT=cpu|gpu, tagged IMAGE.
+IMAGE_VARIANT ?= cpu
+IMAGE      ?= slowfast-serve:$(IMAGE_VARIANT)
+# A container engine that works here: docker only when its daemon answers, else podman.
+ENGINE     ?= $(shell for e in docker podman; do $$e info >/dev/null 2>&1 && { echo $$e; break; }; done)
+IMAGE_BUILD = build -f docker/Dockerfile --build-arg VARIANT=$(IMAGE_VARIANT) -t $(IMAGE) .
+GPU_CHECK_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
 help:
 	@echo "make serve      install, export, archive and start TorchServe with $(MODEL) loaded"
+	@echo "make image [IMAGE_VARIANT=cpu|gpu] [IMAGE=name:tag]   the serving image (docs/container.md)"
+	@echo "make gpu-check  on a GPU machine: forward ms per batch, served p50, GPU-vs-CPU difference (docs/gpu.md)"
 	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
 	@echo "make test-unit  the quick tests: no TorchServe, no export, nothing heavy (under a minute)"
 	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] | start [MODELS=\"a b\"] | stop | status"
 	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | fuzz [N=500] | soak [MINUTES=30] | clean"
 
-$(BIN)/.installed: requirements.txt
+$(BIN)/.installed: requirements.txt requirements-serve.txt
 	@$(MAKE) --no-print-directory check-java
 	$(PYTHON_SYS) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -154,6 +163,21 @@ scale:
 
 predict:
 	@$(PY) -m client "$(VIDEO)" --model $(MODEL) --topk $(TOPK) $(if $(URL),--url $(URL)) $(if $(KEY_FILE),--key-file $(KEY_FILE))
+
+.PHONY: image gpu-check
+# The .mar is built here and copied into the image (the image has no exporter).
+image: $(MAR)
+	@if [ -z "$(ENGINE)" ]; then \
+	  echo "No container engine is available here: no docker daemon answers 'docker info' and no podman runs, so no image was built."; \
+	  echo "On a machine with one, after 'make mar', from this directory:"; \
+	  echo "  docker $(IMAGE_BUILD)"; \
+	  exit 1; \
+	fi
+	$(ENGINE) $(IMAGE_BUILD)
+
+# One command on a GPU machine (exports first if needed); exits 3 with a message where there is no GPU.
+gpu-check: $(BIN)/.installed
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 kserve: $(MAR)
 	$(PY) -m deploy.kserve.build

@@ -5,4 +5,5 @@
   context; ``inproc``: the real handler loaded in this process as a worker loads it;
 - ``synth``: the one video synthesizer; ``reference``: the one reference pipeline (pytorchvideo);
 - ``memory``: a process's resident memory and its peak, from /proc.
+- ``serve_only``: Python with only requirements-serve.txt's packages importable (the serving image).
 """

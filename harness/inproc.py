@@ -19,11 +19,16 @@ from harness.paths import MODEL_CONFIG, PT
 
 
 class InProcessHandler:
-    def __init__(self, pt: Path = PT, config_path: Path = MODEL_CONFIG) -> None:
+    """``gpu_id``: the GPU TorchServe would give the worker (None: a CPU worker); ``handler``:
+    settings laid over model-config.yaml's ``handler:`` section (e.g. ``{"cpu_runtime": "torchscript"}``)."""
+
+    def __init__(self, pt: Path = PT, config_path: Path = MODEL_CONFIG, gpu_id: Optional[int] = None,
+                 handler: Optional[Mapping[str, Any]] = None) -> None:
         from handler.slowfast_handler import SlowFastHandler
 
         config = yaml.safe_load(config_path.read_text()) or {}
-        self.context = FakeContext(pt.parent, 1, config, serialized=pt.name, metrics=NullMetricsCache())
+        config["handler"] = {**config.get("handler", {}), **(handler or {})}
+        self.context = FakeContext(pt.parent, 1, config, gpu_id=gpu_id, serialized=pt.name, metrics=NullMetricsCache())
         self.handler = SlowFastHandler()
         started = time.perf_counter()
         self.handler.initialize(self.context)
@@ -60,11 +65,12 @@ class InProcessHandler:
         return response
 
     def dummy_pathways(self, batch: int = 1) -> List[torch.Tensor]:
-        """A ``[slow, fast]`` input of ``batch`` views, the shapes the handler feeds the model."""
+        """A random ``[slow, fast]`` input of ``batch`` views, the shapes the handler feeds the model,
+        float32 on the worker's device."""
         c = self.contract
         fast = torch.randn(batch, 3, c.num_frames, c.crop_size, c.crop_size)
         slow_index = torch.linspace(0, c.num_frames - 1, c.num_frames // c.alpha).long()
-        return [fast.index_select(2, slow_index).contiguous(), fast]
+        return [p.to(self.handler.device) for p in (fast.index_select(2, slow_index).contiguous(), fast)]
 
     def forward_ms(self, pathways: List[torch.Tensor]) -> float:
         """One forward of the worker's runtime (with the softmax), ms: the model-only floor."""

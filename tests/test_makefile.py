@@ -33,6 +33,7 @@ def scratch(tmp_path: Path) -> Path:
     for name in ["Makefile", "requirements.txt", "model-config.yaml", "client/activate-hook.sh", "handler/contract.py"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, tmp_path / name)
+    shutil.copy2(REPO / "requirements-serve.txt", tmp_path)  # requirements.txt includes it
     (tmp_path / "export").mkdir()
     (tmp_path / "export/__main__.py").write_text("")
     (tmp_path / "config.properties").write_text("model_store=model_store\n")
@@ -141,3 +142,40 @@ def test_make_install_makes_activate_point_torchserve_at_the_repo_config(scratch
     done = _activate(elsewhere, f"source {scratch}/.venv/bin/activate; source {scratch}/.venv/bin/activate; {show}; "
                                 f"deactivate; {show}", {"TS_CONFIG_FILE": "/etc/other.properties"})
     assert done.stdout.split() == [f"TS_CONFIG_FILE={config}", "TS_CONFIG_FILE=/etc/other.properties"]
+
+
+def _fake_engine(root: Path, daemon_answers: bool) -> dict:
+    """A `docker` and a failing `podman` first on PATH (make 4.3's $(shell) does not see the
+    Makefile's exported PATH, so the environment's is set): `info` fails without a daemon.
+    Returns the environment to run make in; a real engine on this host is never called."""
+    (root / ".venv/bin/docker").write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = info ] && exit {0 if daemon_answers else 1}\n'
+        'echo "docker $*" >> "$(dirname "$0")/../../engine.log"\n'
+    )
+    (root / ".venv/bin/docker").chmod(0o755)
+    (root / ".venv/bin/podman").write_text("#!/bin/sh\nexit 1\n")  # no podman either
+    (root / ".venv/bin/podman").chmod(0o755)
+    return {**os.environ, "PATH": f"{root / '.venv/bin'}:{os.environ['PATH']}"}
+
+
+def test_make_image_without_a_container_engine_says_so_and_prints_the_build(scratch: Path) -> None:
+    make(scratch, "mar")
+    env = _fake_engine(scratch, daemon_answers=False)
+    done = subprocess.run(["make", "--no-print-directory", "image"], cwd=scratch, capture_output=True, text=True, env=env)
+    assert done.returncode != 0
+    assert "No container engine is available here" in done.stdout
+    assert "  docker build -f docker/Dockerfile --build-arg VARIANT=cpu -t slowfast-serve:cpu ." in done.stdout
+    assert not (scratch / "engine.log").exists()
+
+
+def test_make_image_builds_with_the_engine_that_answers(scratch: Path) -> None:
+    make(scratch, "mar")
+    env = _fake_engine(scratch, daemon_answers=True)
+    for variant in ("cpu", "gpu"):
+        subprocess.run(["make", "--no-print-directory", "image", f"IMAGE_VARIANT={variant}"], cwd=scratch,
+                       check=True, capture_output=True, env=env)
+    assert (scratch / "engine.log").read_text().splitlines() == [
+        "docker build -f docker/Dockerfile --build-arg VARIANT=cpu -t slowfast-serve:cpu .",
+        "docker build -f docker/Dockerfile --build-arg VARIANT=gpu -t slowfast-serve:gpu .",
+    ]

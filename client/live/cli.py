@@ -20,6 +20,7 @@ from client.live.model import local_short_side, window_from_server
 from client.live.report import Display, JsonLines, Smoother, summary, window_line
 from client.live.runner import LiveRunner, LiveStats, WindowResult
 from client.live.source import Reader, parse_source
+from client.kserve import KSERVE_V2
 from client.options import add_request_options, output_of
 from client.options import request_fields as request_options_sent
 from client.transport import Answer, Transport
@@ -112,6 +113,9 @@ def check_usage(args: argparse.Namespace) -> Optional[str]:
         return str(exc)
     if args.realtime and "://" in args.source:
         return "--realtime paces a file; a stream already comes at its own pace"
+    if args.protocol == KSERVE_V2 and args.window is None:
+        return ("a KServe v2 answer holds no window to learn the model's from: give --window SECONDS "
+                "(or use --protocol kserve-v1)")
     return None
 
 
@@ -164,14 +168,15 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
     handle: Optional[IO[str]] = None
     try:
         spec = parse_source(args.source, args.realtime)
-        endpoint = resolve_endpoint(args.url, args.model, args.token, args.key_file)
+        endpoint = resolve_endpoint(args.url, args.model, args.token, args.key_file,
+                                    protocol=args.protocol, headers=args.headers)
         transport = Transport(endpoint, timeout=args.timeout, attempts=args.retries, backoff=0.5, max_backoff=2.0)
         fields = request_fields(args)
         window = args.window
         if window is None:
             window, fields = window_from_server(transport, fields)
             print(f"window {window:g} s (the model's, from the server), a window every {args.hop:g} s", file=sys.stderr)
-        short_side = args.short_side or local_short_side(args.model) or FALLBACK_SHORT_SIDE
+        short_side = args.short_side or local_short_side(endpoint.model) or FALLBACK_SHORT_SIDE
         to_stdout = args.out is not None and str(args.out) == "-"
         if args.out is not None and not to_stdout:
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -145,9 +145,10 @@ class LiveOutput:
             scores, events = self.smoother.update(result.outcome.body["predictions"], result.end, result.segment)
             if self.smoothed:
                 line["smoothed"] = [{"label": label, "score": round(score, 6)} for label, score in scores[: self.topk]]
+        # Shown, then written: a window that could not be shown is written as failed (``failed``).
+        self.display.window(result, scores, self.runner.stats, self.smoothed)
         self.lines.write(line)
         self.written = result.index
-        self.display.window(result, scores, self.runner.stats, self.smoothed)
         self.events(events)
 
     def failed(self, result: WindowResult, error: Exception) -> None:

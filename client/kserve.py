@@ -58,7 +58,7 @@ def json_value(name: str, text: str) -> Any:
     return convert(text) if convert else text
 
 
-def _tensor_rows(tensor: Mapping[str, Any]) -> List[Any]:
+def _first_row(tensor: Mapping[str, Any]) -> List[Any]:
     """The first row of a [1, N] tensor (a KServe request here holds one video)."""
     data = tensor.get("data")
     if not isinstance(data, list):
@@ -117,24 +117,24 @@ class KServeCodec:
         tensors = {str(o.get("name")): o for o in outputs}
         if len(outputs) == 1 and not set(tensors) & {*LABEL_TENSORS, *VECTOR_TENSORS}:
             # TorchServe's stock kservev2 envelope: the handler's whole answer as one BYTES element.
-            item = _tensor_rows(outputs[0])[0] if _tensor_rows(outputs[0]) else None
-            whole = json.loads(item) if isinstance(item, str) else item
+            row = _first_row(outputs[0])
+            whole = json.loads(row[0]) if row and isinstance(row[0], str) else (row[0] if row else None)
             if not isinstance(whole, Mapping):
                 raise ValueError(f"the v2 output {outputs[0].get('name')!r} is not an answer")
             return dict(whole)
         result: Dict[str, Any] = {}
         if set(LABEL_TENSORS) <= set(tensors):
-            rows = [_tensor_rows(tensors[name]) for name in LABEL_TENSORS]
+            rows = [_first_row(tensors[name]) for name in LABEL_TENSORS]
             # Index -1 pads a row that a threshold left shorter (handler/render.py's NO_LABEL).
             result["predictions"] = [{"label": label, "index": int(index), "probability": float(probability)}
                                      for label, probability, index in zip(*rows) if int(index) >= 0]
         if "embedding" in tensors:
-            values = [float(v) for v in _tensor_rows(tensors["embedding"])]
+            values = [float(v) for v in _first_row(tensors["embedding"])]
             normalized = json_value("normalize", fields.get("normalize", "false"))
             result["embedding"] = {"model": answer.get("model_name", ""), "dim": len(values),
                                    "normalized": normalized, "values": values}
         if "logits" in tensors:
-            result["logits"] = {"values": [float(v) for v in _tensor_rows(tensors["logits"])]}
+            result["logits"] = {"values": [float(v) for v in _first_row(tensors["logits"])]}
         if not result:
             raise ValueError(f"the v2 answer has none of the outputs {LABEL_TENSORS + VECTOR_TENSORS}: {sorted(tensors)}")
         result["model"] = answer.get("model_name", "")

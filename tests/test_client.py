@@ -131,11 +131,14 @@ def _args(server: LocalTorchServe) -> List[str]:
 @pytest.mark.integration
 def test_prints_the_servers_answer_as_a_table(server: LocalTorchServe, shared_videos: Path) -> None:
     clip = shared_videos / "ii__realshort.mp4"
-    expected = server.predict(clip.read_bytes(), {"topk": "3"}).json()["predictions"]
+    answer = server.predict(clip.read_bytes(), {"topk": "3"}).json()
+    expected = answer["predictions"]
     done = run_client(str(clip), *_args(server), "--topk", "3")
     assert done.returncode == 0, done.stderr
     rows = done.stdout.splitlines()[3:6]
-    assert len(done.stdout.splitlines()) == 6
+    random_weights = answer["weights"].startswith("random")  # then the table's last line says so
+    assert len(done.stdout.splitlines()) == 6 + random_weights
+    assert ("these labels say nothing about the video" in done.stdout) == random_weights
     for row, p in zip(rows, expected):
         assert row.split()[-2:] == [str(p["index"]), f"{p['probability']:.6f}"]
         assert p["label"] in row

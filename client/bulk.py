@@ -24,6 +24,10 @@ FALLBACK_CONCURRENCY = 4  # model-config.yaml's batchSize with one worker
 
 def server_concurrency(transport: Transport, note: Callable[[str], None]) -> int:
     """batchSize x workers as the management API reports them, else FALLBACK_CONCURRENCY; says which in ``note``."""
+    if not transport.endpoint.management_url:  # KServe: no TorchServe management API to ask
+        note(f"sending {FALLBACK_CONCURRENCY} at a time ({transport.endpoint.protocol} has no management API "
+             f"to ask for the batch size; --concurrency to choose)")
+        return FALLBACK_CONCURRENCY
     try:
         model = transport.model_description()
         workers = len(model.get("workers") or []) or int(model.get("minWorkers") or 1)

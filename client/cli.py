@@ -5,6 +5,7 @@ its embedding (``--embedding [--out FILE.npy]``) or its timeline (``--timeline [
 Anything else (several paths, folders, ``--glob``, ``--from-list``, ``--out results.jsonl``): a bulk
 run writing one JSON line per input (client/results.py), with progress, retries and ``--resume``.
 Exit status: 0 when every input was answered, 1 when any failed, 2 for a usage error, 130 on Ctrl-C.
+``--protocol kserve-v1|kserve-v2 --url http://INFERENCESERVICE``: the same over KServe (no timelines).
 ``python -m client live SOURCE``: a camera or a stream, window by window (client/live/cli.py).
 """
 
@@ -22,7 +23,8 @@ from client.options import add_request_options, kinds_of, request_fields
 from client.predict import run_one
 from client.progress import Progress
 from client.results import ResultsWriter, embeddings_path, write_embeddings
-from client.transport import Transport
+from client.kserve import TORCHSERVE
+from client.transport import TIMELINE_ON_KSERVE, Transport
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests in flight (default: the model's batchSize x workers, from the management API)")
     server.add_argument("--timeout", type=float, default=400.0, help="seconds to wait for one answer (default: 400, above the server's responseTimeout of 360)")
     server.add_argument("--retries", type=int, default=3,
-                        help="attempts per input, resending after connection errors, 503, 507 and a worker that "
-                             "died or was scaled down, with backoff; never after a 4xx (default: 3)")
-    server.add_argument("--backoff", type=float, default=1.0, help="seconds before the first resend, doubling (default: 1)")
+                        help="attempts per input, resending after a connection failure or timeout, 503, 429 and "
+                             "TorchServe's 'Worker died.' / 'Worker scaled down.', with backoff; never after "
+                             "another 5xx or a 4xx (default: 3)")
+    server.add_argument("--backoff", type=float, default=1.0,
+                        help="seconds before the first resend, doubling, with jitter (default: 1)")
     return parser
 
 
@@ -85,6 +89,8 @@ def check_usage(args: argparse.Namespace, single: bool) -> Optional[str]:
         return "--retries is the number of attempts per input: 1 or more"
     if args.concurrency is not None and args.concurrency < 1:
         return "--concurrency must be 1 or more"
+    if args.timeline and args.protocol != TORCHSERVE:
+        return TIMELINE_ON_KSERVE
     if (args.csv or args.plot) and not (single and args.timeline):
         return "--csv and --plot draw the timeline of one video: give one file and --timeline"
     if single and args.out is not None and "embedding" not in kinds:
@@ -139,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(problem)
     try:
         endpoint = resolve_endpoint(args.url, args.model, args.token, args.key_file,
-                                    args.management_url, args.management_token)
+                                    args.management_url, args.management_token, args.protocol, args.headers)
         transport = Transport(endpoint, timeout=args.timeout, attempts=args.retries, backoff=args.backoff,
                               on_retry=lambda f, delay: print(f"note: {f.describe()[:300]}; resending in {delay:.1f} s",
                                                               file=sys.stderr))

@@ -63,7 +63,16 @@ def format_table(body: Dict[str, Any], video: str = "") -> str:
         lines.append(f"{rank:>4}  {str(p.get('label', '')):<{width}}  {p.get('index', ''):>5}  {p.get('probability', 0):>11.6f}")
     for warning in body.get("warnings") or []:
         lines.append(f"warning: {warning}")
+    if has_random_weights(body):
+        lines.append(f"warning: the model has {body['weights']}: these labels say nothing about the video "
+                     "(trained weights: README, 'Which model')")
     return "\n".join(lines)
+
+
+def has_random_weights(body: Dict[str, Any]) -> bool:
+    """Whether the answer's ``weights`` says the model's weights are random (export/checkpoint.py's
+    ``weights_origin``: "random weights, seed N (predictions are meaningless...)")."""
+    return str(body.get("weights", "")).lower().startswith("random")
 
 
 def format_embedding(body: Dict[str, Any], video: str) -> str:

@@ -21,7 +21,7 @@ import requests
 
 from client.keys import KeyFileError, read_keys
 from client.config import REPO, repo_property
-from client.endpoint import MODEL, TIMELINE_SUFFIX
+from client.endpoint import TIMELINE_SUFFIX, ClientError, default_model
 
 
 def management_url() -> str:
@@ -39,18 +39,20 @@ def _torchserve() -> str:
 
 def registered_models() -> List[str]:
     """The names config.properties load_models registers (``name=archive.mar``, comma-separated)."""
-    entries = [e.strip() for e in repo_property("load_models", f"{MODEL}={MODEL}.mar").split(",") if e.strip()]
-    return [e.split("=", 1)[0] if "=" in e else Path(e).stem for e in entries] or [MODEL]
+    entries = [e.strip() for e in repo_property("load_models", "").split(",") if e.strip()]
+    return [e.split("=", 1)[0] if "=" in e else Path(e).stem for e in entries] or [default_model()]
 
 
-def describe(timeout: float = 5.0, model: str = MODEL) -> list:
+def describe(timeout: float = 5.0, model: Optional[str] = None) -> list:
+    model = model or default_model()
     keys = read_keys(REPO)
     reply = requests.get(f"{management_url()}/models/{model}", headers=keys.management_header(), timeout=timeout)
     reply.raise_for_status()
     return reply.json()
 
 
-def wait_ready(deadline_s: float, workers: int = 1, model: str = MODEL) -> list:
+def wait_ready(deadline_s: float, workers: int = 1, model: Optional[str] = None) -> list:
+    model = model or default_model()
     stop_at = time.monotonic() + deadline_s
     last_error = "no answer yet"
     while time.monotonic() < stop_at:
@@ -76,7 +78,7 @@ def _tail(path: Path, lines: int = 25) -> str:
 def start(timeout_s: float, models: Optional[List[str]] = None) -> int:
     """Start TorchServe serving ``models`` (names of model_store/NAME.mar; default: config.properties'
     load_models) side by side, and wait until each has a READY worker."""
-    served = models or [MODEL]
+    served = models or [default_model()]
     for name in served:
         if not (REPO / "model_store" / f"{name}.mar").exists():
             print(f"model_store/{name}.mar is missing: run `make mar MODEL={name}` first", file=sys.stderr)
@@ -132,7 +134,7 @@ def status() -> int:
 
 
 def scale(workers: int, timeout_s: float, url: Optional[str] = None, key_file: Optional[Path] = None,
-          model: str = MODEL) -> int:
+          model: Optional[str] = None) -> int:
     """PUT min_worker=max_worker=``workers`` (synchronous) for ``model`` on this repo's server, or on
     ``url`` with the management key of ``key_file``."""
     try:
@@ -141,7 +143,7 @@ def scale(workers: int, timeout_s: float, url: Optional[str] = None, key_file: O
         print(f"cannot read the management key: {exc}", file=sys.stderr)
         return 1
     reply = requests.put(
-        f"{(url or management_url()).rstrip('/')}/models/{model}",
+        f"{(url or management_url()).rstrip('/')}/models/{model or default_model()}",
         params={"min_worker": workers, "max_worker": max(workers, 1), "synchronous": "true"},
         headers=keys.management_header(),
         timeout=timeout_s,
@@ -155,7 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     start_cmd = sub.add_parser("start")
     start_cmd.add_argument("--timeout", type=float, default=300)
-    start_cmd.add_argument("--models", nargs="*", default=None, help=f"names of model_store/NAME.mar to serve (default: {MODEL})")
+    start_cmd.add_argument("--models", nargs="*", default=None, help="names of model_store/NAME.mar to serve (default: config.properties' load_models)")
     sub.add_parser("stop")
     sub.add_parser("status")
     scale_cmd = sub.add_parser("scale")
@@ -163,9 +165,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     scale_cmd.add_argument("--timeout", type=float, default=300)
     scale_cmd.add_argument("--url", default=None, help="management address (default: config.properties)")
     scale_cmd.add_argument("--key-file", type=Path, default=None, help="key_file.json (default: the repo's)")
-    scale_cmd.add_argument("--model", default=MODEL,
-                           help=f"which registration (default {MODEL}; {MODEL}{TIMELINE_SUFFIX} takes long timelines)")
+    scale_cmd.add_argument("--model", default=None,
+                           help=f"which registration (default: the first of config.properties' load_models; "
+                                f"NAME{TIMELINE_SUFFIX} takes long timelines)")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ClientError as exc:  # no model named and none in config.properties
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "start":
         return start(args.timeout, args.models)
     if args.command == "stop":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import textwrap
 from pathlib import Path
 from typing import IO, Any, Dict, Iterable, List, Optional, Sequence
 
@@ -101,10 +102,24 @@ def top_classes(answer: Dict[str, Any], count: int) -> List[str]:
 
 def plot_timeline(answer: Dict[str, Any], path: Path, title: str = "", classes: int = 5,
                   note: str = "") -> None:
-    """A PNG (PLOT_SIZE_IN at PLOT_DPI) of the top ``classes`` labels' probability per window over time.
+    """A PNG (PLOT_SIZE_IN at PLOT_DPI) of the top ``classes`` labels' probability per window over
+    time, ``note`` as its footer (see ``timeline_figure``)."""
+    import matplotlib.pyplot as plt
+
+    fig = timeline_figure(answer, title, classes, note)
+    try:
+        fig.savefig(path, dpi=PLOT_DPI)
+    finally:
+        plt.close(fig)
+
+
+def timeline_figure(answer: Dict[str, Any], title: str = "", classes: int = 5, note: str = ""):
+    """The chart as a matplotlib Figure (the caller closes it).
 
     Each window is drawn at its centre; a label outside a window's top-k has no point there (a gap),
-    since the answer does not carry its probability.
+    since the answer does not carry its probability. ``note`` is wrapped to the figure's width, and
+    the bottom margin grows by its extra lines, so a long footer (a checkpoint's name, the reason
+    weights are random) stays inside the image and below the axis label.
     """
     import matplotlib
 
@@ -127,11 +142,26 @@ def plot_timeline(answer: Dict[str, Any], path: Path, title: str = "", classes: 
     ax.grid(True, alpha=0.3)
     ax.set_title(title, fontsize=11)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False, title="top classes")
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=8, color="0.35")
-    fig.subplots_adjust(left=0.09, right=0.76, top=0.92, bottom=0.16)
-    fig.savefig(path, dpi=PLOT_DPI)
-    plt.close(fig)
+    lines = _footer(fig, note) if note else 1
+    fig.subplots_adjust(left=0.09, right=0.76, top=0.92, bottom=0.16 + FOOTER_LINE * (lines - 1))
+    return fig
+
+
+FOOTER_MARGIN = 0.01  # of the figure's width and height, around the footer
+FOOTER_LINE = 0.03  # of the figure's height: one 8 pt line at PLOT_DPI, with its spacing
+
+
+def _footer(fig: Any, note: str) -> int:
+    """Put ``note`` at the figure's bottom left, wrapped at word boundaries until it fits the
+    figure's width (measured by the renderer); returns its number of lines."""
+    text = fig.text(FOOTER_MARGIN, FOOTER_MARGIN, note, fontsize=8, color="0.35", va="bottom")
+    renderer = fig.canvas.get_renderer()
+    room = fig.bbox.width * (1 - 2 * FOOTER_MARGIN)
+    columns = len(note)
+    while text.get_window_extent(renderer).width > room and columns > 10:
+        columns = min(columns - 1, int(columns * room / text.get_window_extent(renderer).width))
+        text.set_text(textwrap.fill(note, columns, break_long_words=True))
+    return text.get_text().count("\n") + 1
 
 
 def keep_top(answer: Dict[str, Any], k: int) -> Dict[str, Any]:

@@ -1,13 +1,19 @@
 """HTTP to the model: kept-alive sessions, retries with backoff on what is safe to resend, and
 each outcome as an Answer or a Failure with its reason.
 
-Timelines go to the model's long-work registration (``Endpoint.timeline_url``; a server without
-one answers 404 and the request goes to the model itself).
+The protocol is the endpoint's: TorchServe's ``/predictions`` (the raw video, options as headers)
+or KServe v1/v2 (a JSON envelope, client/kserve.py), whose answers are read back as the
+``/predictions`` answer. Timelines go to the model's long-work registration
+(``Endpoint.timeline_url``; a server without one answers 404 and the request goes to the model
+itself) and stream only over ``/predictions``.
 
-Resent (classification is idempotent): no connection or no answer in time (a batch lost while a
-worker was scaled down), 503 (queue full, no worker, the model failed on a batch), 507 and any 5xx
-saying "Worker died" / "Worker scaled down" (the worker went away mid-request). Never a 4xx: the
-request itself is wrong and will be answered the same way again.
+Resent (classification is idempotent), after a jittered exponential backoff (or the server's
+``Retry-After``, whichever is longer, within ``max_backoff``): a connection failure (refused,
+reset, no answer within ``timeout``: a batch lost while a worker was scaled down), 503 (a condition
+that passes: overload, no worker yet, a worker restarting), 429 (too many requests), and
+TorchServe's own answer for a worker that went away mid-request ("Worker died." / "Worker scaled
+down.", 500 or 507 from its frontend, which cannot say 503). Never any other 5xx (a bug: the same
+request fails the same way) and never a 4xx (the request itself is wrong).
 """
 
 from __future__ import annotations
@@ -17,15 +23,23 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import requests
 from requests.adapters import HTTPAdapter
 
+from client import kserve
 from client.endpoint import ClientError, Endpoint
 
-RETRYABLE_STATUS = (503, 507)
-RETRYABLE_MESSAGES = ("Worker died", "Worker scaled down")
+RETRYABLE_STATUS = (429, 503)
+# TorchServe's frontend (not our handler) fails the requests of a worker that died or was scaled
+# down with these exact messages, as 500/507 with type InternalServerException: a worker restarting.
+WORKER_GONE_MESSAGES = ("Worker died.", "Worker scaled down.")
+WORKER_GONE_TYPE = "InternalServerException"
+TIMELINE_ON_KSERVE = (
+    "a timeline streams window by window only over TorchServe's /predictions (--protocol torchserve); "
+    "KServe answers a request in one piece. Over KServe, `python -m client live FILE --hop SECONDS` sends "
+    "a file window by window, one request each")
 TOKEN_HINT = (
     "token refused: pass --token or set $SLOWFAST_TOKEN to the inference key; keys change on every start and "
     "expire after token_expiration_min, 60 min by default -- see docs/operations.md"
@@ -48,6 +62,7 @@ class Failure:
     status: Optional[int] = None
     attempts: int = 1
     retryable: bool = False
+    retry_after: Optional[float] = None  # seconds, from a 429/503's Retry-After header
 
     def describe(self) -> str:
         where = f"HTTP {self.status}" if self.status else "no answer"
@@ -64,20 +79,36 @@ def _body(reply: requests.Response) -> Any:
         return None
 
 
+def worker_gone(status: int, body: Any) -> bool:
+    """TorchServe's frontend answer for a request whose worker died or was scaled down."""
+    return (status >= 500 and isinstance(body, dict) and body.get("type") == WORKER_GONE_TYPE
+            and str(body.get("message", "")).strip() in WORKER_GONE_MESSAGES)
+
+
+def retry_after(reply: requests.Response) -> Optional[float]:
+    """A Retry-After header given in seconds (an HTTP date is ignored: the backoff applies)."""
+    try:
+        return max(0.0, float(reply.headers.get("Retry-After", "")))
+    except ValueError:
+        return None
+
+
 def failure_from_reply(reply: requests.Response, attempts: int) -> Failure:
-    """A non-2xx reply in the server's own words: the handler's {reason, message} or TorchServe's
-    {code, type, message}."""
+    """A non-2xx reply in the server's own words: the handler's {reason, message}, TorchServe's
+    {code, type, message} or KServe's {error}."""
     body = _body(reply)
     if isinstance(body, dict):
         reason = str(body.get("reason") or body.get("type") or f"http_{reply.status_code}")
-        message = str(body.get("message") or json.dumps(body))[:500]
+        message = str(body.get("message") or body.get("error") or json.dumps(body))[:500]
+        if body.get("error_id") and str(body["error_id"]) not in message:
+            message += f" (error id {body['error_id']})"
     else:
         reason, message = f"http_{reply.status_code}", (reply.text.strip()[:500] or reply.reason or "")
     if reply.status_code == 400 and "InvalidKey" in reply.text:
         message += f" ({TOKEN_HINT})"
-    retryable = reply.status_code in RETRYABLE_STATUS or (
-        reply.status_code >= 500 and any(m in reply.text for m in RETRYABLE_MESSAGES))
-    return Failure(reason, message, reply.status_code, attempts, retryable)
+    retryable = reply.status_code in RETRYABLE_STATUS or worker_gone(reply.status_code, body)
+    return Failure(reason, message, reply.status_code, attempts, retryable,
+                   retry_after(reply) if reply.status_code in RETRYABLE_STATUS else None)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:
@@ -112,11 +143,31 @@ class Transport:
             self._local.session = session
         return session
 
-    def headers(self, fields: Mapping[str, str]) -> Dict[str, str]:
-        headers = {"Content-Type": "application/octet-stream", **fields}
+    def request(self, data: bytes, fields: Mapping[str, str]) -> Tuple[bytes, Dict[str, str]]:
+        """The body and headers of one request in the endpoint's protocol: TorchServe's raw video
+        with the options as headers, or KServe's JSON envelope; then the token, then ``--header``s."""
+        if self.endpoint.protocol == kserve.TORCHSERVE:
+            body, headers = data, {"Content-Type": "application/octet-stream", **fields}
+        else:
+            body, headers = kserve.codec(self.endpoint.protocol).encode(data, fields)
         if self.endpoint.token:
             headers["Authorization"] = f"Bearer {self.endpoint.token}"
-        return headers
+        for name, value in self.endpoint.headers:  # replaces a header of the same name, whatever its case
+            for same in [key for key in headers if key.lower() == name.lower()]:
+                del headers[same]
+            headers[name] = value
+        return body, headers
+
+    def answer(self, body: Any, fields: Mapping[str, str]) -> Dict[str, Any]:
+        """A 2xx answer's JSON as the ``/predictions`` answer.
+        Raises:
+            ValueError: not an answer of the endpoint's protocol.
+        """
+        if self.endpoint.protocol != kserve.TORCHSERVE:
+            return kserve.codec(self.endpoint.protocol).decode(body, fields)
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
+        return body
 
     def url_for(self, fields: Mapping[str, str]) -> str:
         """Where a request with these fields goes: timelines to the long-work registration."""
@@ -128,9 +179,9 @@ class Transport:
     def _post(self, data: bytes, fields: Mapping[str, str], attempt: int, stream: bool):
         """One POST: the reply, or a Failure when no HTTP answer came."""
         url = self.url_for(fields)
+        body, headers = self.request(data, fields)
         try:
-            reply = self.session().post(url, data=data, headers=self.headers(fields), timeout=self.timeout,
-                                        stream=stream)
+            reply = self.session().post(url, data=body, headers=headers, timeout=self.timeout, stream=stream)
             if reply.status_code == 404 and url != self.endpoint.url and "ModelNotFound" in reply.text:
                 # A server without the long-work registration: the model itself takes timelines.
                 reply.close()
@@ -160,6 +211,8 @@ class Transport:
             if not failure.retryable or attempt == attempts:
                 return failure, attempt
             delay = backoff_delay(attempt, self.backoff, self.max_backoff)
+            if failure.retry_after is not None:  # the server said when: no sooner, within max_backoff
+                delay = min(self.max_backoff, max(delay, failure.retry_after))
             if self.on_retry:
                 self.on_retry(failure, delay)
             self.sleep(delay)
@@ -170,19 +223,22 @@ class Transport:
         reply, attempts = self._with_retries(data, fields, stream=False)
         if isinstance(reply, Failure):
             return reply
-        body = _body(reply)
-        if not isinstance(body, dict):
-            return Failure("bad_answer", f"HTTP {reply.status_code} with non-JSON: {reply.text[:200]!r}",
-                           reply.status_code, attempts)
-        return Answer(body, attempts)
+        try:
+            return Answer(self.answer(_body(reply), fields), attempts)
+        except ValueError as exc:
+            return Failure("bad_answer", f"HTTP {reply.status_code} with an answer that is not "
+                           f"{self.endpoint.protocol}'s ({exc}): {reply.text[:200]!r}", reply.status_code, attempts)
 
     def stream(self, data: bytes, fields: Mapping[str, str]) -> Iterator[Dict[str, Any]]:
         """POST one video asking for a streamed answer; yield each JSON line as it arrives.
 
         Resent only until the answer starts (a stream cut half-way is an error, not a retry).
         Raises:
-            ClientError: no answer, a non-2xx answer, or a line that is not JSON.
+            ClientError: no answer, a non-2xx answer, a line that is not JSON, or a KServe endpoint
+            (KServe answers in one piece).
         """
+        if self.endpoint.protocol != kserve.TORCHSERVE:
+            raise ClientError(TIMELINE_ON_KSERVE)
         reply, _ = self._with_retries(data, fields, stream=True)
         if isinstance(reply, Failure):
             raise ClientError(reply.describe())

@@ -28,6 +28,7 @@ class Reply:
     body: Any = None
     lines: Optional[List[Any]] = None
     delay_s: float = 0.0
+    headers: Dict[str, str] = field(default_factory=dict)  # e.g. Retry-After
 
 
 def ok(predictions: Optional[List[Dict[str, Any]]] = None, **extra: Any) -> Reply:
@@ -62,7 +63,7 @@ class FakeTorchServe:
                 if reply.lines is not None:
                     self._stream(reply)
                 else:
-                    self._send(reply.status, reply.body)
+                    self._send(reply.status, reply.body, reply.headers)
 
             def do_GET(self) -> None:  # noqa: N802
                 if fake.management_token and self.headers.get("Authorization") != f"Bearer {fake.management_token}":
@@ -70,9 +71,11 @@ class FakeTorchServe:
                 else:
                     self._send(200, fake.describe)
 
-            def _send(self, status: int, body: Any) -> None:
+            def _send(self, status: int, body: Any, headers: Optional[Dict[str, str]] = None) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -76,6 +76,41 @@ def test_format_table() -> None:
     assert lines[-1] == "warning: short"
 
 
+def test_format_table_says_when_the_weights_are_random() -> None:
+    body = {"predictions": [{"label": "texting", "index": 355, "probability": 0.0027}], "views": 1,
+            "weights": "random weights, seed 0 (predictions are meaningless)"}
+    lines = cp.format_table(body, "clip.mp4").splitlines()
+    assert lines[-1] == ("warning: the model has random weights, seed 0 (predictions are meaningless): these labels "
+                         "say nothing about the video (trained weights: README, 'Which model')")
+    trained = cp.format_table({**body, "weights": "checkpoint SLOWFAST_8x8_R50.pyth sha256:ab12"}, "clip.mp4")
+    assert "random" not in trained and "warning" not in trained
+
+
+@pytest.mark.parametrize("properties", ["load_models=all\n", "inference_address=http://127.0.0.1:9\n", None],
+                         ids=["load_models=all", "no load_models", "no config.properties"])
+def test_defaults_are_read_when_the_command_runs(properties, tmp_path: Path) -> None:
+    """A checkout whose config.properties names no model (``load_models=all``, none, or no file): the
+    client imports, answers with ``--model``, and without it says to pass ``--model``."""
+    import shutil
+
+    from tests.fake_torchserve import FakeTorchServe, ok
+
+    for package in ("client", "handler"):  # the client beside a config.properties of the test's choosing
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    if properties is not None:
+        (tmp_path / "config.properties").write_text(properties)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00" * 16)
+    with FakeTorchServe(lambda request: ok()) as fake:
+        common = [sys.executable, "-m", "client", str(clip), "--url", fake.url, "--token", "k"]
+        named = subprocess.run([*common, "--model", "mine"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        unnamed = subprocess.run(common, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert named.returncode == 0 and "texting" in named.stdout, named.stderr
+    assert [r.path for r in fake.requests] == ["/predictions/mine"]
+    assert unnamed.returncode == 1 and "names no model in load_models: pass --model NAME" in unnamed.stderr
+    assert "Traceback" not in unnamed.stderr
+
+
 def test_missing_file_and_unreachable_server_exit_nonzero(tmp_path: Path) -> None:
     done = run_client(str(tmp_path / "nope.mp4"), "--url", "http://127.0.0.1:9", "--token", "t")
     assert done.returncode == 1 and "cannot read" in done.stderr
@@ -96,11 +131,14 @@ def _args(server: LocalTorchServe) -> List[str]:
 @pytest.mark.integration
 def test_prints_the_servers_answer_as_a_table(server: LocalTorchServe, shared_videos: Path) -> None:
     clip = shared_videos / "ii__realshort.mp4"
-    expected = server.predict(clip.read_bytes(), {"topk": "3"}).json()["predictions"]
+    answer = server.predict(clip.read_bytes(), {"topk": "3"}).json()
+    expected = answer["predictions"]
     done = run_client(str(clip), *_args(server), "--topk", "3")
     assert done.returncode == 0, done.stderr
     rows = done.stdout.splitlines()[3:6]
-    assert len(done.stdout.splitlines()) == 6
+    random_weights = answer["weights"].startswith("random")  # then the table's last line says so
+    assert len(done.stdout.splitlines()) == 6 + random_weights
+    assert ("these labels say nothing about the video" in done.stdout) == random_weights
     for row, p in zip(rows, expected):
         assert row.split()[-2:] == [str(p["index"]), f"{p['probability']:.6f}"]
         assert p["label"] in row

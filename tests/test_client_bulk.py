@@ -85,6 +85,37 @@ def test_retries_worker_deaths_and_503_with_growing_backoff_but_never_4xx() -> N
         assert {r.headers["authorization"] for r in fake.requests} == {"Bearer k"}
 
 
+def test_only_conditions_that_pass_are_resent_with_the_servers_retry_after() -> None:
+    """503 and 429 are resent (no sooner than Retry-After, within max_backoff), as is TorchServe's own
+    "Worker died."; a handler's 500 (a bug, with its error id) and any other 5xx never are."""
+    bug = Reply(500, {"code": 500, "type": "Internal Server Error", "reason": "internal_error",
+                      "message": "the server failed to preprocess (error 1c9e: the server's log has the details)",
+                      "error_id": "1c9e"})
+    script = [Reply(429, {"code": 429, "reason": "too_many_requests", "message": "slow down"},
+                    headers={"Retry-After": "0.7"}),
+              Reply(503, {"code": 503, "reason": "out_of_memory", "message": "retry"}, headers={"Retry-After": "99"}),
+              error(500, "InternalServerException", "Worker died.", torchserve=True), ok(),
+              bug,
+              error(507, "InternalServerException", "Insufficient storage", torchserve=True),
+              error(500, "InternalServerException", "Worker died. Also something else", torchserve=True)]
+    slept: List[float] = []
+    with FakeTorchServe(lambda r: script.pop(0)) as fake:
+        transport = Transport(endpoint(fake.url), attempts=5, backoff=0.1, max_backoff=5.0, sleep=slept.append)
+        answer = transport.send(b"v", {})
+        assert isinstance(answer, Answer) and answer.attempts == 4
+        assert slept[0] == 0.7  # the server's Retry-After, above the 0.05-0.1 s backoff
+        assert slept[1] == 5.0  # Retry-After 99 s, capped at max_backoff
+        assert 0.2 <= slept[2] <= 0.4  # jittered exponential backoff: 0.1 x 2^2 x [0.5, 1]
+        for status in (500, 507, 500):
+            failure = transport.send(b"v", {})
+            assert isinstance(failure, Failure) and (failure.status, failure.attempts) == (status, 1)
+        assert len(slept) == 3 and script == []
+    assert failure.reason == "InternalServerException"
+    with FakeTorchServe(lambda r: bug) as fake:
+        failure = Transport(endpoint(fake.url), attempts=3, sleep=slept.append).send(b"v", {})
+    assert (failure.reason, failure.attempts) == ("internal_error", 1) and "error 1c9e" in failure.message
+
+
 def test_connection_errors_are_retried_then_recorded() -> None:
     slept: List[float] = []
     transport = Transport(endpoint("http://127.0.0.1:9"), attempts=3, backoff=1.0, max_backoff=1.5, sleep=slept.append)
@@ -296,6 +327,32 @@ def test_timeline_streams_then_prints_table_csv_and_chart(tmp_path: Path, capsys
     with Image.open(tmp_path / "t.png") as image:
         assert image.format == "PNG" and image.size == (1000, 480)
         assert len(image.getcolors(1 << 20) or []) > 20  # drawn, not blank
+
+
+@pytest.mark.parametrize("note", [
+    "slowfast_r50, weights: checkpoint best.ckpt sha256:0123abcd, runtime: openvino-fp32",
+    "slowfast_r50, weights: random weights, seed 0 (predictions are meaningless; SLOWFAST_8x8_R50.pyth: could not "
+    "download: could not resolve the host (no network?)), runtime: openvino-fp32",  # 1 200 px on one line
+    "weights: " + "https://models.example.com/" + "x" * 300 + ".ckpt",  # no space to break at
+], ids=["short", "random-weights", "unbreakable"])
+def test_the_charts_footer_lies_inside_the_image_below_the_axis_label(note: str) -> None:
+    import matplotlib.pyplot as plt
+
+    from client.timeline import timeline_figure
+
+    answer = {"timeline": TIMELINE, "predictions": [{"label": "juggling balls", "index": 166, "probability": 0.43}]}
+    fig = timeline_figure(answer, "v.mp4: top classes over time", 5, note)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        (footer,) = fig.texts
+        box = footer.get_window_extent(renderer)
+        label = fig.axes[0].xaxis.label.get_window_extent(renderer)
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.width and 0 <= box.y0, (box, fig.bbox)
+        assert box.y1 < label.y0, (box, label)  # below the axis label, not over it
+        assert footer.get_text().replace("\n", "").replace(" ", "") == note.replace(" ", "")  # all of it, wrapped
+    finally:
+        plt.close(fig)
 
 
 def test_one_video_embedding_to_npy(tmp_path: Path, capsys) -> None:

@@ -3,6 +3,8 @@ until the model has READY workers, and times out naming the model and the last a
 
 from __future__ import annotations
 
+from typing import Optional
+
 import pytest
 import requests
 
@@ -14,7 +16,7 @@ def test_wait_ready_asks_again_until_a_worker_is_ready(monkeypatch: pytest.Monke
                [{"workers": [{"status": "READY"}]}]]
     asked = []
 
-    def describe(timeout: float = 5.0, model: str = server.MODEL) -> list:
+    def describe(timeout: float = 5.0, model: Optional[str] = None) -> list:
         asked.append(model)
         answer = answers.pop(0)
         if isinstance(answer, Exception):
@@ -28,7 +30,7 @@ def test_wait_ready_asks_again_until_a_worker_is_ready(monkeypatch: pytest.Monke
 
 
 def test_wait_ready_times_out_naming_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server, "describe", lambda timeout=5.0, model=server.MODEL: [{"workers": []}])
+    monkeypatch.setattr(server, "describe", lambda timeout=5.0, model=None: [{"workers": []}])
     monkeypatch.setattr(server.time, "sleep", lambda s: None)
     with pytest.raises(TimeoutError, match=r"model my_actions not ready after 0 s \(0 of 1 workers ready\)"):
         server.wait_ready(0.01, model="my_actions")

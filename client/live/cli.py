@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from dataclasses import replace
 import sys
 import threading
 from pathlib import Path
@@ -20,12 +21,14 @@ from client.live.model import local_short_side, window_from_server
 from client.live.report import Display, JsonLines, Smoother, summary, window_line
 from client.live.runner import LiveRunner, LiveStats, WindowResult
 from client.live.source import Reader, parse_source
+from client.kserve import KSERVE_V2
 from client.options import add_request_options, output_of
 from client.options import request_fields as request_options_sent
-from client.transport import Answer, Transport
+from client.transport import Answer, Failure, Transport
 
 FALLBACK_SHORT_SIDE = 256  # only when encoding and the model file is not at hand
 SMOOTHING_TOPK = 20  # labels asked per window when averaging or thresholding
+INTERRUPTED_WAIT_S = 5.0  # after Ctrl-C: how long the windows in flight may take before --out closes
 # The request options a live window may carry (its start and end are set per window).
 LIVE_REQUEST_OPTIONS = ("topk", "crops", "output", "normalize")
 
@@ -112,6 +115,9 @@ def check_usage(args: argparse.Namespace) -> Optional[str]:
         return str(exc)
     if args.realtime and "://" in args.source:
         return "--realtime paces a file; a stream already comes at its own pace"
+    if args.protocol == KSERVE_V2 and args.window is None:
+        return ("a KServe v2 answer holds no window to learn the model's from: give --window SECONDS "
+                "(or use --protocol kserve-v1)")
     return None
 
 
@@ -129,6 +135,7 @@ class LiveOutput:
     def __init__(self, display: Display, lines: JsonLines, smoother: Smoother, topk: int, smoothed: bool) -> None:
         self.display, self.lines, self.smoother, self.topk, self.smoothed = display, lines, smoother, topk, smoothed
         self.runner: Optional[LiveRunner] = None
+        self.written: Optional[int] = None  # the index of the last window whose line was written
 
     def result(self, result: WindowResult) -> None:
         line = window_line(result, self.topk)
@@ -138,9 +145,29 @@ class LiveOutput:
             scores, events = self.smoother.update(result.outcome.body["predictions"], result.end, result.segment)
             if self.smoothed:
                 line["smoothed"] = [{"label": label, "score": round(score, 6)} for label, score in scores[: self.topk]]
-        self.lines.write(line)
+        # Shown, then written: a window that could not be shown is written as failed (``failed``).
         self.display.window(result, scores, self.runner.stats, self.smoothed)
+        self.lines.write(line)
+        self.written = result.index
         self.events(events)
+
+    def failed(self, result: WindowResult, error: Exception) -> None:
+        """The runner's ``on_report_error``: showing or writing ``result`` raised ``error``. Its line
+        says ``failed`` (``report_failed``, the reason) unless it was already written; a note says
+        what happened. Each step is tried on its own (the file or the terminal may be what fails)."""
+        reason = f"{error.__class__.__name__}: {error}"
+        if self.written != result.index:
+            failure = Failure("report_failed", f"{reason} while showing or writing this window",
+                              attempts=getattr(result.outcome, "attempts", 1))
+            try:
+                self.lines.write(window_line(replace(result, outcome=failure), self.topk))
+                self.written = result.index
+            except Exception:  # noqa: BLE001 -- the note below says what went wrong
+                pass
+        try:
+            self.display.note(f"window {result.index}: {reason} while showing or writing it; the run goes on")
+        except Exception:  # noqa: BLE001 -- nowhere left to say it
+            pass
 
     def events(self, events) -> None:
         for event in events:
@@ -162,16 +189,18 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
         parser.error(problem)
     stdout = stdout or sys.stdout
     handle: Optional[IO[str]] = None
+    runner: Optional[LiveRunner] = None
     try:
         spec = parse_source(args.source, args.realtime)
-        endpoint = resolve_endpoint(args.url, args.model, args.token, args.key_file)
+        endpoint = resolve_endpoint(args.url, args.model, args.token, args.key_file,
+                                    protocol=args.protocol, headers=args.headers)
         transport = Transport(endpoint, timeout=args.timeout, attempts=args.retries, backoff=0.5, max_backoff=2.0)
         fields = request_fields(args)
         window = args.window
         if window is None:
             window, fields = window_from_server(transport, fields)
             print(f"window {window:g} s (the model's, from the server), a window every {args.hop:g} s", file=sys.stderr)
-        short_side = args.short_side or local_short_side(args.model) or FALLBACK_SHORT_SIDE
+        short_side = args.short_side or local_short_side(endpoint.model) or FALLBACK_SHORT_SIDE
         to_stdout = args.out is not None and str(args.out) == "-"
         if args.out is not None and not to_stdout:
             args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +213,8 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
         reader = Reader(spec, reencode=args.reencode, short_side=short_side, stall_timeout=args.stall_timeout,
                         give_up_s=args.give_up, rtsp_transport=args.rtsp_transport)
         runner = LiveRunner(reader, transport, fields, window, args.hop, args.concurrency, output.result,
-                            display.note, save_clips=args.save_clips, max_windows=args.max_windows)
+                            display.note, save_clips=args.save_clips, max_windows=args.max_windows,
+                            on_report_error=output.failed)
         output.runner = runner
         timer = threading.Timer(args.duration, runner.stop) if args.duration else None
         if timer:
@@ -199,14 +229,18 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
             runner.wait(args.timeout)
         except KeyboardInterrupt:
             runner.stop()
-            display.note("interrupted: waiting up to 5 s for the windows in flight")
+            display.note(f"interrupted: waiting up to {INTERRUPTED_WAIT_S:g} s for the {runner.in_flight} "
+                         f"window(s) in flight (Ctrl-C again: stop at once)")
             try:
-                runner.wait(5.0)
+                runner.wait(INTERRUPTED_WAIT_S)
             except KeyboardInterrupt:
                 pass
             stats, status = runner.stats, 130
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        abandoned = runner.close("no answer before the run stopped")
+        if abandoned:
+            display.note(f"{abandoned} window(s) still in flight when the run stopped: written as failed (abandoned)")
         output.events(output.smoother.close())
         display.note(summary(stats, args.hop))
         return status or (1 if stats.failed else 0), stats
@@ -217,5 +251,7 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
         print("interrupted", file=sys.stderr)
         return 130, None
     finally:
+        if runner is not None:
+            runner.close()  # nothing is written after this: the file can close
         if handle is not None:
             handle.close()

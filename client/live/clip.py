@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import av
 
@@ -96,6 +96,17 @@ class Clip:
     stream_offset: float = 0.0  # session time minus the source's own time, for this clip's segment  # the window's start was no longer in the buffer: the clip is shorter
 
 
+def encode_frames(out: av.container.OutputContainer, stream: av.video.stream.VideoStream,
+                  frames: Iterable[av.VideoFrame]) -> None:
+    """Encode ``frames`` (each with its pts set) in ``stream`` and mux every packet into ``out``,
+    then flush the encoder's delayed packets: the one encode loop of the live client."""
+    for frame in frames:
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+
+
 def _window_fields(offset: float, length: float) -> Dict[str, str]:
     # 6 decimals: microseconds, finer than any frame clock; the server's seconds are floats too.
     return {"start": f"{max(offset, 0.0):.6f}", "end": f"{offset + length:.6f}"}
@@ -146,14 +157,14 @@ def encode(frames: Sequence[FrameRecord], start: float, end: float) -> Clip:
         stream.time_base = TIME_BASE
         stream.codec_context.time_base = TIME_BASE
         origin = frames[0].t
-        for record in frames:
-            frame = record.frame
-            frame.pts = round((record.t - origin) / TIME_BASE)
-            frame.time_base = TIME_BASE
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+
+        def stamped() -> Iterator[av.VideoFrame]:
+            for record in frames:
+                record.frame.pts = round((record.t - origin) / TIME_BASE)
+                record.frame.time_base = TIME_BASE
+                yield record.frame
+
+        encode_frames(out, stream, stamped())
     return Clip(buffer.getvalue(), _window_fields(start - origin, end - start), start, end,
                 max(f.read_at for f in frames), "encode", len(frames), "mpegts", partial=origin > start + 1e-6,
                 stream_offset=frames[0].t - frames[0].stream_t)

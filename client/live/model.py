@@ -15,12 +15,13 @@ import re
 import zipfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import av
 import numpy as np
 
 from client.endpoint import REPO, ClientError
+from client.live.clip import encode_frames
 from client.transport import Failure, Transport
 
 PROBE_SECONDS = 16.0  # longer than any window a video model looks at
@@ -35,14 +36,15 @@ def probe_clip(seconds: float = PROBE_SECONDS, fps: int = PROBE_FPS) -> bytes:
     with av.open(buffer, "w", format="mpegts") as out:
         stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
         stream.width, stream.height, stream.pix_fmt = PROBE_SIZE[0], PROBE_SIZE[1], "yuv420p"
-        for k in range(round(seconds * fps)):
-            shade = np.full((PROBE_SIZE[1], PROBE_SIZE[0], 3), (40 + 8 * k) % 256, dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(shade, format="rgb24")
-            frame.pts, frame.time_base = k, Fraction(1, fps)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+
+        def shades() -> Iterator[av.VideoFrame]:
+            for k in range(round(seconds * fps)):
+                shade = np.full((PROBE_SIZE[1], PROBE_SIZE[0], 3), (40 + 8 * k) % 256, dtype=np.uint8)
+                frame = av.VideoFrame.from_ndarray(shade, format="rgb24")
+                frame.pts, frame.time_base = k, Fraction(1, fps)
+                yield frame
+
+        encode_frames(out, stream, shades())
     return buffer.getvalue()
 
 

@@ -13,9 +13,11 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import av
+
+from client.live.clip import encode_frames
 
 GOP_SECONDS = 1.0
 
@@ -47,19 +49,20 @@ def make_stream_file(source: Path, target: Path, fps: int = 25, seconds: float =
         height, width = frames[0][1].shape[0] * 2 // 3, frames[0][1].shape[1]
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = time_base
-        index = 0
-        for k in range(round(seconds * fps)):
-            t = origin + (k / fps) % span
-            while index + 1 < len(frames) and frames[index + 1][0] <= t + 1e-9:
-                index += 1
-            if k and t < frames[index][0]:
-                index = 0
-            frame = av.VideoFrame.from_ndarray(frames[index][1], format="yuv420p")
-            frame.pts, frame.time_base = k, time_base
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+
+        def ticks() -> Iterator[av.VideoFrame]:
+            index = 0
+            for k in range(round(seconds * fps)):
+                t = origin + (k / fps) % span
+                while index + 1 < len(frames) and frames[index + 1][0] <= t + 1e-9:
+                    index += 1
+                if k and t < frames[index][0]:
+                    index = 0
+                frame = av.VideoFrame.from_ndarray(frames[index][1], format="yuv420p")
+                frame.pts, frame.time_base = k, time_base
+                yield frame
+
+        encode_frames(out, stream, ticks())
     return target
 
 

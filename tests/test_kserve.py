@@ -17,11 +17,10 @@ import base64
 import json
 import random
 import re
-import signal
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 import requests

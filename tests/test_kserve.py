@@ -138,6 +138,54 @@ def test_gpu_build_sets_gpus_and_workers(built: Dict[str, Path]) -> None:
         kserve_properties(built["mar"], envelope="seldon")
 
 
+PROXY_TRANSLATION = """
+import asyncio, json
+import httpx
+from google.protobuf.json_format import MessageToDict
+from kserve import InferRequest
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from deploy.kserve.proxy import TorchServeError, TorchServeModel, grpc_response, request_json
+
+video = bytes(range(256)) * 3
+tensor = pb.ModelInferRequest.InferInputTensor(name="video", datatype="BYTES", shape=[1],
+                                               contents=pb.InferTensorContents(bytes_contents=[video]))
+request = pb.ModelInferRequest(model_name="m", id="7", inputs=[tensor],
+                               parameters={"topk": pb.InferParameter(int64_param=3)})
+answer = {"model_name": "m", "id": "7", "outputs": [
+    {"name": "labels", "datatype": "BYTES", "shape": [1, 1], "data": ["abseiling"]},
+    {"name": "probabilities", "datatype": "FP32", "shape": [1, 1], "data": [0.5]},
+    {"name": "indices", "datatype": "INT64", "shape": [1, 1], "data": [0]}]}
+
+async def unreachable():
+    async with httpx.AsyncClient() as client:
+        try:
+            await TorchServeModel("m", "http://127.0.0.1:9", client).predict({"instances": []})
+        except TorchServeError as exc:
+            return [exc.status, exc.body["reason"], exc.status_code.name]
+
+print(json.dumps({"json": request_json(InferRequest.from_grpc(request)),
+                  "grpc": MessageToDict(grpc_response(answer).to_grpc()),
+                  "unreachable": asyncio.run(unreachable()),
+                  "codes": {s: TorchServeError(s, {}).status_code.name for s in (400, 413, 422, 503, 500)}}))
+"""
+
+
+def test_proxy_translates_grpc_and_maps_errors() -> None:
+    """deploy/kserve/proxy.py without TorchServe: gRPC raw bytes become the base64 JSON the handler
+    reads, a v2 JSON answer becomes a ModelInferResponse, and failures keep a meaning."""
+    out = kserve_python(PROXY_TRANSLATION)
+    video = bytes(range(256)) * 3
+    assert out["json"] == {"id": "7", "parameters": {"topk": 3}, "inputs": [
+        {"name": "video", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(video).decode()]}]}
+    outputs = {o["name"]: o for o in out["grpc"]["outputs"]}
+    assert base64.b64decode(outputs["labels"]["contents"]["bytesContents"][0]) == b"abseiling"
+    assert outputs["probabilities"]["contents"]["fp32Contents"] == [0.5]
+    assert outputs["indices"]["contents"]["int64Contents"] == ["0"] and out["grpc"]["id"] == "7"
+    assert out["unreachable"] == [503, "torchserve_unavailable", "UNAVAILABLE"]
+    assert out["codes"] == {"400": "INVALID_ARGUMENT", "413": "RESOURCE_EXHAUSTED", "422": "INVALID_ARGUMENT",
+                            "503": "UNAVAILABLE", "500": "INTERNAL"}
+
+
 # -- the manifests ------------------------------------------------------------------------------
 # Schemas: tests/kserve_schemas.py, in the kserve venv (the kserve SDK's model classes for KServe's
 # kinds, deserialised strictly; kubernetes-validate for the containers they embed). Here: what the

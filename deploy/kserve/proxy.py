@@ -70,11 +70,20 @@ async def torchserve_error_response(_: Request, exc: TorchServeError) -> JSONRes
     return JSONResponse(status_code=exc.status, content=exc.body)
 
 
+def error_body(status: int, reason: str, message: str) -> Dict[str, Any]:
+    """An error in the handler's own shape (handler/errors.py ``RequestError.to_body``)."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return {"code": status, "type": phrase, "reason": reason, "message": message}
+
+
 def _reply_body(reply: httpx.Response) -> Any:
     try:
         return reply.json()
-    except ValueError:
-        return {"code": reply.status_code, "type": HTTPStatus(reply.status_code).phrase, "message": reply.text}
+    except ValueError:  # TorchServe's frontend answered itself, not the handler
+        return error_body(reply.status_code, "torchserve", reply.text)
 
 
 def _b64(item: Union[bytes, str]) -> str:
@@ -140,7 +149,12 @@ class TorchServeModel(Model):
         return [dict(t) for t in OUTPUT_TENSORS]
 
     async def _post(self, route: str, **body: Any) -> Any:
-        reply = await self.client.post(f"{self.inference_url}/{route}", **body)
+        try:
+            reply = await self.client.post(f"{self.inference_url}/{route}", **body)
+        except httpx.TimeoutException:
+            raise TorchServeError(504, error_body(504, "torchserve_timeout", "TorchServe did not answer in time")) from None
+        except httpx.TransportError as exc:
+            raise TorchServeError(503, error_body(503, "torchserve_unavailable", f"TorchServe unreachable: {exc}")) from None
         if reply.status_code != 200:
             raise TorchServeError(reply.status_code, _reply_body(reply))
         return orjson.loads(reply.content)

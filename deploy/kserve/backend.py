@@ -146,16 +146,51 @@ class TorchServeChild:
                     time.sleep(poll_s)
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM TorchServe's process group, wait until no member runs, SIGKILL what is left.
+
+        Waiting for the launcher is not enough: it dies at once while Java shuts down after it.
+        """
         self.stopping = True
         if self.process is None or self.process.poll() is not None:
             return
+        group = self.process.pid  # start_new_session: the launcher leads its own group
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
-                os.killpg(self.process.pid, sig)
+                os.killpg(group, sig)
             except ProcessLookupError:
-                return
-            try:
-                self.process.wait(timeout=timeout_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+                break
+            if self._wait_group_gone(group, timeout_s):
+                break
+
+    def _wait_group_gone(self, group: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.process.poll()
+            _reap_orphans()
+            if not _group_running(group):
+                return True
+            time.sleep(0.2)
+        return False
+
+
+def _group_running(group: int) -> bool:
+    """Whether any process of ``group`` still runs (zombies do not count). Linux: reads /proc."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
+
+
+def _reap_orphans() -> None:
+    """As a container's PID 1, the server inherits TorchServe's orphaned workers: reap their zombies."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return

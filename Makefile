@@ -1,10 +1,12 @@
 # slowfast-serve: export SlowFast R50 to TorchScript, archive it, serve it with TorchServe.
-.PHONY: help install check-java rtsp-server export mar serve start stop status test test-unit test-all bench scale predict kserve fuzz soak clean
+.PHONY: help install check-java rtsp-server export mar serve start stop status test test-unit test-all bench scale predict kserve kserve-gpu fuzz soak clean
 
 PYTHON_SYS ?= python3
 VENV       := .venv
 BIN        := $(VENV)/bin
 PY         := $(BIN)/python
+# The KServe model server's own venv (deploy/kserve/server.py): kserve pins psutil<6 and its own protobuf.
+KSERVE_VENV := .venv-kserve
 # MODEL: the serving name (/predictions/$(MODEL), model_store/$(MODEL).mar). A variant's name
 # (export/variants.py: slowfast_r50, slowfast_r101, slowfast_16x8_r101_50_50) builds that variant;
 # another name is a model of your own: its variant is VARIANT or recognised from CHECKPOINT.
@@ -62,7 +64,7 @@ help:
 	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
 	@echo "make test-unit  the quick tests: no TorchServe, no export, nothing heavy (under a minute)"
 	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] | start [MODELS=\"a b\"] | stop | status"
-	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | fuzz [N=500] | soak [MINUTES=30] | clean"
+	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | kserve-gpu | fuzz [N=500] | soak [MINUTES=30] | clean"
 
 $(BIN)/.installed: requirements.txt requirements-serve.txt
 	@$(MAKE) --no-print-directory check-java
@@ -80,7 +82,14 @@ $(BIN)/.activate-hook: $(HOOK)
 	@echo "$(BIN)/activate now exports TS_CONFIG_FILE=<this repo>/config.properties"
 	touch $@
 
-install: $(BIN)/.installed $(BIN)/.activate-hook
+# requirements-kserve-dev.txt = requirements-kserve.txt (what the image installs) + the manifest schema checks.
+$(KSERVE_VENV)/.installed: requirements-kserve.txt requirements-kserve-dev.txt
+	$(PYTHON_SYS) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet --upgrade pip
+	$(KSERVE_VENV)/bin/pip install --quiet -r requirements-kserve-dev.txt
+	touch $@
+
+install: $(BIN)/.installed $(BIN)/.activate-hook $(KSERVE_VENV)/.installed
 
 # Optional, never fatal: an RTSP relay for the live client's RTSP test (tests/test_live_integration.py
 # skips without it). Debian's rtsp-server-perl, installed when root with apt-get; its system service
@@ -130,7 +139,7 @@ stop:
 status:
 	@$(PY) -m client.server status
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed $(KSERVE_VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # No TorchServe, no export, nothing heavy: parsing, options, planning, running, rendering, decoding,
@@ -138,7 +147,7 @@ test: $(BIN)/.installed
 test-unit: $(BIN)/.installed
 	$(PY) -m pytest -m "not slow and not integration and not needs_build and not heavy" $(PYTEST_ARGS)
 
-test-all: $(BIN)/.installed
+test-all: $(BIN)/.installed $(KSERVE_VENV)/.installed
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 # A mutation fuzzer over decoding (harness/fuzz.py): N inputs, printed by outcome; failures are
@@ -182,5 +191,9 @@ gpu-check: $(BIN)/.installed
 kserve: $(MAR)
 	$(PY) -m deploy.kserve.build
 
+# The GPU InferenceServices' upload: number_of_gpu pinned to the one GPU they ask for.
+kserve-gpu: $(MAR)
+	$(PY) -m deploy.kserve.build --output deploy/kserve/build-gpu --gpus 1
+
 clean:
-	rm -rf build $(MAR) logs key_file.json deploy/kserve/build .pytest_cache
+	rm -rf build $(MAR) logs key_file.json deploy/kserve/build deploy/kserve/build-gpu .pytest_cache

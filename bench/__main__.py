@@ -17,7 +17,9 @@ stderr. Sections:
 8. clients who leave: a default request alone, right after a streamed timeline of a 600 s video is
    abandoned 3 s in, and while 4 clients stream long timelines (bench/held.py);
 9. live: ``python -m client live`` on a 25 fps UDP stream at hop 1 s: latency from a window's last
-   frame to its answer (p50, p95) and the share of windows skipped (bench/live.py).
+   frame to its answer (p50, p95) and the share of windows skipped (bench/live.py);
+10. kserve: the pod's KServe model server in front of its own TorchServe (deploy/kserve/server.py):
+   p50 of KServe v1 / v2 against raw bytes straight to that TorchServe, same video (bench/kserve.py).
 
 Run it alone on the machine: anything else on the cores is measured too.
 """
@@ -40,7 +42,7 @@ from harness.paths import MAR, PT, REPO
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 THROUGHPUT_VIDEO = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 video
 SECTIONS = ("stages", "model", "runtimes", "variants", "latency", "throughput", "growth", "timeline", "embedding",
-            "live", "held")
+            "live", "held", "kserve")
 SERVED = ("latency", "throughput", "growth", "timeline", "embedding", "live", "held")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
@@ -93,7 +95,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     if args.skip_served:
-        args.sections = [x for x in args.sections if x not in SERVED]
+        args.sections = [x for x in args.sections if x not in SERVED and x != "kserve"]
     if args.record and args.quick:
         parser.error("--record is for full runs; quick figures are not measurements")
     if min(args.reps, args.http_reps, args.clients, args.per_client, args.growth_reps) < 1 or args.warmup < 0:
@@ -135,7 +137,7 @@ def main(argv: List[str]) -> int:
     from harness.inproc import InProcessHandler
 
     serving = any(x in SERVED for x in args.sections)
-    for needed in (args.pt,) + ((args.mar,) if serving else ()):
+    for needed in (args.pt,) + ((args.mar,) if serving or "kserve" in args.sections else ()):
         if not needed.is_file():
             progress(f"{needed} is missing: run `make mar` (or `make bench`, which builds it)")
             return 2
@@ -247,6 +249,12 @@ def main(argv: List[str]) -> int:
                 http["held"] = held.measure(served, tp_video, held_video, reps=3 if args.quick else 12,
                                             clients=args.clients, warmup=args.warmup)
 
+    if "kserve" in args.sections:  # its own pod: the model server and a TorchServe of its own
+        from bench import kserve as kservemod
+
+        kserve_video = next((v for v in real if v["name"] == THROUGHPUT_VIDEO), None) or (real[0] if real else synth_video)
+        results["kserve"] = kservemod.run(args.mar, kserve_video, args.http_reps, args.warmup)
+
     results["targets"] = report.evaluate(results, config)
     try:
         load_end = [round(x, 2) for x in os.getloadavg()]
@@ -263,6 +271,10 @@ def main(argv: List[str]) -> int:
         from bench import live as livemod
 
         table += "\n" + "\n".join(livemod.render(clean["http"]["live"]))
+    if clean.get("kserve"):
+        from bench import kserve as kservemod
+
+        table += "\n" + "\n".join(kservemod.render(clean["kserve"]))
     print(table)
     progress(f"wrote {args.json} ({results['meta']['elapsed_s']:.0f} s in all)")
     if args.record:

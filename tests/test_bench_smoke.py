@@ -29,7 +29,7 @@ def quick_run(built: Dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("bench") / "quick.json"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        cwd=REPO, capture_output=True, text=True, timeout=1200,
     )
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     assert "Targets" in proc.stdout, proc.stdout[-2000:]
@@ -125,3 +125,11 @@ def test_held_section(quick_run: Dict[str, Any]) -> None:
     assert _positive(held["after_abandoned_s"]) and _positive(held["loaded_p95_over_alone"])
     names = " ".join(t["name"] for t in quick_run["targets"])
     assert "abandoned" in names and "long timelines streaming" in names
+
+
+def test_kserve_section(quick_run: Dict[str, Any]) -> None:
+    # The pod's model server and its own TorchServe: every way answered, the ratios are figures.
+    kserve = quick_run["kserve"]
+    for way in ("direct", "torchserve_v1", "kserve_v1", "kserve_v2"):
+        assert kserve["ms"][way]["n"] == 1 and _positive(kserve["ms"][way]["median"])
+    assert _positive(kserve["kserve_v1_over_direct"]) and kserve["goal"] == 1.1

@@ -1,21 +1,26 @@
-"""KServe: the built layout, the InferenceService manifests, and real TorchServe runs in each protocol.
+"""KServe: the built layout, the manifests, and the pod rehearsed on 127.0.0.1.
 
-Three servers at most, all on 127.0.0.1 with free ports, each from the KServe config.properties that
-``deploy.kserve.build`` writes (addresses and paths remapped, nothing else):
-- native (default run): no envelope, batching on, token auth off as in the pod, and
-  ``TS_SERVICE_ENVELOPE=kservev2`` in the environment as KServe's runtime sets it — it must be ignored;
-- ``kserve`` and ``kservev2`` stock envelopes (slow): batchSize pinned to 1.
-Answers are compared with the plain raw-bytes answer for the same clip, probabilities within 1e-5.
+The pod (default run, one start for the module): ``harness.kserve_pod.KServePod`` builds the layout
+``make kserve`` builds into a temporary folder standing in for ``/mnt/models`` (TorchServe's
+addresses, gRPC ports and worker sockets remapped, nothing else) and starts the model server with
+the ServingRuntime's own command and args (``.venv-kserve``'s python, free ports for 8080/8081,
+this venv's ``torchserve``), with ``TS_SERVICE_ENVELOPE=kservev2`` in its environment as KServe's
+stock runtime set it — TorchServe must ignore it. Every KServe answer (REST v1, REST v2, gRPC v2)
+is compared with the answer of the TorchServe behind it for the same clip, within 1e-4; TorchServe's
+own KServe routes (``TestTorchServeRoutes``) with the plain raw-bytes answer, within 1e-5.
+The ``kserve`` and ``kservev2`` stock envelopes (slow) each start a TorchServe of their own.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import random
 import re
+import subprocess
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 import requests
@@ -24,6 +29,7 @@ import yaml
 
 from client.keys import Keys
 from client.config import read_properties
+from harness.kserve_pod import KSERVE_PYTHON, KServePod, runtime_container
 from harness.torchserve import LocalTorchServe
 from deploy.kserve.build import build, kserve_properties, mar_facts
 
@@ -34,30 +40,36 @@ CLIPS = ("ii__realshort.mp4", "dc__video_90.mov", "tv__RATRACE_wave_f_nm_np1_fr_
 REMAPPED = ("inference_address", "management_address", "metrics_address", "model_store",
             "grpc_inference_port", "grpc_management_port")
 TOLERANCE = 1e-5
+# KServe vs the TorchServe behind it: the same process answers both, so only JSON round trips differ.
+KSERVE_TOLERANCE = 1e-4
+TESTS = Path(__file__).resolve().parent
 
 
 # -- the built layout -------------------------------------------------------------------------
 
 
-def wrapper_parse(config_text: str) -> Dict[str, Any]:
-    """What pytorch/serve's kserve_wrapper ``parse_config`` takes from config.properties.
+def kserve_python(code: str, *args: str) -> Any:
+    """Run ``code`` with the kserve venv's python in the repo root; return what it prints, as JSON."""
+    if not KSERVE_PYTHON.is_file():
+        pytest.fail(f"{KSERVE_PYTHON} missing: `make install` creates it (make test depends on it)")
+    done = subprocess.run([str(KSERVE_PYTHON), "-c", code, *args], cwd=TESTS.parent, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
-    It splits every non-comment line at the first '=', reads model names from ``model_snapshot``
-    (falling back to a model called "model") and forwards to ``inference_address``.
-    """
-    values: Dict[str, str] = {}
-    for line in config_text.splitlines():
-        if not line.startswith("#") and "=" in line:
-            name, value = line.split("=", 1)
-            values[name.strip()] = value.strip()
-    snapshot = json.loads(values.get("model_snapshot", "{}"))
-    return {
-        "model_names": list(snapshot.get("models", {}).keys()) or ["model"],
-        "inference_address": values.get("inference_address"),
-        "management_address": values.get("management_address"),
-        "model_store": values.get("model_store"),
-        "values": values,
-    }
+
+READ_LAYOUTS = """
+import dataclasses, json, sys
+from pathlib import Path
+from deploy.kserve.backend import LayoutError, read_layout
+out = []
+for path in sys.argv[1:]:
+    try:
+        out.append(dataclasses.asdict(read_layout(Path(path))))
+    except LayoutError as exc:
+        out.append({"error": str(exc)})
+print(json.dumps(out, default=str))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +85,23 @@ def test_layout_holds_the_same_mar_and_one_config(layout: Dict[str, Path], built
     assert layout["mar"].read_bytes()[:4096] == built["mar"].read_bytes()[:4096]
 
 
-def test_config_is_what_the_kserve_wrapper_and_torchserve_need(layout: Dict[str, Path], built: Dict[str, Path]) -> None:
-    text = layout["config"].read_text()
-    parsed = wrapper_parse(text)
+def test_config_is_what_the_model_server_and_torchserve_need(layout: Dict[str, Path], built: Dict[str, Path],
+                                                             tmp_path: Path) -> None:
     facts = mar_facts(built["mar"])
-    # The wrapper serves /v1/models/<name> for each snapshot model and forwards to port 8085.
-    assert parsed["model_names"] == [facts["name"]]
-    assert parsed["inference_address"] == "http://127.0.0.1:8085"
-    # Its gRPC server owns :8081, so management shares the inference listener (readiness check).
-    assert parsed["management_address"] == parsed["inference_address"]
-    assert parsed["model_store"] == "/mnt/models/model-store"
-    values = parsed["values"]
+    root = layout["config"].parent.parent
+    envelope_root = tmp_path / "envelope"
+    build(built["mar"], envelope_root, envelope="kservev2")
+    # What deploy.kserve.backend.read_layout (the server, in its own venv) takes from the layout.
+    parsed, refused = kserve_python(READ_LAYOUTS, str(root), str(envelope_root))
+    assert parsed["models"] == [facts["name"]]
+    # The server takes :8080 and :8081; TorchServe listens on loopback :8085, management on the same listener.
+    assert parsed["inference_url"] == parsed["management_url"] == "http://127.0.0.1:8085"
+    assert parsed["model_store"] == str(root / "model-store")
+    assert parsed["response_timeout_s"] == facts["model_config"]["responseTimeout"]
+    # An envelope build answers in the envelope's shape, not the handler's: the server refuses it.
+    assert "service_envelope" in refused["error"]
+    values = read_properties(layout["config"])
+    assert values["model_store"] == "/mnt/models/model-store"
     assert values["disable_token_authorization"] == "true"
     assert values["enable_envvars_config"] == "false"
     assert "service_envelope" not in values and "load_models" not in values
@@ -94,9 +112,9 @@ def test_config_is_what_the_kserve_wrapper_and_torchserve_need(layout: Dict[str,
     assert entry["marName"] == built["mar"].name
     for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"):
         assert entry[key] == config[key], key
-    # Inherited from the repo config, not copied.
+    # Inherited from the repo config, not copied; the server gives gRPC the same upload limit.
     repo = read_properties(Path(__file__).resolve().parent.parent / "config.properties")
-    assert values["max_request_size"] == repo["max_request_size"]
+    assert values["max_request_size"] == repo["max_request_size"] == str(parsed["max_request_bytes"])
 
 
 @pytest.mark.parametrize("envelope", ["kserve", "kservev2"])
@@ -120,18 +138,61 @@ def test_gpu_build_sets_gpus_and_workers(built: Dict[str, Path]) -> None:
         kserve_properties(built["mar"], envelope="seldon")
 
 
-# -- the manifests ------------------------------------------------------------------------------
-# No PyPI tool validates KServe CRDs offline: kubernetes-validate ships core Kubernetes schemas only,
-# and the kserve SDK (whose generated models list the CRD's fields) pulls ~55 packages into the venv.
-# So: a structural check. The allowed keys are those of kserve SDK 0.21's V1beta1* models.
+PROXY_TRANSLATION = """
+import asyncio, json
+import httpx
+from google.protobuf.json_format import MessageToDict
+from kserve import InferRequest
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from deploy.kserve.proxy import TorchServeError, TorchServeModel, grpc_response, request_json
 
-ISVC_KEYS = {"apiVersion", "kind", "metadata", "spec"}
-SPEC_KEYS = {"predictor", "transformer", "explainer"}
-PREDICTOR_KEYS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleMetricType", "scaleTarget", "containerConcurrency",
-                  "timeout", "canaryTrafficPercent", "model", "nodeSelector", "tolerations", "affinity",
-                  "serviceAccountName", "annotations", "labels", "logger", "batcher", "autoScaling"}
-MODEL_KEYS = {"modelFormat", "runtime", "runtimeVersion", "protocolVersion", "storageUri", "resources", "env",
-              "args", "ports", "readinessProbe", "livenessProbe", "startupProbe"}
+video = bytes(range(256)) * 3
+tensor = pb.ModelInferRequest.InferInputTensor(name="video", datatype="BYTES", shape=[1],
+                                               contents=pb.InferTensorContents(bytes_contents=[video]))
+request = pb.ModelInferRequest(model_name="m", id="7", inputs=[tensor],
+                               parameters={"topk": pb.InferParameter(int64_param=3)})
+answer = {"model_name": "m", "id": "7", "outputs": [
+    {"name": "labels", "datatype": "BYTES", "shape": [1, 1], "data": ["abseiling"]},
+    {"name": "probabilities", "datatype": "FP32", "shape": [1, 1], "data": [0.5]},
+    {"name": "indices", "datatype": "INT64", "shape": [1, 1], "data": [0]}]}
+
+async def unreachable():
+    async with httpx.AsyncClient() as client:
+        try:
+            await TorchServeModel("m", "http://127.0.0.1:9", client).predict({"instances": []})
+        except TorchServeError as exc:
+            return [exc.status, exc.body["reason"], exc.status_code.name]
+
+print(json.dumps({"json": request_json(InferRequest.from_grpc(request)),
+                  "grpc": MessageToDict(grpc_response(answer).to_grpc()),
+                  "unreachable": asyncio.run(unreachable()),
+                  "codes": {s: TorchServeError(s, {}).status_code.name for s in (400, 413, 422, 503, 500)}}))
+"""
+
+
+def test_proxy_translates_grpc_and_maps_errors() -> None:
+    """deploy/kserve/proxy.py without TorchServe: gRPC raw bytes become the base64 JSON the handler
+    reads, a v2 JSON answer becomes a ModelInferResponse, and failures keep a meaning."""
+    out = kserve_python(PROXY_TRANSLATION)
+    video = bytes(range(256)) * 3
+    assert out["json"] == {"id": "7", "parameters": {"topk": 3}, "inputs": [
+        {"name": "video", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(video).decode()]}]}
+    outputs = {o["name"]: o for o in out["grpc"]["outputs"]}
+    assert base64.b64decode(outputs["labels"]["contents"]["bytesContents"][0]) == b"abseiling"
+    assert outputs["probabilities"]["contents"]["fp32Contents"] == [0.5]
+    assert outputs["indices"]["contents"]["int64Contents"] == ["0"] and out["grpc"]["id"] == "7"
+    assert out["unreachable"] == [503, "torchserve_unavailable", "UNAVAILABLE"]
+    assert out["codes"] == {"400": "INVALID_ARGUMENT", "413": "RESOURCE_EXHAUSTED", "422": "INVALID_ARGUMENT",
+                            "503": "UNAVAILABLE", "500": "INTERNAL"}
+
+
+# -- the manifests ------------------------------------------------------------------------------
+# Schemas: tests/kserve_schemas.py, in the kserve venv (the kserve SDK's model classes for KServe's
+# kinds, deserialised strictly; kubernetes-validate for the containers they embed). Here: what the
+# schemas cannot know (the manifests agree with each other, the server and the built config).
+
+RUNTIME_MANIFEST = MANIFEST_DIR / "servingruntime.yaml"
+ISVC_MANIFESTS = sorted(MANIFEST_DIR.glob("inferenceservice-*.yaml"))
 SCALE_METRICS = {"cpu", "memory", "concurrency", "rps"}
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -146,8 +207,13 @@ def _quantity(value: Any) -> float:
     return float(text[: len(text) - len(suffix)]) * factors.get(suffix, 1)
 
 
-def _unknown(mapping: Mapping[str, Any], allowed: set) -> List[str]:
-    return sorted(set(mapping) - allowed)
+def schema_problems(paths: List[Path]) -> Dict[str, List[str]]:
+    if not KSERVE_PYTHON.is_file():
+        pytest.fail(f"{KSERVE_PYTHON} missing: `make install` creates it (make test depends on it)")
+    done = subprocess.run([str(KSERVE_PYTHON), str(TESTS / "kserve_schemas.py"), *map(str, paths)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -158,18 +224,82 @@ def built_values(built: Dict[str, Path]) -> Dict[str, Any]:
     return {"values": values, "entry": entry}
 
 
+@pytest.fixture(scope="module")
+def runtime() -> Dict[str, Any]:
+    return yaml.safe_load(RUNTIME_MANIFEST.read_text())
+
+
 def test_manifests_present() -> None:
-    names = {p.name for p in MANIFESTS}
-    assert {"inferenceservice-cpu-v1.yaml", "inferenceservice-cpu-v2.yaml",
+    names = {p.name for p in MANIFEST_DIR.glob("*.yaml")}
+    assert {"servingruntime.yaml", "inferenceservice-cpu-v1.yaml", "inferenceservice-cpu-v2.yaml",
             "inferenceservice-gpu-v1.yaml", "inferenceservice-gpu-v2.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
-def test_manifest_is_a_valid_inference_service(path: Path, built_values: Dict[str, Any]) -> None:
+def test_manifests_pass_the_schemas(tmp_path: Path) -> None:
+    paths = sorted(MANIFEST_DIR.glob("*.yaml"))
+    # The check can fail: a misspelt KServe field, a wrong core type and an unknown kind are each refused.
+    broken = tmp_path / "broken.yaml"
+    isvc = yaml.safe_load(ISVC_MANIFESTS[0].read_text())
+    isvc["spec"]["predictor"]["minReplica"] = 1
+    isvc["spec"]["predictor"]["model"]["ports"] = [{"containerPort": "8080"}]
+    broken.write_text(yaml.safe_dump(isvc))
+    wrong_kind = tmp_path / "wrong-kind.yaml"
+    wrong_kind.write_text(yaml.safe_dump({**isvc, "kind": "InferenceServce"}))
+    problems = schema_problems([*paths, broken, wrong_kind])
+    assert {str(p): problems[str(p)] for p in paths} == {str(p): [] for p in paths}
+    assert any("minReplica: unknown field" in p for p in problems[str(broken)]), problems[str(broken)]
+    assert any("Kubernetes Container" in p and "'8080'" in p for p in problems[str(broken)]), problems[str(broken)]
+    assert problems[str(wrong_kind)] and "unknown kind" in problems[str(wrong_kind)][0]
+
+
+SERVER_ARGS = """
+import json, sys
+from deploy.kserve.server import parse_args
+args = parse_args(sys.argv[1:])
+print(json.dumps({k: str(v) for k, v in vars(args).items()}))
+"""
+
+
+def test_runtime_runs_our_server_on_its_ports(runtime: Dict[str, Any], built_values: Dict[str, Any]) -> None:
+    assert runtime["kind"] == "ClusterServingRuntime" and runtime["metadata"]["name"] == "slowfast-serve"
+    spec = runtime["spec"]
+    assert set(spec["protocolVersions"]) == {"v1", "v2", "grpc-v2"}
+    container = runtime_container()
+    assert container["command"] == ["/opt/kserve-venv/bin/python", "-m", "deploy.kserve.server"]
+    # The server's own parser reads the args (in its venv): the flags exist and mean what the ports say.
+    args = kserve_python(SERVER_ARGS, *container["args"])
+    assert args["model_dir"] == "/mnt/models" and args["torchserve"].endswith("/bin/torchserve")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http1": int(args["http_port"]), "h2c": int(args["grpc_port"])} == {"http1": 8080, "h2c": 8081}
+    probe = container["readinessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/v2/health/ready", 8080)
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["image"].startswith("ghcr.io/OWNER/slowfast-serve:")
+    # Scraping points at the port TorchServe's metrics API listens on in the built config.
+    port = built_values["values"]["metrics_address"].rsplit(":", 1)[1]
+    assert spec["annotations"]["prometheus.kserve.io/port"] == port
+    assert spec["annotations"]["prometheus.kserve.io/path"] == "/metrics"
+
+
+def test_gpu_manifests_match_the_gpu_layout() -> None:
+    # `make kserve-gpu` pins number_of_gpu; the GPU InferenceServices ask for that many GPUs.
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "kserve-gpu"], cwd=TESTS.parent,
+                         capture_output=True, text=True, check=True).stdout
+    gpus = int(re.search(r"--gpus (\d+)", dry).group(1))
+    output = re.search(r"--output (\S+)", dry).group(1)
+    for path in ISVC_MANIFESTS:
+        if "gpu" in path.stem.split("-"):
+            model = yaml.safe_load(path.read_text())["spec"]["predictor"]["model"]
+            assert model["resources"]["limits"]["nvidia.com/gpu"] == str(gpus), path.name
+            assert model["storageUri"].endswith("-gpu") and output in path.read_text(), path.name
+
+
+@pytest.mark.parametrize("path", ISVC_MANIFESTS, ids=lambda p: p.name)
+def test_inference_service_uses_our_runtime(path: Path, built_values: Dict[str, Any],
+                                            runtime: Dict[str, Any]) -> None:
     docs = list(yaml.safe_load_all(path.read_text()))
     assert len(docs) == 1
     isvc = docs[0]
-    assert not _unknown(isvc, ISVC_KEYS)
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
     name = isvc["metadata"]["name"]
     # Knative route names append suffixes: KServe refuses names over 45 characters.
@@ -177,11 +307,7 @@ def test_manifest_is_a_valid_inference_service(path: Path, built_values: Dict[st
     annotations = isvc["metadata"].get("annotations", {})
     assert all(isinstance(v, str) for v in annotations.values()), "annotation values must be strings"
 
-    spec = isvc["spec"]
-    assert not _unknown(spec, SPEC_KEYS) and "predictor" in spec
-    predictor = spec["predictor"]
-    assert not _unknown(predictor, PREDICTOR_KEYS)
-    assert isinstance(predictor["minReplicas"], int) and isinstance(predictor["maxReplicas"], int)
+    predictor = isvc["spec"]["predictor"]
     assert 0 <= predictor["minReplicas"] <= predictor["maxReplicas"]
     assert predictor["scaleMetric"] in SCALE_METRICS and isinstance(predictor["scaleTarget"], int)
     entry = built_values["entry"]
@@ -190,14 +316,13 @@ def test_manifest_is_a_valid_inference_service(path: Path, built_values: Dict[st
     assert predictor["timeout"] >= entry["responseTimeout"]
 
     model = predictor["model"]
-    assert not _unknown(model, MODEL_KEYS)
-    assert model["modelFormat"] == {"name": "pytorch"}
-    assert model["runtime"] == "kserve-torchserve"
-    assert model["protocolVersion"] in ("v1", "v2")
+    assert model["runtime"] == runtime["metadata"]["name"] == "slowfast-serve"
+    formats = [{k: f[k] for k in ("name",)} for f in runtime["spec"]["supportedModelFormats"]]
+    assert model["modelFormat"] in formats
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
     assert model["protocolVersion"] in path.stem.split("-")
     assert model["storageUri"].startswith(STORAGE_SCHEMES)
     resources = model["resources"]
-    assert not _unknown(resources, {"requests", "limits"})
     for key in ("cpu", "memory"):
         assert _quantity(resources["requests"][key]) <= _quantity(resources["limits"][key])
     gpus = resources["limits"].get("nvidia.com/gpu")
@@ -236,20 +361,23 @@ def clips(shared_videos: Path) -> Dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def native(built: Dict[str, Path], clips: Dict[str, bytes], tmp_path_factory: pytest.TempPathFactory,
-           ) -> Iterator[PodTorchServe]:
-    # The kserve-torchserve runtime exports TS_SERVICE_ENVELOPE; with enable_envvars_config=false
+def pod(built: Dict[str, Path], clips: Dict[str, bytes], tmp_path_factory: pytest.TempPathFactory,
+        ) -> Iterator[KServePod]:
+    """The pod, rehearsed: the model server and its TorchServe, started as the runtime starts them."""
+    # KServe's stock TorchServe runtime exported TS_SERVICE_ENVELOPE; with enable_envvars_config=false
     # TorchServe must ignore it and let the handler read v1/v2 itself.
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TS_SERVICE_ENVELOPE", "kservev2")
+    instance = KServePod(built["mar"], tmp_path_factory.mktemp("kserve-pod"), env={"TS_SERVICE_ENVELOPE": "kservev2"})
+    instance.start()
     try:
-        server = start_pod_server(built["mar"], tmp_path_factory.mktemp("ts-kserve-native"), None)
+        yield instance
     finally:
-        mp.undo()
-    try:
-        yield server
-    finally:
-        server.stop()
+        instance.stop()
+
+
+@pytest.fixture(scope="module")
+def native(pod: KServePod) -> KServePod:
+    """The TorchServe inside the pod, spoken to directly (its inference API on loopback)."""
+    return pod
 
 
 def post_plain(server: LocalTorchServe, video: bytes) -> requests.Response:
@@ -283,7 +411,7 @@ def assert_same(actual: Dict[int, float], expected: Dict[int, float]) -> None:
 
 
 @pytest.fixture(scope="module")
-def baseline(native: PodTorchServe, clips: Dict[str, bytes]) -> Dict[str, Dict[int, float]]:
+def baseline(native: KServePod, clips: Dict[str, bytes]) -> Dict[str, Dict[int, float]]:
     """Plain raw-bytes answers, the reference for every protocol."""
     answers = {}
     for name, video in clips.items():
@@ -314,10 +442,10 @@ def run_concurrently(calls: List[Callable[[], requests.Response]]) -> List[reque
 
 
 @pytest.mark.integration
-class TestNative:
-    """The pod's config as built: handler reads KServe JSON itself, dynamic batching on."""
+class TestTorchServeRoutes:
+    """The pod's TorchServe, directly: the handler reads KServe JSON itself, dynamic batching on."""
 
-    def test_ready_without_token_and_envelope_ignored(self, native: PodTorchServe, built: Dict[str, Path]) -> None:
+    def test_ready_without_token_and_envelope_ignored(self, native: KServePod, built: Dict[str, Path]) -> None:
         # The wrapper's readiness check: GET <management>/models/<name>, no Authorization header.
         reply = requests.get(f"{native.management_url}/models/{native.model_name}?customized=false", timeout=30)
         assert reply.status_code == 200, reply.text
@@ -325,7 +453,7 @@ class TestNative:
         assert model["batchSize"] == mar_facts(built["mar"])["model_config"]["batchSize"] > 1
         assert any(w["status"] == "READY" for w in model["workers"])
 
-    def test_v1_matches_plain(self, native: PodTorchServe, clips: Dict[str, bytes],
+    def test_v1_matches_plain(self, native: KServePod, clips: Dict[str, bytes],
                               baseline: Dict[str, Dict[int, float]]) -> None:
         names = list(CLIPS[:2])
         reply = post_v1(native, [clips[n] for n in names])
@@ -335,7 +463,7 @@ class TestNative:
         for name, result in zip(names, predictions):
             assert_same(probabilities(result["predictions"]), baseline[name])
 
-    def test_v1_parameters_override_topk(self, native: PodTorchServe, clips: Dict[str, bytes],
+    def test_v1_parameters_override_topk(self, native: KServePod, clips: Dict[str, bytes],
                                          baseline: Dict[str, Dict[int, float]]) -> None:
         reply = post_v1(native, [clips[CLIPS[0]]], parameters={"topk": 3})
         assert reply.status_code == 200, reply.text
@@ -344,7 +472,7 @@ class TestNative:
         expected = dict(sorted(baseline[CLIPS[0]].items(), key=lambda kv: -kv[1])[:3])
         assert_same(probabilities(top), expected)
 
-    def test_v2_outputs_shapes_and_values(self, native: PodTorchServe, clips: Dict[str, bytes],
+    def test_v2_outputs_shapes_and_values(self, native: KServePod, clips: Dict[str, bytes],
                                           baseline: Dict[str, Dict[int, float]]) -> None:
         names = list(CLIPS[:2])
         reply = post_v2(native, [clips[n] for n in names], request_id="oip-42")
@@ -365,7 +493,7 @@ class TestNative:
             assert_same(dict(zip(indices, values)), baseline[name])
 
     def test_concurrent_requests_batch_and_each_get_their_answer(
-        self, native: PodTorchServe, clips: Dict[str, bytes], baseline: Dict[str, Dict[int, float]]
+        self, native: KServePod, clips: Dict[str, bytes], baseline: Dict[str, Dict[int, float]]
     ) -> None:
         # One request occupies the worker; the rest queue and share the next batch (batchSize 4).
         plan = [("v1", CLIPS[0]), ("plain", CLIPS[1]), ("v2", CLIPS[2]), ("v1", CLIPS[1]), ("plain", CLIPS[2])]
@@ -385,7 +513,7 @@ class TestNative:
             batch_sizes.append(result["timings_ms"]["batch_size"])
         assert max(batch_sizes) > 1, f"no batching happened: {batch_sizes}"
 
-    def test_embedding_over_multipart_v1_and_v2(self, native: PodTorchServe, clips: Dict[str, bytes], contract) -> None:
+    def test_embedding_over_multipart_v1_and_v2(self, native: KServePod, clips: Dict[str, bytes], contract) -> None:
         # `curl -F data=@clip.mp4 -F output=embedding`: the README's line.
         multipart = requests.post(native.predictions_url, files={"data": ("clip.mp4", clips[CLIPS[0]])},
                                   data={"output": "embedding"}, timeout=300)
@@ -408,7 +536,7 @@ class TestNative:
         assert embedding["datatype"] == "FP32" and embedding["shape"] == [2, contract.embedding_size]
         assert embedding["data"][:contract.embedding_size] == pytest.approx(plain["values"], abs=1e-5)
 
-    def test_logits_over_a_header_and_v2(self, native: PodTorchServe, clips: Dict[str, bytes],
+    def test_logits_over_a_header_and_v2(self, native: KServePod, clips: Dict[str, bytes],
                                          baseline: Dict[str, Dict[int, float]]) -> None:
         plain = requests.post(native.predictions_url, data=clips[CLIPS[0]], timeout=300,
                               headers={"Content-Type": "application/octet-stream", "output": "logits"})
@@ -441,15 +569,167 @@ class TestNative:
         ],
         ids=["v2-fp32", "v1-bad-base64", "v1-no-instances", "v2-no-inputs"],
     )
-    def test_bad_input_is_4xx(self, native: PodTorchServe, clips: Dict[str, bytes],
+    def test_bad_input_is_4xx(self, native: KServePod, clips: Dict[str, bytes],
                               send: Callable[..., requests.Response], reason: str) -> None:
         reply = send(native, clips[CLIPS[0]])
         assert 400 <= reply.status_code < 500, reply.text
         assert reply.json()["reason"] == reason
 
-    def test_metrics_in_prometheus_mode(self, native: PodTorchServe) -> None:
+    def test_metrics_in_prometheus_mode(self, native: KServePod) -> None:
         text = requests.get(f"{native.metrics_url}/metrics", timeout=10).text
         assert "# TYPE" in text and f'ModelName="{native.model_name}"' in text
+
+
+# -- KServe's protocols, through the model server ------------------------------------------------
+
+# Latencies (``timings_ms``, ``decode_ms``, ...): the only fields a second request may change.
+def volatile(key: str) -> bool:
+    return key == "timings_ms" or key.endswith("_ms")
+
+
+def without_nulls(value: Any) -> Any:
+    """kserve's InferenceResponse model writes absent optional fields as null: drop them."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def assert_close(actual: Any, expected: Any, where: str = "answer") -> None:
+    """Same structure and values; floats within KSERVE_TOLERANCE; latency fields skipped."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), f"{where}: {actual!r}"
+        assert set(actual) == set(expected), (where, sorted(actual), sorted(expected))
+        for key in (k for k in expected if not volatile(k)):
+            assert_close(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), (where, actual, expected)
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_close(a, e, f"{where}[{i}]")
+    elif isinstance(expected, float) or isinstance(actual, float):
+        assert abs(actual - expected) <= KSERVE_TOLERANCE, (where, actual, expected)
+    else:
+        assert actual == expected, (where, actual, expected)
+
+
+def v2_body(videos: List[bytes], parameters: Optional[dict] = None, request_id: str = "kserve-1") -> Dict[str, Any]:
+    body: Dict[str, Any] = {"id": request_id, "inputs": [{"name": "video", "shape": [len(videos)], "datatype": "BYTES",
+                                                          "data": [base64.b64encode(v).decode() for v in videos]}]}
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
+def v1_body(videos: List[bytes], parameters: Optional[dict] = None) -> Dict[str, Any]:
+    body: Dict[str, Any] = {"instances": [{"data": base64.b64encode(v).decode()} for v in videos]}
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
+def grpc_call(pod: KServePod, videos: List[Path], parameters: Optional[dict] = None) -> Dict[str, Any]:
+    """tests/kserve_grpc_client.py in the kserve venv (it has the v2 gRPC stubs): raw video bytes."""
+    done = subprocess.run([str(KSERVE_PYTHON), str(TESTS / "kserve_grpc_client.py"), pod.grpc_target, pod.model_name,
+                           *map(str, videos), "--parameters", json.dumps(parameters or {})],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def bad_clip() -> bytes:
+    # Not a video: bytes no container format claims (seeded, so the message is the same every run).
+    return bytes(random.Random(24).getrandbits(8) for _ in range(4096))
+
+
+@pytest.mark.integration
+class TestKServeProtocols:
+    """The model server on the pod's ports: each answer is the answer of the TorchServe behind it."""
+
+    def test_health_readiness_and_metadata(self, pod: KServePod, clips: Dict[str, bytes]) -> None:
+        # Live at once; ready only once TorchServe had a READY worker (503 before that).
+        assert pod.not_ready_seen, "readiness was never false while TorchServe loaded the model"
+        assert requests.get(f"{pod.url}/v2/health/live", timeout=10).json() == {"live": True}
+        assert requests.get(f"{pod.url}/v2/health/ready", timeout=10).json() == {"ready": True}
+        assert requests.get(f"{pod.url}/v2/models/{pod.model_name}/ready", timeout=10).json()["ready"] is True
+        assert requests.get(f"{pod.url}/v1/models/{pod.model_name}", timeout=10).json() == {
+            "name": pod.model_name, "ready": True}
+        assert requests.get(f"{pod.url}/v2/models/nosuch/ready", timeout=10).status_code == 404
+        metadata = requests.get(f"{pod.url}/v2/models/{pod.model_name}", timeout=10).json()
+        assert metadata["name"] == pod.model_name
+        assert metadata["inputs"] == [{"name": "video", "datatype": "BYTES", "shape": [-1]}]
+        # The outputs it declares are the tensors the handler renders: every output kind, seen for real.
+        seen = set()
+        for output in ("both", "logits"):
+            reply = requests.post(f"{pod.inference_url}/v2/models/{pod.model_name}/infer", timeout=300,
+                                  json=v2_body([clips[CLIPS[0]]], {"output": output}))
+            assert reply.status_code == 200, reply.text
+            seen |= {(o["name"], o["datatype"]) for o in reply.json()["outputs"]}
+        assert {(o["name"], o["datatype"]) for o in metadata["outputs"]} == seen
+        assert all(o["shape"] == [-1, -1] for o in metadata["outputs"])
+
+    def test_v1_predict_is_torchserves_answer(self, pod: KServePod, clips: Dict[str, bytes],
+                                              baseline: Dict[str, Dict[int, float]]) -> None:
+        body = v1_body([clips[CLIPS[0]], clips[CLIPS[1]]], {"topk": 3})
+        reply = requests.post(f"{pod.url}/v1/models/{pod.model_name}:predict", json=body, timeout=300)
+        direct = requests.post(f"{pod.inference_url}/v1/models/{pod.model_name}:predict", json=body, timeout=300)
+        assert reply.status_code == direct.status_code == 200, reply.text
+        assert_close(reply.json(), direct.json())
+        for name, result in zip(CLIPS[:2], reply.json()["predictions"]):
+            top = dict(sorted(baseline[name].items(), key=lambda kv: -kv[1])[:3])
+            assert_same(probabilities(result["predictions"]), top)
+
+    def test_v2_infer_is_torchserves_answer(self, pod: KServePod, clips: Dict[str, bytes],
+                                            baseline: Dict[str, Dict[int, float]]) -> None:
+        body = v2_body([clips[CLIPS[0]], clips[CLIPS[2]]], {"output": "both", "topk": 5})
+        reply = requests.post(f"{pod.url}/v2/models/{pod.model_name}/infer", json=body, timeout=300)
+        direct = requests.post(f"{pod.inference_url}/v2/models/{pod.model_name}/infer", json=body, timeout=300)
+        assert reply.status_code == direct.status_code == 200, reply.text
+        assert_close(without_nulls(reply.json()), direct.json())
+        outputs = {o["name"]: o for o in reply.json()["outputs"]}
+        assert {"labels", "probabilities", "indices", "embedding"} == set(outputs)
+        k = len(baseline[CLIPS[0]])
+        for row, name in enumerate((CLIPS[0], CLIPS[2])):
+            values = outputs["probabilities"]["data"][row * k:(row + 1) * k]
+            assert_same(dict(zip(outputs["indices"]["data"][row * k:(row + 1) * k], values)), baseline[name])
+
+    def test_grpc_v2_is_torchserves_answer(self, pod: KServePod, clips: Dict[str, bytes],
+                                           shared_videos: Path) -> None:
+        parameters = {"output": "both", "topk": 4}
+        answer = grpc_call(pod, [shared_videos / CLIPS[1], shared_videos / CLIPS[0]], parameters)
+        assert answer["server_ready"] is True and answer["model_ready"] is True
+        rest_metadata = requests.get(f"{pod.url}/v2/models/{pod.model_name}", timeout=10).json()
+        grpc_metadata = answer["metadata"]
+        for tensors in (grpc_metadata["inputs"], grpc_metadata["outputs"]):
+            for tensor in tensors:
+                tensor["shape"] = [int(d) for d in tensor["shape"]]  # int64 fields read as strings in JSON
+        assert (grpc_metadata["name"], grpc_metadata["inputs"], grpc_metadata["outputs"]) == (
+            rest_metadata["name"], rest_metadata["inputs"], rest_metadata["outputs"])
+        # The same videos as base64 over TorchServe's JSON route.
+        direct = requests.post(f"{pod.inference_url}/v2/models/{pod.model_name}/infer", timeout=300,
+                               json=v2_body([clips[CLIPS[1]], clips[CLIPS[0]]], parameters, request_id="grpc-1"))
+        assert direct.status_code == 200, direct.text
+        assert_close(answer["infer"], direct.json())
+
+    def test_bad_clip_gets_torchserves_status_and_message(self, pod: KServePod, bad_clip: bytes,
+                                                          tmp_path: Path) -> None:
+        plain = requests.post(pod.predictions_url, data=bad_clip, timeout=60,
+                              headers={"Content-Type": "application/octet-stream"})
+        assert 400 <= plain.status_code < 500 and plain.json()["reason"], plain.text
+        expected = plain.json()
+        v1 = requests.post(f"{pod.url}/v1/models/{pod.model_name}:predict", json=v1_body([bad_clip]), timeout=60)
+        v2 = requests.post(f"{pod.url}/v2/models/{pod.model_name}/infer", json=v2_body([bad_clip]), timeout=60)
+        for reply in (v1, v2):
+            assert (reply.status_code, reply.json()) == (plain.status_code, expected)
+        path = tmp_path / "bad.mp4"
+        path.write_bytes(bad_clip)
+        error = grpc_call(pod, [path])["infer"]["error"]
+        assert error["code"] == "INVALID_ARGUMENT" and json.loads(error["details"]) == expected
+        # A request TorchServe's handler refuses before decoding: its 400 and reason, not kserve's 500.
+        fp32 = {"inputs": [{"name": "video", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+        reply = requests.post(f"{pod.url}/v2/models/{pod.model_name}/infer", json=fp32, timeout=60)
+        assert reply.status_code == 400 and reply.json()["reason"] == "bad_json", reply.text
 
 
 # -- stock envelopes (TorchServe's own kserve / kservev2), batchSize pinned to 1 -------------------
@@ -511,3 +791,15 @@ def test_stock_kservev2_envelope(envelope_server: PodTorchServe, clips: Dict[str
     reply = post_v2(envelope_server, [clips[CLIPS[0]]], datatype="FP32")
     assert reply.status_code == 400
     assert _envelope_v2_result(reply.json()["outputs"][0])["reason"] == "bad_json"
+
+
+# -- last: stopping the pod ----------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_stopping_the_server_stops_torchserve(pod: KServePod) -> None:
+    """SIGTERM (what the kubelet sends) ends the server cleanly and TorchServe with it. Runs last."""
+    java = pod.torchserve_pid()
+    assert java is not None and pod.torchserve_running(java)
+    assert pod.stop() == 0, pod.tail_log()
+    assert not pod.torchserve_running(java)

@@ -30,7 +30,8 @@ exit 0
 @pytest.fixture
 def scratch(tmp_path: Path) -> Path:
     """The Makefile and the files its rules depend on, with an installed (fake) venv."""
-    for name in ["Makefile", "requirements.txt", "model-config.yaml", "client/activate-hook.sh", "handler/contract.py"]:
+    for name in ["Makefile", "requirements.txt", "requirements-kserve.txt", "requirements-kserve-dev.txt",
+                 "model-config.yaml", "client/activate-hook.sh", "handler/contract.py"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, tmp_path / name)
     shutil.copy2(REPO / "requirements-serve.txt", tmp_path)  # requirements.txt includes it
@@ -47,6 +48,10 @@ def scratch(tmp_path: Path) -> Path:
     shutil.copy2(Path(sys.executable).parent / "activate", bin_dir / "activate")
     (bin_dir / ".installed").touch()
     os.utime(bin_dir / ".installed", (old[0] + 10, old[1] + 10))
+    # The KServe model server's venv, installed too (make install would otherwise create it).
+    (tmp_path / ".venv-kserve").mkdir()
+    (tmp_path / ".venv-kserve" / ".installed").touch()
+    os.utime(tmp_path / ".venv-kserve" / ".installed", (old[0] + 10, old[1] + 10))
     return tmp_path
 
 

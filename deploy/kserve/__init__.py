@@ -1,1 +1,2 @@
-"""KServe (kserve-torchserve runtime) layout: ``python -m deploy.kserve.build``."""
+"""KServe: the layout (``python -m deploy.kserve.build``) and the pod's model server
+(``python -m deploy.kserve.server``, run in the kserve venv) in front of TorchServe."""

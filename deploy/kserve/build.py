@@ -1,18 +1,20 @@
-"""``python -m deploy.kserve.build``: lay out the .mar the way KServe's TorchServe runtime expects.
+"""``python -m deploy.kserve.build``: lay out the .mar the way the KServe pod reads it.
 
 KServe's storage initializer copies the InferenceService's ``storageUri`` to ``/mnt/models``; the
-``kserve-torchserve`` runtime then runs ``torchserve --ts-config /mnt/models/config/config.properties
---model-store /mnt/models/model-store`` beside a wrapper that reads the same file. So the upload is::
+``slowfast-serve`` runtime then runs ``python -m deploy.kserve.server --model_dir /mnt/models``,
+which starts ``torchserve --ts-config /mnt/models/config/config.properties --model-store
+/mnt/models/model-store`` and reads the same file. So the upload is::
 
     <output>/config/config.properties   the repo's config.properties + deploy/kserve/config.properties
-                                        + a model_snapshot naming the model (the wrapper takes model
-                                        names from it; TorchServe loads the model from it)
+                                        + a model_snapshot naming the model (the server registers one
+                                        KServe model per entry; TorchServe loads the model from it)
     <output>/model-store/<model>.mar    the very .mar served locally (hard link where possible)
 
 Worker and batch settings in the snapshot are read from the model-config.yaml packed in that .mar,
 so the archive stays the single source. With ``--envelope kserve|kservev2`` the stock TorchServe
 envelope is switched on and ``batchSize`` is pinned to 1: those envelopes answer only the first
-request of a batch (pytorch/serve #2158, #1302). ``--gpus N`` pins ``number_of_gpu`` and runs
+request of a batch (pytorch/serve #2158, #1302); that variant is for KServe's old stock TorchServe
+runtime only (our model server refuses it). ``--gpus N`` pins ``number_of_gpu`` and runs
 ``--workers-per-gpu`` workers on each.
 """
 
@@ -100,7 +102,7 @@ def kserve_properties(
         properties["models"] = json.dumps(
             {facts["name"]: {facts["version"]: {"batchSize": 1}}}, separators=(",", ":")
         )
-    # One line of JSON: the KServe wrapper parses config.properties line by line.
+    # One line of JSON: config.properties is read line by line.
     snapshot = model_snapshot(facts, mar.name, batch_size=batch_size, workers=workers)
     properties["model_snapshot"] = json.dumps(snapshot, separators=(",", ":"))
     return properties
@@ -140,7 +142,7 @@ def build(
     config_dir, store = Path(output) / "config", Path(output) / "model-store"
     config_dir.mkdir(parents=True, exist_ok=True)
     store.mkdir(parents=True, exist_ok=True)
-    # The wrapper refuses a model store holding more than one archive.
+    # One archive per upload: the snapshot names exactly this one.
     for stale in store.glob("*.mar"):
         if stale.name != mar.name:
             stale.unlink()

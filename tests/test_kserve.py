@@ -18,6 +18,7 @@ import json
 import random
 import re
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -30,6 +31,7 @@ import yaml
 from client.keys import Keys
 from client.config import read_properties
 from harness.kserve_pod import KSERVE_PYTHON, KServePod, runtime_container
+from harness.paths import REPO
 from harness.torchserve import LocalTorchServe
 from deploy.kserve.build import build, kserve_properties, mar_facts
 
@@ -730,6 +732,32 @@ class TestKServeProtocols:
         fp32 = {"inputs": [{"name": "video", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
         reply = requests.post(f"{pod.url}/v2/models/{pod.model_name}/infer", json=fp32, timeout=60)
         assert reply.status_code == 400 and reply.json()["reason"] == "bad_json", reply.text
+
+
+    @pytest.mark.parametrize("protocol", ["kserve-v1", "kserve-v2"])
+    def test_the_client_runs_a_folder_against_the_pod(self, pod: KServePod, shared_videos: Path, tmp_path: Path,
+                                                      baseline: Dict[str, Dict[int, float]], protocol: str) -> None:
+        """`python -m client` against the InferenceService's URL (issue 24, point 3): a folder with
+        embeddings, a cluster header, then --resume; each answer is the TorchServe answer behind it."""
+        folder = tmp_path / "videos"
+        folder.mkdir()
+        for name in CLIPS[:2]:
+            (folder / name).symlink_to(shared_videos / name)
+        out = tmp_path / "results.jsonl"
+        command = [sys.executable, "-m", "client", str(folder), "--protocol", protocol, "--url", pod.url,
+                   "--model", pod.model_name, "--output", "both", "--header", "X-Cluster-Auth: team-a",
+                   "--out", str(out)]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        lines = {Path(line["path"]).name: line for line in map(json.loads, out.read_text().splitlines())}
+        assert sorted(lines) == sorted(CLIPS[:2])
+        for name, line in lines.items():
+            assert line["status"] == "ok", line
+            assert_same(probabilities(line["answer"]["predictions"]), baseline[name])
+            assert len(line["answer"]["embedding"]["values"]) > 0
+        again = subprocess.run(command + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
+        assert len(out.read_text().splitlines()) == 2, "--resume sent nothing already answered"
 
 
 # -- stock envelopes (TorchServe's own kserve / kservev2), batchSize pinned to 1 -------------------

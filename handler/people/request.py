@@ -171,7 +171,7 @@ def resolve_people_options(given: Mapping[str, Any], serve: ServeOptions, num_cl
     """Validate the detection options a request gave; 400/413 naming what is wrong."""
     refused = [name for name in NOT_FOR_PEOPLE if given.get(name) is not None]
     if refused:
-        raise _bad(f"{', '.join(refused)} do(es) not apply to an action detector; "
+        raise _bad(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to an action detector; "
                    f"its options are {', '.join(PEOPLE_OPTIONS)}")
     boxes = read_boxes(given["boxes"], serve) if given.get("boxes") is not None else None
     keyframes = _keyframes(given["keyframes"], serve) if given.get("keyframes") is not None else None

@@ -17,7 +17,9 @@ stderr. Sections:
 8. clients who leave: a default request alone, right after a streamed timeline of a 600 s video is
    abandoned 3 s in, and while 4 clients stream long timelines (bench/held.py);
 9. live: ``python -m client live`` on a 25 fps UDP stream at hop 1 s: latency from a window's last
-   frame to its answer (p50, p95) and the share of windows skipped (bench/live.py).
+   frame to its answer (p50, p95) and the share of windows skipped (bench/live.py);
+10. person-level actions: a keyframe's forward with 1, 5, 20 boxes against the classifier's, and the
+   person detector's forward (bench/people.py; left out of --quick unless named in --sections).
 
 Run it alone on the machine: anything else on the cores is measured too.
 """
@@ -40,7 +42,7 @@ from harness.paths import MAR, PT, REPO
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 THROUGHPUT_VIDEO = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 video
 SECTIONS = ("stages", "model", "runtimes", "variants", "latency", "throughput", "growth", "timeline", "embedding",
-            "live", "held")
+            "live", "held", "people")
 SERVED = ("latency", "throughput", "growth", "timeline", "embedding", "live", "held")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
@@ -88,7 +90,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    default_sections = args.sections == ",".join(SECTIONS)
     args.sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    if args.quick and default_sections:  # the smoke run leaves out the people section (minutes) unless named
+        args.sections.remove("people")
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
@@ -212,6 +217,11 @@ def main(argv: List[str]) -> int:
 
         progress("each SlowFast variant's model-only forward (default CPU runtime, random weights)")
         results["variants"] = variants.compare(args.reps, args.warmup, quick=args.quick)
+    if "people" in args.sections:
+        from bench import people
+
+        progress("person-level actions: a keyframe with 1, 5, 20 boxes, the classifier's forward, the person detector")
+        results["people"] = people.compare(handler, args.reps, args.warmup)
 
     # -- through TorchServe ------------------------------------------------------------------
     if serving:

@@ -55,7 +55,7 @@ class ScriptableRoIHead(nn.Module):
 class ScriptableSlowFastDetector(nn.Module):
     """``([slow (B,3,T/a,H,W), fast (B,3,T,H,W)], boxes (N,5) float32)`` -> (N, classes) logits.
 
-    ``boxes`` rows are ``(clip index in B, x1, y1, x2, y2)`` in the frames' pixels.
+    ``boxes`` rows are ``(view index in B, x1, y1, x2, y2)`` in the frames' pixels.
     ``forward_with_embedding`` also returns each box's (N, 2304) RoI feature from the same pass.
     State-dict keys are the ``DetectionBBoxNetwork``'s (``model.blocks...``, ``detection_head...``).
     """

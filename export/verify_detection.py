@@ -18,27 +18,27 @@ from handler.contract import PreprocessContract
 
 log = logging.getLogger(__name__)
 
-# (clips, height, width, boxes): one clip and a batch of two landscape clips sharing boxes.
+# (views, height, width, boxes): one view and a batch of two landscape views sharing boxes.
 DETECTION_CASES: Tuple[Tuple[int, int, int, int], ...] = ((1, 256, 256, 3), (2, 256, 320, 5))
 
 Expected = Dict[Tuple[int, int, int, int], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def make_detection_inputs(contract: PreprocessContract, case: Tuple[int, int, int, int]) -> Tuple[List[torch.Tensor], torch.Tensor]:
-    """Seeded ``[slow, fast]`` float32 clips and (N, 5) boxes ``(clip, x1, y1, x2, y2)`` inside them."""
-    clips, height, width, count = case
-    generator = torch.Generator().manual_seed(clips * 1000 + width + count)
-    fast = torch.randn(clips, 3, contract.num_frames, height, width, generator=generator)
+    """Seeded ``[slow, fast]`` float32 views and (N, 5) boxes ``(view, x1, y1, x2, y2)`` inside them."""
+    views, height, width, count = case
+    generator = torch.Generator().manual_seed(views * 1000 + width + count)
+    fast = torch.randn(views, 3, contract.num_frames, height, width, generator=generator)
     slow = fast[:, :, :: contract.alpha].contiguous()
     corners = torch.rand(count, 2, 2, generator=generator) * torch.tensor([width, height])
     low, high = corners.amin(1), corners.amax(1) + 8  # at least 8 px wide and tall
-    index = torch.arange(count, dtype=torch.float32).remainder(clips)[:, None]
+    index = torch.arange(count, dtype=torch.float32).remainder(views)[:, None]
     return [slow, fast], torch.cat([index, low, high.minimum(torch.tensor([width, height]))], 1)
 
 
 def detection_reference(eager: torch.nn.Module, contract: PreprocessContract,
                         cases: Tuple[Tuple[int, int, int, int], ...] = DETECTION_CASES) -> Expected:
-    """Eager (probabilities, logits, feature) per (clips, height, width, boxes) case, read from the
+    """Eager (probabilities, logits, feature) per (views, height, width, boxes) case, read from the
     eager network's own head."""
     head = eager.detection_head
     captured: Dict[str, torch.Tensor] = {}

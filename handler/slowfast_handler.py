@@ -28,8 +28,8 @@ from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.heap import fix_mmap_threshold
 from handler.metrics import HandlerMetrics
-from handler.people.service import PeopleService
 from handler.options import RequestOptions, ServeOptions, registration_settings, resolve_request_options
+from handler.people.service import PeopleService
 from handler.plan import check_requested_views, check_upload_size, plan_videos
 from handler.protocol import PLAIN, ParsedRequest, parse_row
 from handler.render import ModelInfo, reply, stream_line, video_answer, window_entry, window_line

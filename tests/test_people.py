@@ -22,7 +22,7 @@ import torch
 from handler.errors import RequestError
 from handler.options import ServeOptions
 from handler.people.geometry import BoxMapping
-from handler.people.plan import clip_around, plan_keyframes
+from handler.people.plan import window_around, plan_keyframes
 from handler.people.request import DEFAULT_THRESHOLD, resolve_people_options
 from handler.working_frame import working_geometry
 
@@ -80,12 +80,12 @@ def test_bad_options_are_refused_before_any_decoding(given, status, words):
 # -- the keyframes (plan) ---------------------------------------------------------------------------
 
 
-def test_keyframes_default_to_the_middle_and_clips_sit_around_them():
+def test_keyframes_default_to_the_middle_and_windows_sit_around_them():
     contract = detection_contract()
     (middle,) = plan_keyframes(options(), 10.0, contract, SERVE)
-    assert (middle.time, middle.clip) == (5.0, (4.5, 5.5))
-    assert clip_around(0.2, 10.0, contract) == (0.0, pytest.approx(0.7))  # cut at the start
-    assert clip_around(10.0, 10.0, contract) == (9.5, 10.0)  # cut at the end
+    assert (middle.time, middle.window) == (5.0, (4.5, 5.5))
+    assert window_around(0.2, 10.0, contract) == (0.0, pytest.approx(0.7))  # cut at the start
+    assert window_around(10.0, 10.0, contract) == (9.5, 10.0)  # cut at the end
     strided = plan_keyframes(options(stride="2"), 7.0, contract, SERVE)
     assert [k.time for k in strided] == [0.5, 2.5, 4.5, 6.5]
     with pytest.raises(RequestError, match="5 keyframes; at most 4") as caught:
@@ -212,7 +212,7 @@ def test_served_scores_equal_pytorchvideos_pipeline(served, detector_dir, shared
     status, answer = served(video, {"boxes": json.dumps({"5.0": boxes}), "threshold": "0"})
     assert status == 200, answer
     (keyframe,) = answer["keyframes"]
-    assert keyframe["time"] == 5.0 and keyframe["clip"] == [4.5, 5.5] and answer["boxes_from"] == "request"
+    assert keyframe["time"] == 5.0 and keyframe["window"] == [4.5, 5.5] and answer["boxes_from"] == "request"
     assert [p["box"] for p in keyframe["persons"]] == [[10.5, 20, 150, 250], [170, 0, 339, 255], [60, 40, 339, 255]]
     assert all("score" not in p for p in keyframe["persons"])
     got = torch.tensor([[a["probability"] for a in sorted(p["actions"], key=lambda a: a["index"])]

@@ -1,8 +1,8 @@
-"""Each keyframe's clip frames and the frame shown at the keyframe itself, in one decode.
+"""Each keyframe's window of frames and the frame shown at the keyframe itself, in one decode.
 
-The clip's ``num_frames`` instants are the classifier's uniform policy (``handler.sampling``) over
-the clip; the keyframe's instant is added to them, so the person detector sees the frame on
-screen at the keyframe (the hub tutorial's middle frame of a 1 s clip) with no second decode.
+The window's ``num_frames`` instants are the classifier's uniform policy (``handler.sampling``) over
+the window; the keyframe's instant is added to them, so the person detector sees the frame on
+screen at the keyframe (the middle frame of the hub tutorial's 1 s clip) with no second decode.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from handler.working_frame import working_geometry
 
 
 @dataclass
-class KeyframeClip:
-    """``frames``: (T, H, W, 3) uint8 upright working frames of the clip; ``keyframe``: (H, W, 3)
+class KeyframeWindow:
+    """``frames``: (T, H, W, 3) uint8 upright working frames of the window; ``keyframe``: (H, W, 3)
     the frame shown at the keyframe; ``mapping``: boxes between video and working pixels."""
 
     keyframe: Keyframe
@@ -35,31 +35,31 @@ class KeyframeClip:
 
 
 def decode_keyframes(decoder: VideoDecoder, keyframes: Sequence[Keyframe], *, num_frames: int, short_side: int,
-                     max_aspect_ratio: float) -> Iterator[KeyframeClip]:
-    """Each keyframe's ``KeyframeClip``, in time order, decoded lazily (one at a time in memory)."""
+                     max_aspect_ratio: float) -> Iterator[KeyframeWindow]:
+    """Each keyframe's ``KeyframeWindow``, in time order, decoded lazily (one at a time in memory)."""
     positions: Dict[Window, List[int]] = {}
-    times = {keyframe.clip: keyframe.time for keyframe in keyframes}
+    times = {keyframe.window: keyframe.time for keyframe in keyframes}
     interval = decoder.info.frame_interval
 
     def choose(window: Window, frame_times: Optional[List[float]]) -> List[float]:
         instants = uniform_instants(window, frame_times, num_frames=num_frames, frame_interval=interval)
-        at = min(max(times[window], instants[0]), instants[-1])  # the keyframe, on a frame of the clip
+        at = min(max(times[window], instants[0]), instants[-1])  # the keyframe, on a frame of the window
         index = bisect.bisect_right(instants, at)
         positions.setdefault(window, []).append(index)
         return instants[:index] + [at] + instants[index:]
 
-    for keyframe, sampled in zip(keyframes, decoder.frames_at([k.clip for k in keyframes], choose)):
-        index = positions[keyframe.clip].pop(0)
+    for keyframe, sampled in zip(keyframes, decoder.frames_at([k.window for k in keyframes], choose)):
+        index = positions[keyframe.window].pop(0)
         frames = sampled.frames
-        clip = torch.cat([frames[:index], frames[index + 1:]])
+        window_frames = torch.cat([frames[:index], frames[index + 1:]])
         info = decoder.info
         geometry = working_geometry(info.width, info.height, rotation=info.rotation,
                                     short_side=short_side, max_aspect_ratio=max_aspect_ratio)
         mapping = BoxMapping.of(geometry)
-        if mapping.working != (clip.shape[2], clip.shape[1]):
+        if mapping.working != (window_frames.shape[2], window_frames.shape[1]):
             raise RequestError(
                 422, "frame_size_changed",
                 f"the video declares {info.width}x{info.height} frames but decodes to another size: boxes cannot be "
                 "placed on it",
             )
-        yield KeyframeClip(keyframe, clip, frames[index], mapping, sampled.frames_decoded, sampled.decode_errors)
+        yield KeyframeWindow(keyframe, window_frames, frames[index], mapping, sampled.frames_decoded, sampled.decode_errors)

@@ -49,7 +49,7 @@ class ActionDetector:
         return detector
 
     def infer(self, pathways: List[torch.Tensor], boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``[slow (B,3,T/a,H,W), fast (B,3,T,H,W)]`` float32 and (N, 5) boxes ``(clip, x1, y1, x2, y2)``
+        """``[slow (B,3,T/a,H,W), fast (B,3,T,H,W)]`` float32 and (N, 5) boxes ``(view index, x1, y1, x2, y2)``
         -> (logits (N, classes), probabilities (N, classes)) float32."""
         with torch.inference_mode():
             logits = self.module.forward_with_embedding(pathways, boxes)[0].float()

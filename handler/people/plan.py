@@ -1,9 +1,9 @@
-"""Which keyframes to answer and the clip around each, from the options and the probed duration.
+"""Which keyframes to answer and the window around each, from the options and the probed duration.
 
-A keyframe at ``t`` is answered from the clip ``[t - keyframe_at * W, t + (1 - keyframe_at) * W)``
+A keyframe at ``t`` is answered from the window ``[t - keyframe_at * W, t + (1 - keyframe_at) * W)``
 (``W``: the contract's ``window_seconds``; AVA's convention and the hub tutorial's: the keyframe
-in the middle of a 1 s clip), cut to the video where it runs past an end. Keyframes: the boxes'
-times, the ``keyframes`` given, one every ``stride`` s from ``start`` (default: half a clip in) to
+in the middle of a 1 s window), cut to the video where it runs past an end. Keyframes: the boxes'
+times, the ``keyframes`` given, one every ``stride`` s from ``start`` (default: half a window in) to
 ``end``, or the middle of the video. All are checked against the limits before decoding.
 """
 
@@ -25,19 +25,19 @@ TIME_SLACK = 1e-6
 
 @dataclass(frozen=True)
 class Keyframe:
-    """One keyframe: its time (s from the video start) and the clip (s) it is answered from."""
+    """One keyframe: its time (s from the video start) and the window (s) it is answered from."""
 
     time: float
-    clip: Window
+    window: Window
 
 
-def clip_around(time: float, duration: float, contract: PreprocessContract) -> Window:
-    """The clip of keyframe ``time`` (the contract's convention), cut to ``[0, duration]``."""
+def window_around(time: float, duration: float, contract: PreprocessContract) -> Window:
+    """The window of keyframe ``time`` (the contract's convention), cut to ``[0, duration]``."""
     assert contract.detection is not None
     width = contract.window_seconds
     start = time - contract.detection.keyframe_at * width
     start, end = max(0.0, start), min(duration, start + width)
-    if end <= start:  # a keyframe at the very end: the last clip-length of the video
+    if end <= start:  # a keyframe at the very end: the last window-length of the video
         start, end = max(0.0, duration - width), duration
     return start, end
 
@@ -72,5 +72,5 @@ def keyframe_times(options: PeopleOptions, duration: float, contract: Preprocess
 
 
 def plan_keyframes(options: PeopleOptions, duration: float, contract: PreprocessContract, serve: ServeOptions) -> List[Keyframe]:
-    """Each keyframe with its clip, in time order."""
-    return [Keyframe(t, clip_around(t, duration, contract)) for t in keyframe_times(options, duration, contract, serve)]
+    """Each keyframe with its window, in time order."""
+    return [Keyframe(t, window_around(t, duration, contract)) for t in keyframe_times(options, duration, contract, serve)]

@@ -2,7 +2,7 @@
 
 Plain JSON (and KServe v1, which wraps it in ``predictions``)::
 
-    {"keyframes": [{"time": 2.0, "clip": [1.5, 2.5], "persons": [
+    {"keyframes": [{"time": 2.0, "window": [1.5, 2.5], "persons": [
         {"box": [x1, y1, x2, y2], "score": 0.98, "actions": [{"label", "index", "probability"}, ...]}]}],
      "boxes_from": "request" | "detector", "model", "weights", "runtime", "person_detector", "video", "timings_ms"}
 
@@ -54,9 +54,9 @@ def keyframe_json(answer: KeyframeAnswer, contract: PreprocessContract, options:
             person["score"] = round(float(answer.scores[index]), 6)
         person["actions"] = top_predictions(answer.probabilities[index].tolist(), contract.labels, k, options.threshold)
         persons.append(person)
-    clip = answer.keyframe.clip
+    window = answer.keyframe.window
     return {"time": round(answer.keyframe.time, SECONDS_PLACES),
-            "clip": [round(clip[0], SECONDS_PLACES), round(clip[1], SECONDS_PLACES)], "persons": persons}
+            "window": [round(window[0], SECONDS_PLACES), round(window[1], SECONDS_PLACES)], "persons": persons}
 
 
 def people_answer(*, contract: PreprocessContract, runtime: str, options: PeopleOptions,

@@ -17,7 +17,7 @@ import torch
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.options import ServeOptions
-from handler.people.decode import KeyframeClip, decode_keyframes
+from handler.people.decode import KeyframeWindow, decode_keyframes
 from handler.people.model import ActionDetector
 from handler.people.persons import PersonFinder
 from handler.people.plan import plan_keyframes
@@ -61,16 +61,16 @@ class PeopleService:
             timings = {"decode": 0.0, "persons": 0.0, "preprocess": 0.0, "inference": 0.0}
             answers: List[KeyframeAnswer] = []
             frames_decoded = decode_errors = 0
-            clips = decode_keyframes(decoder, keyframes, num_frames=self.contract.num_frames,
-                                     short_side=self.contract.short_side,
-                                     max_aspect_ratio=self.limits.max_aspect_ratio)
+            windows = decode_keyframes(decoder, keyframes, num_frames=self.contract.num_frames,
+                                       short_side=self.contract.short_side,
+                                       max_aspect_ratio=self.limits.max_aspect_ratio)
             while True:
-                clip = _timed(lambda: next(clips, None), timings, "decode")
-                if clip is None:
+                keyframe_window = _timed(lambda: next(windows, None), timings, "decode")
+                if keyframe_window is None:
                     break
-                frames_decoded += clip.frames_decoded
-                decode_errors += clip.decode_errors
-                answers.append(self._keyframe(request, clip, timings))
+                frames_decoded += keyframe_window.frames_decoded
+                decode_errors += keyframe_window.decode_errors
+                answers.append(self._keyframe(request, keyframe_window, timings))
             warnings = decoder.warnings
             info = decoder.info
         timings["handler_total"] = (time.perf_counter() - started) * 1000
@@ -80,28 +80,28 @@ class PeopleService:
                                warnings=[*warnings, *(w for a in answers for w in a.warnings)])
         return people_reply(request.parsed, self.contract, answer, answers)
 
-    def _keyframe(self, request: PeopleRequest, clip: KeyframeClip, timings: Dict[str, float]) -> KeyframeAnswer:
+    def _keyframe(self, request: PeopleRequest, keyframe_window: KeyframeWindow, timings: Dict[str, float]) -> KeyframeAnswer:
         """The persons of one keyframe: given boxes (checked against the frame) or found ones."""
         warnings: List[str] = []
         scores: Optional[torch.Tensor] = None
         if request.options.boxes is not None:
-            given = request.options.boxes[clip.keyframe.time]
-            working = clip.mapping.to_working(given, where=f"the box at {clip.keyframe.time:g} s, number")
-            shown = torch.tensor(clip.mapping.clip_display(given), dtype=torch.float32).reshape(-1, 4)
+            given = request.options.boxes[keyframe_window.keyframe.time]
+            working = keyframe_window.mapping.to_working(given, where=f"the box at {keyframe_window.keyframe.time:g} s, number")
+            shown = torch.tensor(keyframe_window.mapping.clip_display(given), dtype=torch.float32).reshape(-1, 4)
         else:
             assert self.finder is not None
-            found, scores = _timed(lambda: self.finder.find(clip.frame_at_keyframe), timings, "persons")
+            found, scores = _timed(lambda: self.finder.find(keyframe_window.frame_at_keyframe), timings, "persons")
             limit = self.options.max_persons_per_keyframe
             if found.shape[0] > limit:
-                warnings.append(f"{found.shape[0]} persons found at {clip.keyframe.time:g} s; "
+                warnings.append(f"{found.shape[0]} persons found at {keyframe_window.keyframe.time:g} s; "
                                 f"the {limit} most confident are answered (max_persons_per_keyframe)")
                 found, scores = found[:limit], scores[:limit]
-            working = clip.mapping.clip_working(found)
-            shown = clip.mapping.to_display(working)
-        scored = score_keyframe(self.model, clip.frames, working)
+            working = keyframe_window.mapping.clip_working(found)
+            shown = keyframe_window.mapping.to_display(working)
+        scored = score_keyframe(self.model, keyframe_window.frames, working)
         timings["preprocess"] += scored.preprocess_ms
         timings["inference"] += scored.inference_ms
-        return KeyframeAnswer(clip.keyframe, shown, scores, scored.probabilities, warnings)
+        return KeyframeAnswer(keyframe_window.keyframe, shown, scores, scored.probabilities, warnings)
 
 
 def _timed(call: Callable[[], Any], timings: Dict[str, float], key: str) -> Any:

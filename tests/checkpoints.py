@@ -45,21 +45,26 @@ def calibration_pathways(videos: Path) -> List[List[torch.Tensor]]:
     return out
 
 
+def _batchnorms_to_calibrate(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Every BatchNorm3d: scale drawn in 0.8..1.2, no shift, statistics reset to a cumulative average
+    over the forwards that follow (train mode); the model's other modules stay as they are."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            # pytorchvideo zero-initializes each block's last BN scale: residual branches then add nothing.
+            module.weight.copy_(torch.empty(module.weight.shape).uniform_(0.8, 1.2, generator=generator))
+            module.bias.zero_()
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration clips
+            module.train()
+
+
 def write_non_flat_checkpoint(path: Path, calibration: Sequence[List[torch.Tensor]], seed: int = 7) -> Path:
     """Save a model-zoo layout state dict (``{"model_state": ...}``) of the default variant to ``path``."""
     from export.build import build_default
 
     model = build_default(None, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                # pytorchvideo zero-initializes each block's last BN scale: residual branches then add nothing.
-                module.weight.copy_(torch.empty(module.weight.shape).uniform_(0.8, 1.2, generator=generator))
-                module.bias.zero_()
-                module.reset_running_stats()
-                module.momentum = None  # cumulative average over the calibration clips
-                module.train()
+        _batchnorms_to_calibrate(model, torch.Generator().manual_seed(seed))
         for pathways in calibration:
             model([p.clone() for p in pathways])  # the model rewrites its input list in place
         model.eval()
@@ -162,15 +167,8 @@ def write_non_flat_detection_checkpoint(path: Path, calibration: Sequence[tuple]
     from export.variants import get_variant
 
     model = build_variant(get_variant(DETECTION_VARIANT), seed=seed, num_classes=80)
-    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                module.weight.copy_(torch.empty(module.weight.shape).uniform_(0.8, 1.2, generator=generator))
-                module.bias.zero_()
-                module.reset_running_stats()
-                module.momentum = None
-                module.train()  # only the BNs: the head's dropout stays off
+        _batchnorms_to_calibrate(model, torch.Generator().manual_seed(seed))  # only the BNs train: no dropout
         for pathways, rois in calibration:
             model([p.clone() for p in pathways], rois)
         model.eval()

@@ -288,3 +288,11 @@ def test_without_a_person_detector_a_request_without_boxes_is_told_to_send_them(
     assert status == 400 and body["reason"] == "boxes_required" and "send the persons' boxes" in body["message"]
     status, body = served(video, {"x-boxes": json.dumps({"5": []})})
     assert status == 200 and body["keyframes"][0]["persons"] == []
+
+
+def test_the_detection_limits_are_settings_and_must_be_positive():
+    from handler.options import ConfigError
+
+    assert ServeOptions.from_config({"max_persons_per_keyframe": 5}).max_persons_per_keyframe == 5
+    with pytest.raises(ConfigError, match="max_persons_per_keyframe"):
+        ServeOptions(max_keyframes_per_request=0)

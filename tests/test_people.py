@@ -296,3 +296,19 @@ def test_the_detection_limits_are_settings_and_must_be_positive():
     assert ServeOptions.from_config({"max_persons_per_keyframe": 5}).max_persons_per_keyframe == 5
     with pytest.raises(ConfigError, match="max_persons_per_keyframe"):
         ServeOptions(max_keyframes_per_request=0)
+
+
+def test_a_worker_that_imports_only_the_handler_can_load_a_scripted_roi_align(tmp_path):
+    """A scripted RoI head calls ``torchvision::roi_align``, registered only when torchvision is
+    imported: a TorchServe worker imports nothing but the handler, which must bring it."""
+    import subprocess
+    import sys
+
+    import torchvision
+
+    torch.jit.save(torch.jit.script(torchvision.ops.RoIAlign((7, 7), 1 / 16, 0)), str(tmp_path / "roi.pt"))
+    code = ("import torch, sys; import handler.people.service; "
+            f"torch.jit.load({str(tmp_path / 'roi.pt')!r}); print('loaded')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert "loaded" in done.stdout, done.stderr[-2000:]

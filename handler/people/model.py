@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 import torch
+import torchvision  # noqa: F401  (registers torchvision::roi_align, which the scripted RoI head calls)
 
 from handler.contract import DETECTION, ContractError, PreprocessContract, activate
 from handler.options import ServeOptions

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Tuple
 
 import torch
+import torchvision  # noqa: F401  (registers torchvision::nms and roi_align, which the scripted detector calls)
 
 from handler.contract import PersonDetector
 

@@ -83,6 +83,7 @@ def eager_detector() -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.mark.heavy  # scripting a network: tens of seconds
 def test_the_scripted_detector_equals_the_eager_one(eager_detector):
     """Logits, sigmoid probabilities and per-box features equal pytorchvideo's own forward (two clips
     with boxes spread over both, and a non-square frame); the caller's list is left alone."""
@@ -107,6 +108,7 @@ def test_the_person_detector_is_off_loudly_when_its_weights_cannot_be_fetched(tm
     assert not (tmp_path / f"{NAME}.persons.pt").exists()  # no stale detector is packed
 
 
+@pytest.mark.heavy  # scripting a network: tens of seconds
 def test_a_random_person_detector_is_scripted_beside_the_model_and_packed(tmp_path):
     found = export_person_detector(tmp_path / f"{NAME}.pt", "random", seed=1)
     assert found is not None and (found.architecture, found.label_index, found.score_threshold) == (ARCHITECTURE, COCO_PERSON, 0.75)

@@ -201,6 +201,7 @@ def served(detector_dir):
     return Served(detector_dir[0])
 
 
+@pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
 def test_served_scores_equal_pytorchvideos_pipeline(served, detector_dir, shared_videos):
     """Given boxes, the served probabilities equal the hub network on the tutorial's
     ``ava_inference_transform`` of the same clip (pytorchvideo's EncodedVideo) within 1e-4, and
@@ -225,6 +226,7 @@ def test_served_scores_equal_pytorchvideos_pipeline(served, detector_dir, shared
     assert float((expected[0] - expected[1]).abs().max()) > 0.05 and float(expected.std()) > 0.05
 
 
+@pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
 def test_found_persons_are_the_detectors_confident_people_in_video_pixels(served, shared_videos):
     video = (shared_videos / KINETICS).read_bytes()
     status, answer = served(video, {"keyframes": "8", "topk": "2"})
@@ -238,6 +240,7 @@ def test_found_persons_are_the_detectors_confident_people_in_video_pixels(served
     assert all(len(p["actions"]) == 2 for p in persons)
 
 
+@pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
 def test_kserve_v2_answers_boxes_scores_and_probabilities_as_tensors(served, shared_videos):
     import base64
 
@@ -252,6 +255,7 @@ def test_kserve_v2_answers_boxes_scores_and_probabilities_as_tensors(served, sha
     assert tensors["boxes"]["data"] == [10, 10, 50, 90, 60, 60, 200, 200]
 
 
+@pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
 def test_a_rotated_phone_video_answers_in_its_upright_pixels(served, shared_videos, manifest):
     """568x320 stored, rotated for display: boxes are in the upright 320x568 picture."""
     assert manifest[ROTATED]["rotation_deg"] != "0"
@@ -267,6 +271,7 @@ def test_a_rotated_phone_video_answers_in_its_upright_pixels(served, shared_vide
     assert found == pytest.approx([0.55 * 320, 0.2 * 568, 0.95 * 320, 0.8 * 568], abs=0.5)
 
 
+@pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
 def test_limits_and_bad_requests_get_their_4xx(served, shared_videos):
     video = (shared_videos / KINETICS).read_bytes()
     for headers, status, words in (
@@ -279,6 +284,7 @@ def test_limits_and_bad_requests_get_their_4xx(served, shared_videos):
         assert (got, body["code"]) == (status, status) and words in body["message"], body
 
 
+@pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
 def test_without_a_person_detector_a_request_without_boxes_is_told_to_send_them(served, shared_videos, monkeypatch):
     """A model exported where the detector's weights could not be fetched has no finder (the
     exporter's side: tests/test_detection_export.py); boxes are then required, before decoding."""

@@ -17,6 +17,7 @@ import torch
 from pytorchvideo.models.head import ResNetRoIHead
 from pytorchvideo.models.net import DetectionBBoxNetwork
 from torch import nn
+from torchvision.ops import RoIAlign
 
 from export.scriptable import (
     ScriptabilityError, ScriptablePoolConcat, _adapt_stage, _python_int_attributes, _replace_res_blocks,
@@ -33,7 +34,14 @@ class ScriptableRoIHead(nn.Module):
             raise ScriptabilityError("only the RoI head without 3D pools (slowfast_r50_detection's) is supported")
         if original.activation is not None and not isinstance(original.activation, nn.Sigmoid):
             raise ScriptabilityError(f"the RoI head's activation is {type(original.activation).__name__}, not Sigmoid")
-        self.roi_layer = original.roi_layer
+        roi = original.roi_layer
+        if not isinstance(roi, RoIAlign):
+            raise ScriptabilityError(f"the RoI layer is {type(roi).__name__}, not torchvision's RoIAlign")
+        self.roi_layer = roi  # kept as the child it is (no parameters); its settings are read below
+        self.output_size: Tuple[int, int] = (int(roi.output_size[0]), int(roi.output_size[1]))
+        self.spatial_scale = float(roi.spatial_scale)
+        self.sampling_ratio = int(roi.sampling_ratio)
+        self.aligned = bool(roi.aligned)
         self.pool_spatial = original.pool_spatial
         self.dropout = original.dropout
         self.proj = original.proj
@@ -41,7 +49,10 @@ class ScriptableRoIHead(nn.Module):
     def forward(self, x: torch.Tensor, boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if x.shape[-3] != 1:
             raise RuntimeError("the RoI head needs a time dimension of 1 (the pathways' pools give it)")
-        x = self.roi_layer(torch.squeeze(x, -3), boxes)
+        # torchvision.ops.roi_align's own last call, on a (N, 5) tensor of boxes: the same kernel,
+        # without the list-of-boxes branch (isinstance, unchecked casts) that converters cannot follow.
+        x = torch.ops.torchvision.roi_align(torch.squeeze(x, -3), boxes, self.spatial_scale, self.output_size[0],
+                                            self.output_size[1], self.sampling_ratio, self.aligned)
         if self.pool_spatial is not None:
             x = self.pool_spatial(x)
         x = x.unsqueeze(-3)

@@ -32,12 +32,12 @@ class ActionDetector:
     def load(cls, path: Path, options: ServeOptions) -> "ActionDetector":
         """The scripted detector, frozen for this CPU (``options.optimize``), warmed up (``options.warmup``).
 
-        CPU workers run TorchScript: OpenVINO's frontend is not used for the RoI head yet."""
+        CPU workers run TorchScript: OpenVINO is not wired in for the action detector yet (README)."""
         module, contract = read_model(path, torch.device("cpu"))
         if contract.task != DETECTION:
             raise ContractError(f"{path.name} is a {contract.task} model, not an action detector")
         if options.cpu_runtime == "openvino":
-            log.warning("cpu_runtime openvino: the action detector runs TorchScript (its RoI head is not converted)")
+            log.warning("cpu_runtime openvino: the action detector runs TorchScript (OpenVINO is not wired in for it yet)")
         if options.optimize:
             module = torch.jit.freeze(module, preserved_attrs=[EMBEDDING_METHOD])
         detector = cls(module, contract)

@@ -20,6 +20,9 @@ MAR        := model_store/$(MODEL).mar
 # multi-label heads; VARIANT=slowfast_r101 when the checkpoint's shapes do not say.
 CHECKPOINT ?=
 LABELS     ?=
+# An action detector's (MODEL=slowfast_r50_detection) person detector: default (torchvision's COCO
+# weights; none packed, loudly, where they cannot be fetched), random, none, or a path/URL.
+PERSON_DETECTOR ?=
 VARIANT    ?=
 ACTIVATION ?=
 # The stamp holds the export options of build/$(MODEL).pt, one per line; each option not given
@@ -30,11 +33,14 @@ WEIGHTS    := $(or $(CHECKPOINT),$(call recorded,checkpoint),default)
 LABELS_USED := $(or $(LABELS),$(call recorded,labels))
 VARIANT_USED := $(or $(VARIANT),$(call recorded,variant))
 ACTIVATION_USED := $(or $(ACTIVATION),$(call recorded,activation))
-STAMP_TEXT := checkpoint=$(WEIGHTS) labels=$(LABELS_USED) variant=$(VARIANT_USED) activation=$(ACTIVATION_USED)
+PERSON_DETECTOR_USED := $(or $(PERSON_DETECTOR),$(call recorded,person_detector))
+STAMP_TEXT := checkpoint=$(WEIGHTS) labels=$(LABELS_USED) variant=$(VARIANT_USED) activation=$(ACTIVATION_USED) \
+              $(if $(PERSON_DETECTOR_USED),person_detector=$(PERSON_DETECTOR_USED))
 RECORDED_TEXT := $(shell cat $(CKPT_STAMP) 2>/dev/null)
 EXPORT_ARGS := --output $(PT) $(if $(filter-out default,$(WEIGHTS)),--checkpoint $(WEIGHTS)) \
                $(if $(LABELS_USED),--labels $(LABELS_USED)) $(if $(VARIANT_USED),--variant $(VARIANT_USED)) \
-               $(if $(ACTIVATION_USED),--activation $(ACTIVATION_USED))
+               $(if $(ACTIVATION_USED),--activation $(ACTIVATION_USED)) \
+               $(if $(PERSON_DETECTOR_USED),--person-detector $(PERSON_DETECTOR_USED))
 # Models `make start` serves side by side (each built with `make mar MODEL=...` first).
 MODELS     ?= $(MODEL)
 HOOK       := client/activate-hook.sh

@@ -20,6 +20,8 @@ stderr. Sections:
    frame to its answer (p50, p95) and the share of windows skipped (bench/live.py);
 10. kserve: the pod's KServe model server in front of its own TorchServe (deploy/kserve/server.py):
    p50 of KServe v1 / v2 against raw bytes straight to that TorchServe, same video (bench/kserve.py).
+11. person-level actions: a keyframe's forward with 1, 5, 20 boxes against the classifier's, and the
+   person detector's forward (bench/people.py; left out of --quick unless named in --sections).
 
 Run it alone on the machine: anything else on the cores is measured too.
 """
@@ -42,7 +44,7 @@ from harness.paths import MAR, PT, REPO
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 THROUGHPUT_VIDEO = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 video
 SECTIONS = ("stages", "model", "runtimes", "variants", "latency", "throughput", "growth", "timeline", "embedding",
-            "live", "held", "kserve")
+            "live", "held", "kserve", "people")
 SERVED = ("latency", "throughput", "growth", "timeline", "embedding", "live", "held")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
@@ -90,7 +92,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    default_sections = args.sections == ",".join(SECTIONS)
     args.sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    if args.quick and default_sections:  # the smoke run leaves out the people section (minutes) unless named
+        args.sections.remove("people")
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
@@ -214,6 +219,11 @@ def main(argv: List[str]) -> int:
 
         progress("each SlowFast variant's model-only forward (default CPU runtime, random weights)")
         results["variants"] = variants.compare(args.reps, args.warmup, quick=args.quick)
+    if "people" in args.sections:
+        from bench import people
+
+        progress("person-level actions: a keyframe with 1, 5, 20 boxes, the classifier's forward, the person detector")
+        results["people"] = people.compare(handler, args.reps, args.warmup)
 
     # -- through TorchServe ------------------------------------------------------------------
     if serving:

@@ -239,6 +239,16 @@ def render(results: Dict[str, Any]) -> str:
                 for name, v in family.items()]
         lines += _table(["variant", "frames x rate", "top-1 / top-5", "GFLOPs", "params M", "runs as",
                          "forward ms", "vs first"], rows)
+    people = results.get("people")
+    if people:
+        lines.append("")
+        lines.append(f"3d. Person-level actions ({people['runtime']}, {people['frame']}): a keyframe's forward by boxes, "
+                     f"vs the classifier's forward ({people['classifier_runtime']}, "
+                     f"{fmt_ms(people['classifier_forward_ms']['median'])} ms)")
+        rows = [[boxes, fmt_ms(v["median"]), _f(people["vs_classifier"][boxes], ".2f", "x")]
+                for boxes, v in people["keyframe_ms"].items()]
+        lines += _table(["boxes", "keyframe ms", "vs classifier"], rows)
+        lines.append(f"  person detector (fasterrcnn_resnet50_fpn, one frame): {fmt_ms(people['detector_ms']['median'])} ms")
     http = results.get("http", {})
     if http.get("latency"):
         lines.append("")

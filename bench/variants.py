@@ -23,13 +23,13 @@ def compare(reps: int, warmup: int, quick: bool = False) -> Dict[str, Any]:
     from harness.inproc import InProcessHandler
     from export.save import save_with_contract
     from export.scriptable import script_slowfast
-    from export.variants import VARIANTS, build, contract_for, read_label_file
+    from export.variants import CLASSIFIERS, build, contract_for, read_label_file
 
     results: Dict[str, Any] = {}
-    names = list(VARIANTS)[:1] if quick else list(VARIANTS)
+    names = list(CLASSIFIERS)[:1] if quick else list(CLASSIFIERS)
     with tempfile.TemporaryDirectory(prefix="bench-variants-") as scratch:
         for name in names:
-            variant = VARIANTS[name]
+            variant = CLASSIFIERS[name]
             directory = Path(scratch) / name
             contract = contract_for(variant, read_label_file(variant.labels_file), weights="random (timing only)")
             save_with_contract(script_slowfast(build(variant)), contract, directory / f"{name}.pt")

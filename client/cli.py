@@ -7,6 +7,7 @@ run writing one JSON line per input (client/results.py), with progress, retries 
 Exit status: 0 when every input was answered, 1 when any failed, 2 for a usage error, 130 on Ctrl-C.
 ``--protocol kserve-v1|kserve-v2 --url http://INFERENCESERVICE``: the same over KServe (no timelines).
 ``python -m client live SOURCE``: a camera or a stream, window by window (client/live/cli.py).
+``python -m client people VIDEO``: persons and their actions at keyframes (client/people.py).
 """
 
 from __future__ import annotations
@@ -137,6 +138,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from client.live.cli import main as live_main
 
         return live_main(argv[1:])
+    if argv[:1] == ["people"]:  # who is doing what, per person (client/people.py)
+        from client.people import main as people_main
+
+        return people_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     single = is_single(args)

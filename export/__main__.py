@@ -9,11 +9,16 @@ Weights: ``default`` (or none given) is the variant's model-zoo checkpoint, down
 torch.hub's cache; where it cannot be fetched (no network) the export falls back to seeded random
 weights and says so, here and in every answer. ``random`` asks for those; a path or URL must load.
 A fine-tuned checkpoint's class count comes from its head; ``--labels`` names its classes.
+
+An action detector (a variant with task "detection", e.g. ``slowfast_r50_detection``) is scripted
+and checked by ``export.scriptable_detection`` / ``export.verify_detection``, and its person
+detector (``--person-detector``, export/person_detector.py) is scripted beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -24,14 +29,17 @@ import torch
 
 from export.build import build_variant
 from export.checkpoint import CheckpointError, checkpoint_name, read_state_dict, weights_origin
+from export.person_detector import SCORE_THRESHOLD, export_person_detector
 from export.save import load_with_contract, save_with_contract
 from export.scriptable import ScriptabilityError, script_slowfast
+from export.scriptable_detection import script_detector
 from export.variants import (
     DEFAULT_VARIANT, VARIANTS, Variant, VariantError, contract_for, get_variant, head_classes, read_label_file,
     recognise, resolve_labels,
 )
 from export.verify import TOLERANCE, VerificationError, check_against, reference_outputs
-from handler.contract import ACTIVATIONS, CHANNEL_ORDERS, PreprocessContract
+from export.verify_detection import check_detector, detection_reference
+from handler.contract import ACTIVATIONS, CHANNEL_ORDERS, DETECTION, PreprocessContract
 
 log = logging.getLogger("export")
 
@@ -93,12 +101,15 @@ def export(
     labels: Optional[Path] = None,
     activation: Optional[str] = None,
     channel_order: Optional[str] = None,
+    person_detector: Optional[str] = None,
+    person_threshold: float = SCORE_THRESHOLD,
 ) -> PreprocessContract:
-    """Export and verify; returns the contract written. ``checkpoint`` None means ``default``."""
+    """Export and verify; returns the contract written. ``checkpoint`` None means ``default``;
+    ``person_detector`` (an action detector's): default, random, none, a path or URL."""
     started = time.monotonic()
     name = model_name or output.stem
     chosen, state, weights = load_weights(checkpoint or DEFAULT_WEIGHTS, variant, name, seed)
-    classes = head_classes(state) if state is not None else (len(read_label_file(labels)) if labels else 400)
+    classes = head_classes(state) if state is not None else len(read_label_file(labels or chosen.labels_file))
     contract = contract_for(
         chosen, resolve_labels(chosen, classes, labels), model_name=name, weights=weights,
         activation=activation, channel_order=channel_order,
@@ -107,14 +118,27 @@ def export(
     log.info("weights: %s", contract.weights)
     log.info("built %s as %s: %d classes, %s, %s input (%d parameters)", chosen.name, name, contract.num_classes,
              contract.activation, contract.channel_order, sum(p.numel() for p in eager.parameters()))
-    scripted = script_slowfast(eager)
-    expected = reference_outputs(eager, contract)
-    worst = check_against(scripted, expected, contract, "scripted")
+    if contract.task == DETECTION:
+        assert contract.detection is not None
+        found = export_person_detector(output, person_detector, seed=seed, threshold=person_threshold)
+        contract = dataclasses.replace(contract, detection=dataclasses.replace(contract.detection, person_detector=found))
+        scripted = script_detector(eager)
+        expected_boxes = detection_reference(eager, contract)
+
+        def check(candidate: torch.jit.ScriptModule, label: str) -> float:
+            return check_detector(candidate, expected_boxes, contract, label)
+    else:
+        scripted = script_slowfast(eager)
+        expected = reference_outputs(eager, contract)
+
+        def check(candidate: torch.jit.ScriptModule, label: str) -> float:
+            return check_against(candidate, expected, contract, label)
+    worst = check(scripted, "scripted")
     save_with_contract(scripted, contract, output)
     reloaded, reloaded_contract = load_with_contract(output)
     if reloaded_contract != contract:
         raise VerificationError("the contract read back from the saved file differs from the one written")
-    worst = max(worst, check_against(reloaded, expected, contract, "reloaded"))
+    worst = max(worst, check(reloaded, "reloaded"))
     log.info(
         "wrote %s (%.1f MB): scripted == eager (logits and embedding) within %.2g (max |diff| %.2g) in %.0f s",
         output, output.stat().st_size / 1e6, TOLERANCE, worst, time.monotonic() - started,
@@ -134,11 +158,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--activation", choices=ACTIVATIONS, default=None, help="softmax (default) or sigmoid (multi-label)")
     parser.add_argument("--channel-order", choices=CHANNEL_ORDERS, default=None, help="the model's input channel order")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights")
+    parser.add_argument("--person-detector", default=None,
+                        help="an action detector's person detector: default (torchvision's COCO weights; none packed "
+                             "if unreachable), random, none, a file or an http(s) URL")
+    parser.add_argument("--person-threshold", type=float, default=SCORE_THRESHOLD,
+                        help="the person detector's score threshold (the hub tutorial's 0.75)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         export(args.output, args.checkpoint, args.seed, model_name=args.model_name, variant=args.variant,
-               labels=args.labels, activation=args.activation, channel_order=args.channel_order)
+               labels=args.labels, activation=args.activation, channel_order=args.channel_order,
+               person_detector=args.person_detector, person_threshold=args.person_threshold)
     except (CheckpointError, VariantError, ScriptabilityError, VerificationError, OSError) as exc:
         log.error("%s", exc)
         return 1

@@ -1,7 +1,8 @@
 """``python -m export.archive``: pack the TorchScript file, the handler package and model-config.yaml into a .mar.
 
 The ``handler`` package is staged without caches and lands in the model directory as a package,
-so its modules import each other as ``handler.*`` inside TorchServe exactly as in this repo.
+so its modules import each other as ``handler.*`` inside TorchServe exactly as in this repo. An
+action detector's person detector (named by the contract in the model file) is packed beside it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,23 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
+from handler.contract import contract_of
+
 REPO = Path(__file__).resolve().parent.parent
 HANDLER_PACKAGE = REPO / "handler"
 ENTRY_MODULE = HANDLER_PACKAGE / "slowfast_handler.py"
+
+
+def packed_files(model_file: Path) -> List[Path]:
+    """Files the model file's contract names beside it (an action detector's person detector)."""
+    contract = contract_of(model_file)
+    detector = contract.detection.person_detector if contract is not None and contract.detection else None
+    if detector is None:
+        return []
+    path = model_file.with_name(detector.file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} (the person detector {model_file.name} names) not found: re-export it")
+    return [path]
 
 
 def build_archive(model_file: Path, output: Path, config_file: Path, model_name: Optional[str] = None) -> Path:
@@ -30,6 +45,8 @@ def build_archive(model_file: Path, output: Path, config_file: Path, model_name:
     with tempfile.TemporaryDirectory(prefix="mar-") as scratch:
         extra = Path(scratch) / "extra"
         shutil.copytree(HANDLER_PACKAGE, extra / "handler", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for path in packed_files(model_file):
+            shutil.copy2(path, extra / path.name)
         env = {**os.environ, "TMPDIR": scratch}  # the archiver stages in $TMPDIR/<name>: keep builds apart
         subprocess.run(
             command + [

@@ -12,6 +12,13 @@ Sampling, from pytorchvideo's model zoo and hub code (``pytorchvideo/models/hub/
   16 slow ones at stride 8; its head pools (16,7,7) and (64,7,7), the builder's own setting.
 All three: short side 256, centre crop 256 at test time, pixels /255 then mean 0.45, std 0.225,
 RGB; softmax over the 400 Kinetics classes; the head's input is 2048 slow + 256 fast channels.
+
+One action detector (task "detection", ``create_slowfast_with_roi_head``), from the hub tutorial
+``ava_inference_transform`` (https://pytorchvideo.org/docs/tutorial_torchhub_detection_inference):
+- ``slowfast_r50_detection``: SlowFast 8x8 R50 with a RoI head, fine-tuned on AVA v2.2: a 1 s clip
+  around each keyframe (the keyframe in its middle), 32 fast frames, slow every 4th; short side
+  256 and no crop (boxes are scaled with the frames); the same mean and std; a per-class sigmoid
+  over AVA's 80 actions; RoIAlign 7x7 at 1/16 scale on the 2048 + 256 channel feature map.
 """
 
 from __future__ import annotations
@@ -25,10 +32,16 @@ import torch
 from pytorchvideo.models import hub
 from pytorchvideo.models.net import Net
 
-from handler.contract import ACTIVATIONS, CHANNEL_ORDERS, PreprocessContract
+from handler.contract import (
+    ACTIVATIONS, CHANNEL_ORDERS, CLASSIFICATION, DETECTION, DetectionContract, PreprocessContract,
+)
 
 KINETICS_400_LABELS = Path(__file__).resolve().parent / "kinetics400_labels.txt"
-MODEL_ZOO = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
+# AVA v2.2's 80 action names in label_id order (ids 1..80: output i is id i + 1), from AVA's
+# ava_action_list_v2.2.pbtxt.
+AVA_LABELS = Path(__file__).resolve().parent / "ava_v2.2_labels.txt"
+MODEL_ZOO_ROOT = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo"
+MODEL_ZOO = f"{MODEL_ZOO_ROOT}/kinetics"
 
 
 @dataclass(frozen=True)
@@ -38,7 +51,10 @@ class Variant:
     ``builder(pretrained=False, model_num_class=N)`` returns the pytorchvideo ``Net``;
     ``num_frames`` fast frames (T_fast) spread over ``window_seconds``, the slow pathway every
     ``alpha``-th of them. ``top1``/``top5``/``gflops``/``params_m``: the model zoo's figures
-    (Kinetics-400, 3 crops x 10 clips), for the README and the benchmark.
+    (Kinetics-400, 3 crops x 10 clips), for the README and the benchmark (None where the zoo
+    gives none). ``task`` "detection": a RoI-head network taking person boxes, its clip
+    ``window_seconds`` around a keyframe ``keyframe_at`` of the way into it, no crop
+    (``crop_size`` = ``short_side``).
     """
 
     name: str
@@ -47,9 +63,9 @@ class Variant:
     alpha: int
     window_seconds: float
     checkpoint_url: str
-    top1: float
-    top5: float
-    gflops: float
+    top1: Optional[float]
+    top5: Optional[float]
+    gflops: Optional[float]
     params_m: float
     short_side: int = 256
     crop_size: int = 256
@@ -60,6 +76,8 @@ class Variant:
     labels_file: Path = KINETICS_400_LABELS
     slow_channels: int = 2048
     fast_channels: int = 256
+    task: str = CLASSIFICATION
+    keyframe_at: float = 0.5
 
     @property
     def embedding_size(self) -> int:
@@ -75,9 +93,14 @@ VARIANTS: Dict[str, Variant] = {
                 top1=77.90, top5=93.27, gflops=127.20, params_m=62.83),
         Variant("slowfast_16x8_r101_50_50", hub.slowfast_16x8_r101_50_50, 64, 4, 128 / 30,
                 f"{MODEL_ZOO}/SLOWFAST_16x8_R101_50_50.pyth", top1=78.70, top5=93.61, gflops=215.61, params_m=53.77),
+        Variant("slowfast_r50_detection", hub.slowfast_r50_detection, 32, 4, 1.0,
+                f"{MODEL_ZOO_ROOT}/ava/SLOWFAST_8x8_R50_DETECTION.pyth", top1=None, top5=None, gflops=None,
+                params_m=33.83, activation="sigmoid", labels_file=AVA_LABELS, task=DETECTION, keyframe_at=0.5),
     )
 }
 DEFAULT_VARIANT = "slowfast_r50"
+# The clip classifiers (one answer per video or window); the others detect actions per person box.
+CLASSIFIERS: Dict[str, Variant] = {name: v for name, v in VARIANTS.items() if v.task == CLASSIFICATION}
 
 
 class VariantError(ValueError):
@@ -179,6 +202,7 @@ def contract_for(
     channel_order = channel_order or variant.channel_order
     if activation not in ACTIVATIONS or channel_order not in CHANNEL_ORDERS:
         raise VariantError(f"activation must be one of {ACTIVATIONS} and channel order one of {CHANNEL_ORDERS}")
+    detection = variant.task == DETECTION
     return PreprocessContract(
         model_name=model_name or variant.name,
         num_frames=variant.num_frames,
@@ -192,6 +216,9 @@ def contract_for(
         embedding_name=f"{variant.name}.head_input",
         embedding_size=variant.embedding_size,
         embedding_source=(
+            f"per box: the RoI-aligned 7x7 feature of the time-pooled slow ({variant.slow_channels}) and fast "
+            f"({variant.fast_channels}) maps, max-pooled over 7x7, before dropout and projection"
+            if detection else
             f"head input: concat of the pooled slow ({variant.slow_channels}) and fast ({variant.fast_channels}) "
             "pathways, before dropout and projection, mean over T,H,W (the head's output_pool)"
         ),
@@ -199,6 +226,8 @@ def contract_for(
         activation=activation,
         channel_order=channel_order,
         variant=variant.name,
+        task=variant.task,
+        detection=DetectionContract(keyframe_at=variant.keyframe_at) if detection else None,
     )
 
 

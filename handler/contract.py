@@ -14,21 +14,71 @@ tests/test_sampling.py) pass them as plain inputs with hand-computed results.
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 CONTRACT_FILE = "slowfast_contract.json"
-CONTRACT_VERSION = 3  # 2: embedding_* fields; 3: activation, channel_order, variant
-# Version 2 files (before activation/channel order) read as softmax, RGB: what they were.
-READABLE_VERSIONS = (2, 3)
+CONTRACT_VERSION = 4  # 2: embedding_* fields; 3: activation, channel_order, variant; 4: task, detection
+# Version 2 files (before activation/channel order) read as softmax, RGB: what they were; files
+# before version 4 are classifiers.
+READABLE_VERSIONS = (2, 3, 4)
 ACTIVATIONS = ("softmax", "sigmoid")
 CHANNEL_ORDERS = ("RGB", "BGR")
+CLASSIFICATION = "classification"
+DETECTION = "detection"
+TASKS = (CLASSIFICATION, DETECTION)
 
 
 class ContractError(ValueError):
     """The contract in a model file is missing or inconsistent."""
+
+
+@dataclass(frozen=True)
+class PersonDetector:
+    """The person detector packed beside an action detector (``task`` "detection").
+
+    ``file``: its TorchScript file, in the same directory as the model file (and the .mar);
+    ``architecture``: the torchvision builder it is (e.g. ``fasterrcnn_resnet50_fpn``);
+    ``label_index``: the class it finds persons as (COCO "person": 1 in torchvision's numbering);
+    ``score_threshold``: boxes scoring below it are dropped; ``weights``: where its weights come from.
+    """
+
+    file: str
+    architecture: str
+    label_index: int
+    score_threshold: float
+    weights: str
+
+
+@dataclass(frozen=True)
+class DetectionContract:
+    """What an action detector (pytorchvideo's ``slowfast_r50_detection``) adds to the contract.
+
+    Its clip is ``window_seconds`` long around a keyframe: the keyframe lies ``keyframe_at`` of the
+    way into it (0.5: the middle of a 1 s clip, AVA's and the hub tutorial's convention). Frames
+    are scaled to the short side with no crop; boxes go in as (N, 5) float32 rows
+    ``(clip index, x1, y1, x2, y2)`` in the scaled frame's pixels. ``person_detector``: the packed
+    detector, or None when none was exported (requests must then carry boxes).
+    """
+
+    keyframe_at: float = 0.5
+    person_detector: Optional[PersonDetector] = None
+
+    @classmethod
+    def from_dict(cls, raw: Dict[str, Any]) -> "DetectionContract":
+        found = raw.get("person_detector")
+        detector = None
+        if found is not None:
+            detector = PersonDetector(
+                file=str(found["file"]), architecture=str(found["architecture"]),
+                label_index=int(found["label_index"]), score_threshold=float(found["score_threshold"]),
+                weights=str(found["weights"]),
+            )
+        return cls(keyframe_at=float(raw.get("keyframe_at", 0.5)), person_detector=detector)
 
 
 @dataclass(frozen=True)
@@ -54,6 +104,8 @@ class PreprocessContract:
         channel_order: "RGB" or "BGR": the order of the model's input channels (mean/std follow it).
         variant: the architecture (export/variants.py) the weights are for; model_name is the
             serving name, which a fine-tuned model chooses freely.
+        task: "classification" (one answer per video or window) or "detection" (actions per
+            person box at keyframes: ``detection`` says how; ``crop_size`` equals ``short_side``, no crop).
     """
 
     model_name: str
@@ -72,6 +124,8 @@ class PreprocessContract:
     activation: str = "softmax"
     channel_order: str = "RGB"
     variant: str = "slowfast_r50"  # contracts before v3 name no variant: they were all this one
+    task: str = CLASSIFICATION
+    detection: Optional[DetectionContract] = None
     version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -92,6 +146,12 @@ class PreprocessContract:
             problems.append(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
         if self.channel_order not in CHANNEL_ORDERS:
             problems.append(f"channel_order {self.channel_order!r} is not one of {CHANNEL_ORDERS}")
+        if self.task not in TASKS:
+            problems.append(f"task {self.task!r} is not one of {TASKS}")
+        elif (self.task == DETECTION) != (self.detection is not None):
+            problems.append("a detection contract needs its detection settings, and only it has them")
+        elif self.detection is not None and not 0 <= self.detection.keyframe_at <= 1:
+            problems.append(f"keyframe_at={self.detection.keyframe_at} must lie in [0, 1]")
         if self.version != CONTRACT_VERSION:
             problems.append(f"contract version {self.version} is not {CONTRACT_VERSION}")
         if problems:
@@ -130,12 +190,21 @@ class PreprocessContract:
                 activation=str(raw.get("activation", "softmax")),
                 channel_order=str(raw.get("channel_order", "RGB")),
                 variant=str(raw.get("variant", raw["model_name"])),
+                task=str(raw.get("task", CLASSIFICATION)),
+                detection=DetectionContract.from_dict(raw["detection"]) if raw.get("detection") else None,
                 version=CONTRACT_VERSION if version in READABLE_VERSIONS else version,
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ContractError):
                 raise
             raise ContractError(f"unreadable preprocessing contract: {exc!r}") from exc
+
+
+def contract_of(model_file: "str | os.PathLike[str]") -> Optional[PreprocessContract]:
+    """The contract inside a TorchScript file, read without loading the model (None: it has none)."""
+    with zipfile.ZipFile(model_file) as archive:
+        name = next((n for n in archive.namelist() if n.endswith(f"/extra/{CONTRACT_FILE}")), None)
+        return PreprocessContract.from_json(archive.read(name)) if name is not None else None
 
 
 def activate(logits: torch.Tensor, activation: str) -> torch.Tensor:

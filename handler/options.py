@@ -128,6 +128,8 @@ class ServeOptions:
     Registrations: ``timeline_model`` names the registration a 413 for a timeline over this one's
     budget points to (empty: none); ``cpu_nice`` (0..19) lowers this worker's CPU priority, so a
     registration for long work yields the cores to the main registration (handler/priority.py).
+    Action detectors (handler/people): ``max_persons_per_keyframe`` (boxes given or found, each
+    a RoI of the forward), ``max_keyframes_per_request`` (a forward each).
     """
 
     topk: int = request_option("topk").default
@@ -152,6 +154,8 @@ class ServeOptions:
     cpu_streams: int = 1
     timeline_model: str = ""
     cpu_nice: int = 0
+    max_persons_per_keyframe: int = 32
+    max_keyframes_per_request: int = 16
 
     def __post_init__(self) -> None:
         problems = []
@@ -180,6 +184,8 @@ class ServeOptions:
             problems.append(f"cpu_precision must be one of {CPU_PRECISIONS}")
         if not 1 <= self.cpu_streams <= 64:
             problems.append("cpu_streams must be in 1..64")
+        if min(self.max_persons_per_keyframe, self.max_keyframes_per_request) < 1:
+            problems.append("max_persons_per_keyframe and max_keyframes_per_request must be >= 1")
         if not 0 <= self.cpu_nice <= 19:
             problems.append("cpu_nice must be in 0..19")
         if problems:

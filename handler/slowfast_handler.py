@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -23,11 +23,13 @@ import torch
 import handler.telemetry  # noqa: F401,I001
 from ts.torch_handler.base_handler import BaseHandler
 
+from handler.contract import DETECTION, contract_of
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.heap import fix_mmap_threshold
 from handler.metrics import HandlerMetrics
 from handler.options import RequestOptions, ServeOptions, registration_settings, resolve_request_options
+from handler.people.service import PeopleService
 from handler.plan import check_requested_views, check_upload_size, plan_videos
 from handler.protocol import PLAIN, ParsedRequest, parse_row
 from handler.render import ModelInfo, reply, stream_line, video_answer, window_entry, window_line
@@ -71,13 +73,6 @@ class SlowFastHandler(BaseHandler):
             torch.set_num_threads(cpu_thread_count(self.options, workers))
         # torch-model-archiver always writes it: the .pt `make mar` packed.
         serialized = self.manifest["model"]["serializedFile"]
-        self.runtime = load_runtime(model_dir / serialized, self.device, self.options, workers=workers)
-        self.contract = self.runtime.contract
-        self.model = ModelInfo(
-            name=self.contract.model_name, labels=self.contract.labels, weights=self.contract.weights,
-            runtime=self.runtime.name, embedding_dim=self.contract.embedding_size,
-            activation=self.contract.activation,
-        )
         self.limits = DecodeLimits(
             max_frame_pixels=self.options.max_frame_pixels,
             max_decode_seconds=self.options.max_decode_seconds,
@@ -85,6 +80,24 @@ class SlowFastHandler(BaseHandler):
             max_aspect_ratio=self.options.max_aspect_ratio,
         )
         self.metrics = HandlerMetrics(context)
+        # An action detector (contract task "detection") has its own request path (handler/people).
+        self.people: Optional[PeopleService] = None
+        found = contract_of(model_dir / serialized)
+        if found is not None and found.task == DETECTION:
+            self.people = PeopleService(model_dir / serialized, self.options, self.limits)
+            self.contract = self.people.contract
+            self.metrics.set_model_name(self.contract.model_name)
+            self.initialized = True
+            log.info("loaded action detector %s (weights: %s), runtime %s", self.contract.model_name,
+                     self.contract.weights, self.people.model.name)
+            return
+        self.runtime = load_runtime(model_dir / serialized, self.device, self.options, workers=workers)
+        self.contract = self.runtime.contract
+        self.model = ModelInfo(
+            name=self.contract.model_name, labels=self.contract.labels, weights=self.contract.weights,
+            runtime=self.runtime.name, embedding_dim=self.contract.embedding_size,
+            activation=self.contract.activation,
+        )
         self.metrics.set_model_name(self.contract.model_name)
         self.initialized = True
         log.info(
@@ -104,6 +117,8 @@ class SlowFastHandler(BaseHandler):
 
     def handle(self, data: List[Any], context: Any) -> List[Any]:
         """One response per request, in order; each bad request gets its own 4xx status."""
+        if self.people is not None:
+            return [self._people_answer(index, row, context) for index, row in enumerate(data)]
         started = time.perf_counter()
         requests = [self._prepare(index, row, context) for index, row in enumerate(data)]
         try:
@@ -114,6 +129,21 @@ class SlowFastHandler(BaseHandler):
                     video.decoder.close()
         total_ms = (time.perf_counter() - started) * 1000
         return [self._render_one(request, context, len(data), total_ms) for request in requests]
+
+    def _people_answer(self, index: int, row: Any, context: Any) -> Any:
+        """One action-detection request (handler/people); its error is its own."""
+        assert self.people is not None
+        try:
+            return self.people.answer(row, self._headers(context, index))
+        except RequestError as error:
+            failure = error
+        except Exception:  # a bug or resource failure on one input must not fail the batch
+            log.exception("action-detection request %d failed", index)
+            failure = RequestError(500, "internal_error", "the server failed to process this video")
+        context.set_response_status(failure.status, failure.phrase, index if index < _requests_in_batch(context) else 0)
+        self.metrics.rejected(failure.reason, failure.status)
+        log.info("request %d rejected: %d %s: %s", index, failure.status, failure.reason, failure.message)
+        return failure.to_body()
 
     # -- parse and plan ----------------------------------------------------------------------
 

@@ -88,10 +88,17 @@ def crop_and_normalize(
         ``(pixel / 255 - mean) / std`` per channel.
     """
     crops = torch.stack([frames[:, y : y + crop_size, x : x + crop_size, :] for y, x in offsets])
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=frames.device, dtype=torch.float32)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=frames.device, dtype=torch.float32)
+    return normalize_views(crops, mean=mean, std=std, dtype=dtype)
+
+
+def normalize_views(
+    views: torch.Tensor, *, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """(V, T, h, w, 3) uint8 -> (V, 3, T, h, w) ``dtype``: ``(pixel / 255 - mean) / std`` per channel."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=views.device, dtype=torch.float32)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=views.device, dtype=torch.float32)
     # (V, T, h, w, C) -> (V, C, T, h, w); one multiply-add over the float copy.
-    out = torch.addcmul(shift, crops.to(torch.float32), scale).permute(0, 4, 1, 2, 3)
+    out = torch.addcmul(shift, views.to(torch.float32), scale).permute(0, 4, 1, 2, 3)
     return out.to(dtype).contiguous()
 
 

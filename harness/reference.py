@@ -19,7 +19,7 @@ import io
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 
@@ -110,3 +110,49 @@ def reference_pathways(
     and ``alpha`` for another variant's sampling."""
     slow, fast = ReferencePipeline(num_frames=num_frames, alpha=alpha).run(Path(path).read_bytes(), window[0], window[1])
     return [slow[0], fast[0]]
+
+
+def ava_reference_input(
+    video: bytes, keyframe: float, boxes: Sequence[Sequence[float]], *, clip_seconds: float = 1.0,
+    num_frames: int = 32, side: int = 256, alpha: int = 4,
+    mean: Tuple[float, ...] = (0.45,) * 3, std: Tuple[float, ...] = (0.225,) * 3,
+) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    """The pytorchvideo detection tutorial's input for the keyframe at ``keyframe`` s and person
+    ``boxes`` (x1, y1, x2, y2 in the video's pixels): ``([slow (1,3,T/a,H,W), fast (1,3,T,H,W)],
+    boxes (N,5) float32 (0, x1, y1, x2, y2))``.
+
+    https://pytorchvideo.org/docs/tutorial_torchhub_detection_inference : ``EncodedVideo.get_clip(
+    t - clip/2, t + clip/2)`` then ``ava_inference_transform(clip, boxes, num_frames=32,
+    crop_size=256, slow_fast_alpha=4)``. pytorchvideo 0.1.5 does not ship that function (it lives in
+    the tutorial): it is composed here of the same pytorchvideo/torchvision functions, in its order:
+    ``uniform_temporal_subsample``, /255, ``clip_boxes_to_image``, ``short_side_scale_with_boxes``,
+    ``normalize``, ``clip_boxes_to_image``, slow = ``linspace(0, T-1, T // alpha)`` frames. Opened
+    from bytes without audio, as ``ReferencePipeline`` (see there).
+    """
+    import numpy as np
+
+    alias_functional_tensor()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pytorchvideo.data.encoded_video import select_video_class
+        from pytorchvideo.transforms.functional import (
+            clip_boxes_to_image, short_side_scale_with_boxes, uniform_temporal_subsample,
+        )
+        from torchvision.transforms._functional_video import normalize
+    encoded = select_video_class("pyav")(io.BytesIO(video), "clip", decode_audio=False)
+    try:
+        clip = encoded.get_clip(keyframe - clip_seconds / 2.0, keyframe + clip_seconds / 2.0)["video"]
+    finally:
+        encoded.close()
+    given = np.array(boxes, dtype=np.float32)
+    clip = uniform_temporal_subsample(clip, num_frames).float() / 255.0
+    height, width = clip.shape[2], clip.shape[3]
+    given = clip_boxes_to_image(given, height, width)
+    clip, given = short_side_scale_with_boxes(clip, size=side, boxes=given)
+    clip = normalize(clip, np.array(mean, dtype=np.float32), np.array(std, dtype=np.float32))
+    given = clip_boxes_to_image(given, clip.shape[2], clip.shape[3])
+    slow = torch.index_select(clip, 1, torch.linspace(0, clip.shape[1] - 1, clip.shape[1] // alpha).long())
+    rois = torch.cat([torch.zeros(len(given), 1), torch.from_numpy(np.asarray(given, dtype=np.float32))], 1)
+    return [slow[None], clip[None]], rois

@@ -1,7 +1,7 @@
 """Python with only the serving dependencies importable: what the serving image holds.
 
 The image installs requirements-serve.txt and nothing else; the dev environment has more (pytest,
-tqdm, matplotlib, torchvision...). ``block_all_but`` puts a finder first on ``sys.meta_path`` that
+tqdm, matplotlib, pytorchvideo...). ``block_all_but`` puts a finder first on ``sys.meta_path`` that
 refuses every module whose file belongs to an installed distribution outside the serving closure:
 the packages the file names plus their dependencies as declared in the installed metadata. The
 standard library and this repo's packages belong to no distribution and import as usual.

@@ -45,21 +45,26 @@ def calibration_pathways(videos: Path) -> List[List[torch.Tensor]]:
     return out
 
 
+def _batchnorms_to_calibrate(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Every BatchNorm3d: scale drawn in 0.8..1.2, no shift, statistics reset to a cumulative average
+    over the forwards that follow (train mode); the model's other modules stay as they are."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            # pytorchvideo zero-initializes each block's last BN scale: residual branches then add nothing.
+            module.weight.copy_(torch.empty(module.weight.shape).uniform_(0.8, 1.2, generator=generator))
+            module.bias.zero_()
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration clips
+            module.train()
+
+
 def write_non_flat_checkpoint(path: Path, calibration: Sequence[List[torch.Tensor]], seed: int = 7) -> Path:
     """Save a model-zoo layout state dict (``{"model_state": ...}``) of the default variant to ``path``."""
     from export.build import build_default
 
     model = build_default(None, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                # pytorchvideo zero-initializes each block's last BN scale: residual branches then add nothing.
-                module.weight.copy_(torch.empty(module.weight.shape).uniform_(0.8, 1.2, generator=generator))
-                module.bias.zero_()
-                module.reset_running_stats()
-                module.momentum = None  # cumulative average over the calibration clips
-                module.train()
+        _batchnorms_to_calibrate(model, torch.Generator().manual_seed(seed))
         for pathways in calibration:
             model([p.clone() for p in pathways])  # the model rewrites its input list in place
         model.eval()
@@ -129,3 +134,55 @@ def export_perturbed(output: Path, seed: int = 0) -> Path:
     contract = dataclasses.replace(default_contract(), weights=f"perturbed test checkpoint (seed {seed})")
     save_with_contract(script_slowfast(perturbed_slowfast(seed)), contract, output)
     return output
+
+
+# -- the action detector (issue 27) --------------------------------------------------------------
+
+DETECTION_VARIANT = "slowfast_r50_detection"
+
+
+def detection_calibration(videos: Path, clips: Sequence[str] = CALIBRATION_CLIPS[:1]) -> List[tuple]:
+    """``([slow, fast], rois (N,5))`` per calibration clip: its first second's keyframe (0.5 s), the
+    whole frame and its two halves as boxes, through the tutorial's pipeline (harness/reference.py)."""
+    from harness.reference import ava_reference_input
+
+    out = []
+    for name in clips:
+        data = (videos / name).read_bytes()
+        import av
+
+        with av.open(str(videos / name)) as container:
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+        boxes = [[0, 0, width, height], [0, 0, width / 2, height], [width / 2, 0, width, height]]
+        out.append(ava_reference_input(data, 0.5, boxes))
+    return out
+
+
+def write_non_flat_detection_checkpoint(path: Path, calibration: Sequence[tuple], seed: int = 11) -> Path:
+    """A model-zoo layout (``{"model_state": ...}``) action detector whose per-box probabilities
+    differ from box to box and clip to clip: BN recalibrated on real clips, the projection centred on
+    the boxes' mean RoI feature and scaled to spread the logits over a few units (as ``write_non_flat_checkpoint``)."""
+    from export.build import build_variant
+    from export.variants import get_variant
+
+    model = build_variant(get_variant(DETECTION_VARIANT), seed=seed, num_classes=80)
+    with torch.no_grad():
+        _batchnorms_to_calibrate(model, torch.Generator().manual_seed(seed))  # only the BNs train: no dropout
+        for pathways, rois in calibration:
+            model([p.clone() for p in pathways], rois)
+        model.eval()
+        head = model.detection_head
+        features: List[torch.Tensor] = []
+        hook = head.dropout.register_forward_pre_hook(lambda _m, inputs: features.append(inputs[0].flatten(1)))
+        for pathways, rois in calibration:
+            model([p.clone() for p in pathways], rois)
+        hook.remove()
+        feature = torch.cat(features)  # (boxes, 2304)
+        weight = head.proj.weight
+        spread = (weight.pow(2) @ feature.var(0)).sqrt().mean()
+        scale = 3 * LOGIT_SPREAD / float(spread)
+        head.proj.bias.copy_(-scale * (weight @ feature.mean(0)))
+        weight.mul_(scale)
+    torch.save({"model_state": model.state_dict()}, path)
+    return path

@@ -15,7 +15,7 @@ import torch
 import export.variants
 from export.checkpoint import CheckpointError, load_strict, unwrap_state_dict
 from export.variants import (
-    DEFAULT_VARIANT, VARIANTS, VariantError, build, contract_for, get_variant, head_classes, read_label_file,
+    CLASSIFIERS, DEFAULT_VARIANT, VARIANTS, VariantError, build, contract_for, get_variant, head_classes, read_label_file,
     recognise, resolve_labels,
 )
 from handler.contract import ContractError, PreprocessContract, activate, combine_views
@@ -49,7 +49,7 @@ def meta_model(name: str, classes: int = 400) -> torch.nn.Module:
 # -- the table against pytorchvideo ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
 def test_contract_fits_the_builders_network(name):
     """The head pools over exactly the frames the contract feeds it (slow T/alpha, fast T, at the
     7x7 of a 224 crop), takes slow + fast channels, and the parameter count is the model zoo's."""

@@ -1,4 +1,4 @@
-"""``python -m export --output build/NAME.pt [--model-name NAME] [--variant V] [--checkpoint default|random|PATH|URL] [--labels FILE]``.
+"""``python -m export --output build/NAME.pt [--model-name NAME] [--variant V] [--checkpoint default|random|PATH|URL] [--labels FILE] [--precision int8 [--calibration DIR]]``.
 
 Builds a SlowFast variant (export/variants.py) with pytorchvideo, loads its weights, scripts it,
 checks the scripted module against the eager one (batch 1 and 3, crops 224 and 256), saves it
@@ -9,6 +9,11 @@ Weights: ``default`` (or none given) is the variant's model-zoo checkpoint, down
 torch.hub's cache; where it cannot be fetched (no network) the export falls back to seeded random
 weights and says so, here and in every answer. ``random`` asks for those; a path or URL must load.
 A fine-tuned checkpoint's class count comes from its head; ``--labels`` names its classes.
+
+``--precision int8`` also stores an int8 OpenVINO model in the file (export/int8.py: calibrated on
+the handler's windows of real videos, its agreement with fp32 measured on held-out ones, printed
+and stored in the contract), which CPU workers serve as ``openvino-int8``; below
+``--int8-min-agreement`` top-1 agreement the export refuses.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from export.build import build_variant
+from export.calibration import CalibrationError
 from export.checkpoint import CheckpointError, checkpoint_name, read_state_dict, weights_origin
+from export.int8 import DEFAULT_MIN_AGREEMENT, Int8Error, int8_for_export
 from export.save import load_with_contract, save_with_contract
 from export.scriptable import ScriptabilityError, script_slowfast
 from export.variants import (
@@ -36,6 +43,8 @@ from handler.contract import ACTIVATIONS, CHANNEL_ORDERS, PreprocessContract
 log = logging.getLogger("export")
 
 DEFAULT_WEIGHTS = "default"
+# fp32: the TorchScript model alone; int8: with an int8 OpenVINO model beside it (export/int8.py).
+PRECISIONS = ("fp32", "int8")
 RANDOM_WEIGHTS = "random"
 
 
@@ -93,8 +102,14 @@ def export(
     labels: Optional[Path] = None,
     activation: Optional[str] = None,
     channel_order: Optional[str] = None,
+    precision: str = "fp32",
+    calibration: Optional[Path] = None,
+    int8_min_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> PreprocessContract:
-    """Export and verify; returns the contract written. ``checkpoint`` None means ``default``."""
+    """Export and verify; returns the contract written. ``checkpoint`` None means ``default``.
+
+    ``precision`` int8: with an int8 model calibrated on the videos in ``calibration`` (None: the
+    default folder), refused below ``int8_min_agreement`` top-1 agreement with fp32."""
     started = time.monotonic()
     name = model_name or output.stem
     chosen, state, weights = load_weights(checkpoint or DEFAULT_WEIGHTS, variant, name, seed)
@@ -110,7 +125,10 @@ def export(
     scripted = script_slowfast(eager)
     expected = reference_outputs(eager, contract)
     worst = check_against(scripted, expected, contract, "scripted")
-    save_with_contract(scripted, contract, output)
+    extra: Dict[str, bytes] = {}
+    if precision == "int8":
+        contract, extra = int8_for_export(scripted, contract, calibration, floor=int8_min_agreement)
+    save_with_contract(scripted, contract, output, extra)
     reloaded, reloaded_contract = load_with_contract(output)
     if reloaded_contract != contract:
         raise VerificationError("the contract read back from the saved file differs from the one written")
@@ -134,12 +152,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--activation", choices=ACTIVATIONS, default=None, help="softmax (default) or sigmoid (multi-label)")
     parser.add_argument("--channel-order", choices=CHANNEL_ORDERS, default=None, help="the model's input channel order")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="int8: also store an int8 OpenVINO model, calibrated and measured (export/int8.py)")
+    parser.add_argument("--calibration", type=Path, default=None,
+                        help="int8: a folder of videos to calibrate on (default: ../shared/videos where present)")
+    parser.add_argument("--int8-min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                        help="int8: refuse below this top-1 agreement with fp32 on held-out windows")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         export(args.output, args.checkpoint, args.seed, model_name=args.model_name, variant=args.variant,
-               labels=args.labels, activation=args.activation, channel_order=args.channel_order)
-    except (CheckpointError, VariantError, ScriptabilityError, VerificationError, OSError) as exc:
+               labels=args.labels, activation=args.activation, channel_order=args.channel_order,
+               precision=args.precision, calibration=args.calibration, int8_min_agreement=args.int8_min_agreement)
+    except (CheckpointError, VariantError, ScriptabilityError, VerificationError, OSError, CalibrationError,
+            Int8Error) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -69,10 +69,12 @@ def view_pathways(views: Sequence[Tuple[torch.Tensor, Tuple[int, int]]], contrac
     # (BGR-ordered) mean and std reversed into RGB order.
     bgr = contract.channel_order == "BGR"
     mean, std = (contract.mean[::-1], contract.std[::-1]) if bgr else (contract.mean, contract.std)
-    fast = torch.cat([
-        crop_and_normalize(frames, [offset], crop_size=contract.crop_size, mean=mean, std=std)
-        for frames, offset in views
-    ])
+    # Each view is written into its row of the batch: no per-view tensors to concatenate.
+    crop = contract.crop_size
+    frames0 = views[0][0]
+    fast = torch.empty((len(views), 3, frames0.shape[0], crop, crop), dtype=torch.float32, device=frames0.device)
+    for row, (frames, offset) in enumerate(views):
+        crop_and_normalize(frames, [offset], crop_size=crop, mean=mean, std=std, out=fast[row : row + 1])
     if bgr:
         fast = fast.flip(1)
     return pack_pathways(fast, contract.alpha)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -121,7 +121,3 @@ def calibration_set(
         )
     return CalibrationSet(folder, calibration, held_out)
 
-
-def stacked(windows: Sequence[CalibrationWindow]) -> List[torch.Tensor]:
-    """The windows' inputs as one batch: ``[slow (N,3,T/a,c,c), fast (N,3,T,c,c)]``."""
-    return [torch.cat([w.pathways[i] for w in windows]) for i in range(2)]

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, FrozenSet, List, Optional, Tuple
@@ -150,18 +151,29 @@ def cached_model(path: Path, cache_root: Path) -> Tuple[Any, PreprocessContract,
     return model, contract, how
 
 
+def _extra_files(path: Path, names: Tuple[str, ...]) -> Optional[List[bytes]]:
+    """The contents of ``names`` among the extra files ``torch.jit.save`` stored in ``path`` (a zip
+    whose members are ``<archive>/extra/<name>``), without loading the module; None if one is absent."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name.rsplit("/extra/", 1)[-1]: name for name in archive.namelist() if "/extra/" in name}
+        if not all(name in members for name in names):
+            return None
+        return [archive.read(members[name]) for name in names]
+
+
 def int8_model(path: Path) -> Optional[Tuple[Any, PreprocessContract]]:
     """(int8 ``openvino.Model``, contract) from the IR stored in ``path`` at export; None when
-    the file carries none. Nothing is converted or calibrated here."""
+    the file carries none. Nothing is converted or calibrated here, and the TorchScript module
+    is not loaded: a file without an int8 model costs a look at its zip directory."""
     import openvino as ov
 
-    extra = {CONTRACT_FILE: "", INT8_XML: "", INT8_BIN: ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    contract = PreprocessContract.from_json(extra[CONTRACT_FILE])
-    if contract.int8 is None or not extra[INT8_XML]:
+    files = _extra_files(path, (CONTRACT_FILE, INT8_XML, INT8_BIN))
+    if files is None:
         return None
-    weights = np.frombuffer(extra[INT8_BIN], dtype=np.uint8)
-    return ov.Core().read_model(extra[INT8_XML], ov.Tensor(weights)), contract
+    contract = PreprocessContract.from_json(files[0])
+    if contract.int8 is None:
+        return None
+    return ov.Core().read_model(files[1].decode(), ov.Tensor(np.frombuffer(files[2], dtype=np.uint8))), contract
 
 
 @dataclass

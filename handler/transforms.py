@@ -96,9 +96,9 @@ def crop_and_normalize(
     worker's preprocess several times slower than the arithmetic.
     """
     shape = (len(offsets), 3, frames.shape[0], crop_size, crop_size)
-    target = out if out is not None and dtype == torch.float32 else torch.empty(shape, dtype=torch.float32, device=frames.device)
-    if tuple(target.shape) != shape:
-        raise ValueError(f"out has shape {tuple(target.shape)}, the crops need {shape}")
+    if out is not None and (tuple(out.shape) != shape or out.dtype != torch.float32 or dtype != torch.float32):
+        raise ValueError(f"out must be float32 {shape} (and dtype float32), got {out.dtype} {tuple(out.shape)}")
+    target = out if out is not None else torch.empty(shape, dtype=torch.float32, device=frames.device)
     for view, (y, x) in enumerate(offsets):
         # (T, h, w, C) uint8 -> (C, T, h, w) float32, converted as it is copied
         target[view].copy_(frames[:, y : y + crop_size, x : x + crop_size, :].permute(3, 0, 1, 2))

@@ -18,6 +18,10 @@ MAR        := model_store/$(MODEL).mar
 # once into $$TORCH_HOME/hub/checkpoints; seeded random weights, loudly, where it cannot be fetched).
 # LABELS=classes.txt|classes.json names a fine-tuned head's classes; ACTIVATION=sigmoid for
 # multi-label heads; VARIANT=slowfast_r101 when the checkpoint's shapes do not say.
+# PRECISION=int8 also stores an int8 OpenVINO model in the .pt (export/int8.py), which CPU workers
+# serve as openvino-int8: calibrated on the handler's windows of the videos in CALIBRATION=folder
+# (default ../shared/videos), its agreement with fp32 measured on held-out videos and stored; the
+# export refuses below INT8_MIN_AGREEMENT top-1 agreement (default 0.90). PRECISION=fp32: without it.
 CHECKPOINT ?=
 LABELS     ?=
 # An action detector's (MODEL=slowfast_r50_detection) person detector: default (torchvision's COCO
@@ -25,6 +29,9 @@ LABELS     ?=
 PERSON_DETECTOR ?=
 VARIANT    ?=
 ACTIVATION ?=
+PRECISION  ?=
+CALIBRATION ?=
+INT8_MIN_AGREEMENT ?=
 # The stamp holds the export options of build/$(MODEL).pt, one per line; each option not given
 # keeps its recorded value.
 CKPT_STAMP := build/$(MODEL).export
@@ -34,13 +41,20 @@ LABELS_USED := $(or $(LABELS),$(call recorded,labels))
 VARIANT_USED := $(or $(VARIANT),$(call recorded,variant))
 ACTIVATION_USED := $(or $(ACTIVATION),$(call recorded,activation))
 PERSON_DETECTOR_USED := $(or $(PERSON_DETECTOR),$(call recorded,person_detector))
+PRECISION_USED := $(or $(PRECISION),$(call recorded,precision))
+CALIBRATION_USED := $(or $(CALIBRATION),$(call recorded,calibration))
+# person_detector/precision/calibration are recorded once given (a stamp without them is a
+# classifier's fp32 export).
 STAMP_TEXT := checkpoint=$(WEIGHTS) labels=$(LABELS_USED) variant=$(VARIANT_USED) activation=$(ACTIVATION_USED) \
-              $(if $(PERSON_DETECTOR_USED),person_detector=$(PERSON_DETECTOR_USED))
+              $(if $(PERSON_DETECTOR_USED),person_detector=$(PERSON_DETECTOR_USED)) \
+              $(if $(PRECISION_USED),precision=$(PRECISION_USED)) $(if $(CALIBRATION_USED),calibration=$(CALIBRATION_USED))
 RECORDED_TEXT := $(shell cat $(CKPT_STAMP) 2>/dev/null)
 EXPORT_ARGS := --output $(PT) $(if $(filter-out default,$(WEIGHTS)),--checkpoint $(WEIGHTS)) \
                $(if $(LABELS_USED),--labels $(LABELS_USED)) $(if $(VARIANT_USED),--variant $(VARIANT_USED)) \
                $(if $(ACTIVATION_USED),--activation $(ACTIVATION_USED)) \
-               $(if $(PERSON_DETECTOR_USED),--person-detector $(PERSON_DETECTOR_USED))
+               $(if $(PERSON_DETECTOR_USED),--person-detector $(PERSON_DETECTOR_USED)) \
+               $(if $(PRECISION_USED),--precision $(PRECISION_USED)) $(if $(CALIBRATION_USED),--calibration $(CALIBRATION_USED)) \
+               $(if $(INT8_MIN_AGREEMENT),--int8-min-agreement $(INT8_MIN_AGREEMENT))
 # Models `make start` serves side by side (each built with `make mar MODEL=...` first).
 MODELS     ?= $(MODEL)
 HOOK       := client/activate-hook.sh
@@ -69,7 +83,7 @@ help:
 	@echo "make gpu-check  on a GPU machine: forward ms per batch, served p50, GPU-vs-CPU difference (docs/gpu.md)"
 	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
 	@echo "make test-unit  the quick tests: no TorchServe, no export, nothing heavy (under a minute)"
-	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] | start [MODELS=\"a b\"] | stop | status"
+	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] [PRECISION=int8 [CALIBRATION=videos/]] | start [MODELS=\"a b\"] | stop | status"
 	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | kserve-gpu | fuzz [N=500] | soak [MINUTES=30] | clean"
 
 $(BIN)/.installed: requirements.txt requirements-serve.txt

@@ -10,6 +10,8 @@ stderr. Sections:
 3. the model-only forward of the default runtime (the floor) and HTTP end-to-end latency through a real,
    isolated TorchServe; beside it, every CPU runtime and precision side by side (frozen
    TorchScript fp32, OpenVINO fp32 and bf16, two views at once) and OpenVINO's conversion time;
+   int8 beside bf16 and fp32 with the int8 model's agreement figures (bench/int8.py); the worker's
+   preprocess (``timings_ms.preprocess`` of a real TorchServe answer) beside in-process's;
 4. throughput of N concurrent clients against model-only throughput at the best micro-batch;
 5. cost growth: one default request on 10 s, 60 s and 600 s videos, time and worker peak RSS;
 6. a streamed timeline of the 600 s video at the default stride (bench/features.py);
@@ -43,8 +45,8 @@ from harness.paths import MAR, PT, REPO
 
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 THROUGHPUT_VIDEO = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 video
-SECTIONS = ("stages", "model", "runtimes", "variants", "latency", "throughput", "growth", "timeline", "embedding",
-            "live", "held", "kserve", "people")
+SECTIONS = ("stages", "model", "runtimes", "variants", "int8", "latency", "throughput", "growth", "timeline",
+            "embedding", "live", "held", "kserve", "people")
 SERVED = ("latency", "throughput", "growth", "timeline", "embedding", "live", "held")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
@@ -224,6 +226,11 @@ def main(argv: List[str]) -> int:
 
         progress("person-level actions: a keyframe with 1, 5, 20 boxes, the classifier's forward, the person detector")
         results["people"] = people.compare(handler, args.reps, args.warmup)
+    if "int8" in args.sections:
+        from bench import int8
+
+        progress("int8 beside bf16 and fp32 (the int8 model the .pt carries, else quantized here)")
+        results["int8"] = int8.compare(handler, args.pt, args.reps, args.warmup, quantize=not args.quick)
 
     # -- through TorchServe ------------------------------------------------------------------
     if serving:

@@ -81,6 +81,7 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
             f"preprocess and frontend the best reachable is {ratio(floor, fwd):.2f}x "
             f"(decode+preprocess alone: {ratio(fwd + h['decode']['median'] + h['preprocess']['median'], fwd):.2f}x)",
         ))
+    targets += _preprocess_targets(results)
     tp = results.get("http", {}).get("throughput")
     model = results.get("stages", {}).get("model_only")
     if tp and model:
@@ -124,9 +125,33 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
                 f"the handler adds one); RSS before its requests: {short['worker_rss_before_mb']} -> "
                 f"{long_['worker_rss_before_mb']} MB",
             ))
-    from bench import features, held  # their targets live beside their measurements
+    from bench import features, held, int8  # their targets live beside their measurements
 
-    return targets + features.targets(results) + held.targets(results)
+    return targets + int8.targets(results) + features.targets(results) + held.targets(results)
+
+
+# The worker preprocesses the same window as the in-process handler, with the same code and threads:
+# issue 26 found it 4x slower (30 ms vs 7 ms); beyond this the worker pays for something in-process does not.
+WORKER_PREPROCESS_LIMIT = 1.5
+
+
+def preprocess_side_by_side(results: Dict[str, Any]) -> Dict[str, tuple]:
+    """Per video served in section 3c and measured in-process in section 1: (worker preprocess
+    median ms from TorchServe's answers' ``timings_ms.preprocess``, in-process median ms)."""
+    stages = results.get("stages", {}).get("clips", {})
+    http = results.get("http", {}).get("latency", {})
+    return {name: (h["handler_ms"]["preprocess"]["median"], stages[name]["stages_ms"]["preprocess"]["median"])
+            for name, h in http.items() if name in stages}
+
+
+def _preprocess_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return [target(
+        f"worker preprocess / in-process preprocess [{name}]", ratio(worker, inproc), "<=", WORKER_PREPROCESS_LIMIT,
+        f"{worker:.1f} ms in the TorchServe worker / {inproc:.1f} ms in-process (same window, same handler code)",
+        "every buffer of 1 MiB or more is a fresh mapping in both (handler/heap.py), so each float "
+        "temporary of the preprocess is paid in page faults; a gap beyond that is the worker's own "
+        "(its thread pools, the second registration's worker, the frontend on the same cores)",
+    ) for name, (worker, inproc) in preprocess_side_by_side(results).items()]
 
 
 def _runtime_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -261,6 +286,14 @@ def render(results: Dict[str, Any]) -> str:
                          fmt_ms(h["inference"]["median"]), fmt_ms(h["outside_handler"]["median"]),
                          fmt_ms(c["model_forward_ms"]["median"]), _f(c["p50_over_forward"])])
         lines += _table(["video", "p50", "p95", "decode", "preproc", "infer", "outside", "fwd-floor", "p50/fwd"], rows)
+        side = preprocess_side_by_side(results)
+        if side:
+            lines.append("  preprocess, TorchServe worker vs in-process (section 1), same window: " + "; ".join(
+                f"{name[:30]} {worker:.1f} vs {inproc:.1f} ms ({ratio(worker, inproc):.2f}x)"
+                for name, (worker, inproc) in side.items()))
+    from bench import int8
+
+    lines += int8.render(results)
     tp = http.get("throughput")
     if tp:
         lines.append("")

@@ -1,4 +1,4 @@
-"""``python -m export --output build/NAME.pt [--model-name NAME] [--variant V] [--checkpoint default|random|PATH|URL] [--labels FILE]``.
+"""``python -m export --output build/NAME.pt [--model-name NAME] [--variant V] [--checkpoint default|random|PATH|URL] [--labels FILE] [--precision int8 [--calibration DIR]]``.
 
 Builds a SlowFast variant (export/variants.py) with pytorchvideo, loads its weights, scripts it,
 checks the scripted module against the eager one (batch 1 and 3, crops 224 and 256), saves it
@@ -13,6 +13,10 @@ A fine-tuned checkpoint's class count comes from its head; ``--labels`` names it
 An action detector (a variant with task "detection", e.g. ``slowfast_r50_detection``) is scripted
 and checked by ``export.scriptable_detection`` / ``export.verify_detection``, and its person
 detector (``--person-detector``, export/person_detector.py) is scripted beside it.
+``--precision int8`` also stores an int8 OpenVINO model in the file (export/int8.py: calibrated on
+the handler's windows of real videos, its agreement with fp32 measured on held-out ones, printed
+and stored in the contract), which CPU workers serve as ``openvino-int8``; below
+``--int8-min-agreement`` top-1 agreement the export refuses.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from export.build import build_variant
+from export.calibration import CalibrationError
 from export.checkpoint import CheckpointError, checkpoint_name, read_state_dict, weights_origin
 from export.person_detector import SCORE_THRESHOLD, export_person_detector
+from export.int8 import DEFAULT_MIN_AGREEMENT, Int8Error, int8_for_export
 from export.save import load_with_contract, save_with_contract
 from export.scriptable import ScriptabilityError, script_slowfast
 from export.scriptable_detection import script_detector
@@ -44,6 +50,8 @@ from handler.contract import ACTIVATIONS, CHANNEL_ORDERS, DETECTION, PreprocessC
 log = logging.getLogger("export")
 
 DEFAULT_WEIGHTS = "default"
+# fp32: the TorchScript model alone; int8: with an int8 OpenVINO model beside it (export/int8.py).
+PRECISIONS = ("fp32", "int8")
 RANDOM_WEIGHTS = "random"
 
 
@@ -103,9 +111,15 @@ def export(
     channel_order: Optional[str] = None,
     person_detector: Optional[str] = None,
     person_threshold: float = SCORE_THRESHOLD,
+    precision: str = "fp32",
+    calibration: Optional[Path] = None,
+    int8_min_agreement: float = DEFAULT_MIN_AGREEMENT,
 ) -> PreprocessContract:
     """Export and verify; returns the contract written. ``checkpoint`` None means ``default``;
-    ``person_detector`` (an action detector's): default, random, none, a path or URL."""
+    ``person_detector`` (an action detector's): default, random, none, a path or URL.
+
+    ``precision`` int8 (classifiers): with an int8 model calibrated on the videos in ``calibration``
+    (None: the default folder), refused below ``int8_min_agreement`` top-1 agreement with fp32."""
     started = time.monotonic()
     name = model_name or output.stem
     chosen, state, weights = load_weights(checkpoint or DEFAULT_WEIGHTS, variant, name, seed)
@@ -118,7 +132,10 @@ def export(
     log.info("weights: %s", contract.weights)
     log.info("built %s as %s: %d classes, %s, %s input (%d parameters)", chosen.name, name, contract.num_classes,
              contract.activation, contract.channel_order, sum(p.numel() for p in eager.parameters()))
+    extra: Dict[str, bytes] = {}
     if contract.task == DETECTION:
+        if precision == "int8":
+            raise Int8Error("--precision int8 quantizes classifiers; an action detector exports in fp32")
         assert contract.detection is not None
         found = export_person_detector(output, person_detector, seed=seed, threshold=person_threshold)
         contract = dataclasses.replace(contract, detection=dataclasses.replace(contract.detection, person_detector=found))
@@ -134,7 +151,9 @@ def export(
         def check(candidate: torch.jit.ScriptModule, label: str) -> float:
             return check_against(candidate, expected, contract, label)
     worst = check(scripted, "scripted")
-    save_with_contract(scripted, contract, output)
+    if precision == "int8":
+        contract, extra = int8_for_export(scripted, contract, calibration, floor=int8_min_agreement)
+    save_with_contract(scripted, contract, output, extra)
     reloaded, reloaded_contract = load_with_contract(output)
     if reloaded_contract != contract:
         raise VerificationError("the contract read back from the saved file differs from the one written")
@@ -163,13 +182,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "if unreachable), random, none, a file or an http(s) URL")
     parser.add_argument("--person-threshold", type=float, default=SCORE_THRESHOLD,
                         help="the person detector's score threshold (the hub tutorial's 0.75)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="int8: also store an int8 OpenVINO model, calibrated and measured (export/int8.py)")
+    parser.add_argument("--calibration", type=Path, default=None,
+                        help="int8: a folder of videos to calibrate on (default: ../shared/videos where present)")
+    parser.add_argument("--int8-min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                        help="int8: refuse below this top-1 agreement with fp32 on held-out windows")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         export(args.output, args.checkpoint, args.seed, model_name=args.model_name, variant=args.variant,
                labels=args.labels, activation=args.activation, channel_order=args.channel_order,
-               person_detector=args.person_detector, person_threshold=args.person_threshold)
-    except (CheckpointError, VariantError, ScriptabilityError, VerificationError, OSError) as exc:
+               person_detector=args.person_detector, person_threshold=args.person_threshold,
+               precision=args.precision, calibration=args.calibration, int8_min_agreement=args.int8_min_agreement)
+    except (CheckpointError, VariantError, ScriptabilityError, VerificationError, OSError, CalibrationError,
+            Int8Error) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -16,16 +16,19 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 CONTRACT_FILE = "slowfast_contract.json"
-CONTRACT_VERSION = 4  # 2: embedding_* fields; 3: activation, channel_order, variant; 4: task, detection
+CONTRACT_VERSION = 5  # 2: embedding_* fields; 3: activation, channel_order, variant; 4: task, detection; 5: int8
 # Version 2 files (before activation/channel order) read as softmax, RGB: what they were; files
-# before version 4 are classifiers.
-READABLE_VERSIONS = (2, 3, 4)
+# before version 4 are classifiers; files before version 5 carry no int8 model.
+READABLE_VERSIONS = (2, 3, 4, 5)
+# The int8 OpenVINO IR (export/int8.py) beside the contract in the model file, when there is one.
+INT8_XML = "slowfast_int8.xml"
+INT8_BIN = "slowfast_int8.bin"
 ACTIVATIONS = ("softmax", "sigmoid")
 CHANNEL_ORDERS = ("RGB", "BGR")
 CLASSIFICATION = "classification"
@@ -82,6 +85,43 @@ class DetectionContract:
 
 
 @dataclass(frozen=True)
+class Int8Figures:
+    """How the int8 model in the file (``INT8_XML``/``INT8_BIN``) agrees with the fp32 model,
+    measured at export on ``held_out_windows`` windows of ``held_out_videos`` videos that
+    calibration never saw (export/int8.py ``agreement`` defines each figure).
+
+    ``kept_fp32``: the layers left in fp32 to reach ``target_top1`` ("nothing", "head",
+    "head+stems"); ``calibration_*``: what the quantizer saw; ``nncf``/``openvino``: versions.
+    """
+
+    top1_agreement: float
+    top5_overlap: float
+    max_abs_probability_delta: float
+    logit_correlation: float
+    kept_fp32: str
+    target_top1: float
+    calibration_windows: int
+    held_out_windows: int
+    calibration_videos: int
+    held_out_videos: int
+    calibration_folder: str
+    nncf: str
+    openvino: str
+
+    def summary(self) -> str:
+        return (
+            f"top-1 agreement {self.top1_agreement:.3f}, top-5 overlap {self.top5_overlap:.3f}, "
+            f"max |delta p| {self.max_abs_probability_delta:.4f}, logit correlation {self.logit_correlation:.5f} "
+            f"on {self.held_out_windows} held-out windows of {self.held_out_videos} videos"
+        )
+
+    @classmethod
+    def from_dict(cls, raw: Dict[str, Any]) -> "Int8Figures":
+        types = {"float": float, "int": int, "str": str}
+        return cls(**{f.name: types[str(f.type)](raw[f.name]) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
 class PreprocessContract:
     """How to turn a video into the model's ``[slow, fast]`` input and read its output.
 
@@ -106,6 +146,8 @@ class PreprocessContract:
             serving name, which a fine-tuned model chooses freely.
         task: "classification" (one answer per video or window) or "detection" (actions per
             person box at keyframes: ``detection`` says how; ``crop_size`` equals ``short_side``, no crop).
+        int8: the file also carries an int8 OpenVINO model (``make mar PRECISION=int8``) that CPU
+            workers serve (runtime ``openvino-int8``), with its agreement figures; None: fp32 only.
     """
 
     model_name: str
@@ -126,6 +168,7 @@ class PreprocessContract:
     variant: str = "slowfast_r50"  # contracts before v3 name no variant: they were all this one
     task: str = CLASSIFICATION
     detection: Optional[DetectionContract] = None
+    int8: Optional[Int8Figures] = None
     version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -192,6 +235,7 @@ class PreprocessContract:
                 variant=str(raw.get("variant", raw["model_name"])),
                 task=str(raw.get("task", CLASSIFICATION)),
                 detection=DetectionContract.from_dict(raw["detection"]) if raw.get("detection") else None,
+                int8=Int8Figures.from_dict(raw["int8"]) if raw.get("int8") else None,
                 version=CONTRACT_VERSION if version in READABLE_VERSIONS else version,
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "bf16")
 CPU_RUNTIMES = ("openvino", "torchscript")
 # auto = bf16 where the CPU computes bf16 natively, else fp32.
-CPU_PRECISIONS = ("auto", "fp32", "bf16")
+CPU_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # Old spellings a config may still use: setting -> {old value: new value}; each logs a warning.
 _CONFIG_ALIASES: Mapping[str, Mapping[str, str]] = {"cpu_precision": {"f32": "fp32"}}
 
@@ -123,7 +123,8 @@ class ServeOptions:
     (fp16/bf16 autocast on GPU only), ``optimize`` (freeze + optimize_for_inference at load),
     ``cpu_threads`` (0 = cores / minWorkers), ``decode_threads`` (0 = FFmpeg's choice).
     CPU runtime: ``cpu_runtime`` (openvino, falling back to torchscript if it fails, or
-    torchscript), ``cpu_precision`` (OpenVINO's inference precision: auto, fp32, bf16),
+    torchscript), ``cpu_precision`` (OpenVINO's inference precision: auto, fp32, bf16, int8; auto serves
+    the int8 model where the model file carries one, ``make mar PRECISION=int8``),
     ``cpu_streams`` (OpenVINO infer requests run in parallel on a micro-batch's views).
     Registrations: ``timeline_model`` names the registration a 413 for a timeline over this one's
     budget points to (empty: none); ``cpu_nice`` (0..19) lowers this worker's CPU priority, so a

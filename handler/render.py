@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 
 import torch
 
+from handler.contract import Int8Figures
 from handler.options import RequestOptions
 from handler.protocol import KSERVE_V1, KSERVE_V2, KSERVE_V2_TENSOR, ParsedRequest
 from handler.run import WindowScores, mean_scores
@@ -40,6 +41,19 @@ class ModelInfo:
     runtime: str
     embedding_dim: int
     activation: str = "softmax"
+    # The int8 model's agreement with fp32, measured at export (served as openvino-int8), else None.
+    int8: Optional[Int8Figures] = None
+
+
+def int8_agreement(figures: Int8Figures) -> Dict[str, Any]:
+    """What an int8 answer says of its price: agreement with fp32 on windows held out at export."""
+    return {
+        "top1_agreement": round(figures.top1_agreement, 4), "top5_overlap": round(figures.top5_overlap, 4),
+        "max_abs_probability_delta": round(figures.max_abs_probability_delta, 5),
+        "logit_correlation": round(figures.logit_correlation, 6),
+        "held_out_windows": figures.held_out_windows, "held_out_videos": figures.held_out_videos,
+        "kept_fp32": figures.kept_fp32,
+    }
 
 
 def _floats(values: Sequence[float]) -> List[float]:
@@ -202,6 +216,7 @@ def video_answer(
         "model": model.name,
         "weights": model.weights,
         "runtime": model.runtime,
+        **({"int8_agreement": int8_agreement(model.int8)} if model.int8 is not None else {}),
         "views": sum(s.views for s in scores),
         "video": {
             "duration_s": round(video.duration, SECONDS_PLACES), "width": video.width, "height": video.height,

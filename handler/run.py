@@ -62,21 +62,29 @@ class _Pending:
     inference_ms: float = 0.0
 
 
-def _score_views(
-    views: Sequence[Tuple[_Pending, Tuple[int, int]]], contract: PreprocessContract, infer: Infer
-) -> None:
-    started = time.perf_counter()
+def view_pathways(views: Sequence[Tuple[torch.Tensor, Tuple[int, int]]], contract: PreprocessContract) -> List[torch.Tensor]:
+    """The model's input for B views, each ``(frames (T,H,W,3) uint8, crop offset (y, x))``:
+    ``[slow (B,3,T/alpha,c,c), fast (B,3,T,c,c)]`` float32, as the contract prescribes."""
     # Frames are RGB; a BGR model gets its channels flipped after normalizing with its own
     # (BGR-ordered) mean and std reversed into RGB order.
     bgr = contract.channel_order == "BGR"
     mean, std = (contract.mean[::-1], contract.std[::-1]) if bgr else (contract.mean, contract.std)
-    fast = torch.cat([
-        crop_and_normalize(p.job.frames, [offset], crop_size=contract.crop_size, mean=mean, std=std)
-        for p, offset in views
-    ])
+    # Each view is written into its row of the batch: no per-view tensors to concatenate.
+    crop = contract.crop_size
+    frames0 = views[0][0]
+    fast = torch.empty((len(views), 3, frames0.shape[0], crop, crop), dtype=torch.float32, device=frames0.device)
+    for row, (frames, offset) in enumerate(views):
+        crop_and_normalize(frames, [offset], crop_size=crop, mean=mean, std=std, out=fast[row : row + 1])
     if bgr:
         fast = fast.flip(1)
-    pathways = pack_pathways(fast, contract.alpha)
+    return pack_pathways(fast, contract.alpha)
+
+
+def _score_views(
+    views: Sequence[Tuple[_Pending, Tuple[int, int]]], contract: PreprocessContract, infer: Infer
+) -> None:
+    started = time.perf_counter()
+    pathways = view_pathways([(p.job.frames, offset) for p, offset in views], contract)
     prepared = time.perf_counter()
     outputs = infer(pathways)
     finished = time.perf_counter()

@@ -1,4 +1,5 @@
-"""OpenVINO runtime for CPU workers, converted at load from the same scripted .pt (issue 10).
+"""OpenVINO runtime for CPU workers, converted at load from the same scripted .pt (issue 10), or
+the int8 model the .pt carries (``make mar PRECISION=int8``, export/int8.py), read as it is.
 
 ``OpenVinoRuntime`` is a ``runtime_base.Runtime``; ``runtime.load_runtime`` returns it for CPU
 workers with ``cpu_runtime: openvino`` and falls back to TorchScript if anything here fails. The converted model (OpenVINO IR) is cached beside the
@@ -17,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, FrozenSet, List, Optional, Tuple
@@ -24,7 +26,7 @@ from typing import Any, FrozenSet, List, Optional, Tuple
 import numpy as np
 import torch
 
-from handler.contract import PreprocessContract
+from handler.contract import CONTRACT_FILE, INT8_BIN, INT8_XML, PreprocessContract
 from handler.options import ServeOptions
 from handler.runtime_base import Outputs, cpu_thread_count, dummy_pathways, model_outputs, read_model
 
@@ -38,6 +40,8 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 _OPENVINO_TYPES = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 _OUR_PRECISIONS = {openvino: ours for ours, openvino in _OPENVINO_TYPES.items()}
 CACHE_DIR_NAME = ".openvino"
+# What answers name as the runtime when the int8 model the file carries is served.
+INT8_RUNTIME = "openvino-int8"
 # Part of the cache key: bump when the conversion below changes what it produces.
 CONVERSION_VERSION = 1
 
@@ -56,9 +60,14 @@ def cpu_flags(cpuinfo: Optional[str] = None) -> FrozenSet[str]:
     return frozenset()
 
 
-def choose_precision(setting: str, flags: FrozenSet[str]) -> Tuple[str, str]:
-    """(``bf16`` or ``fp32``, why) for ``cpu_precision`` ``setting`` (auto, fp32, bf16) on a CPU with ``flags``."""
+def choose_precision(setting: str, flags: FrozenSet[str], int8: bool = False) -> Tuple[str, str]:
+    """(``int8``, ``bf16`` or ``fp32``, why) for ``cpu_precision`` ``setting`` (auto, fp32, bf16,
+    int8) on a CPU with ``flags``; ``int8``: the model file carries an int8 model."""
     native = sorted(flag for flag in BF16_FLAGS if flag in flags)
+    if setting in ("auto", "int8") and int8:
+        return "int8", f"cpu_precision {setting}: the model file carries an int8 model (make mar PRECISION=int8)"
+    if setting == "int8":
+        raise ValueError("cpu_precision int8, but the model file carries no int8 model: `make mar PRECISION=int8`")
     if setting == "auto":
         if native:
             return "bf16", f"cpu_precision auto: the CPU computes bf16 natively ({', '.join(native)})"
@@ -142,6 +151,31 @@ def cached_model(path: Path, cache_root: Path) -> Tuple[Any, PreprocessContract,
     return model, contract, how
 
 
+def _extra_files(path: Path, names: Tuple[str, ...]) -> Optional[List[bytes]]:
+    """The contents of ``names`` among the extra files ``torch.jit.save`` stored in ``path`` (a zip
+    whose members are ``<archive>/extra/<name>``), without loading the module; None if one is absent."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name.rsplit("/extra/", 1)[-1]: name for name in archive.namelist() if "/extra/" in name}
+        if not all(name in members for name in names):
+            return None
+        return [archive.read(members[name]) for name in names]
+
+
+def int8_model(path: Path) -> Optional[Tuple[Any, PreprocessContract]]:
+    """(int8 ``openvino.Model``, contract) from the IR stored in ``path`` at export; None when
+    the file carries none. Nothing is converted or calibrated here, and the TorchScript module
+    is not loaded: a file without an int8 model costs a look at its zip directory."""
+    import openvino as ov
+
+    files = _extra_files(path, (CONTRACT_FILE, INT8_XML, INT8_BIN))
+    if files is None:
+        return None
+    contract = PreprocessContract.from_json(files[0])
+    if contract.int8 is None:
+        return None
+    return ov.Core().read_model(files[1].decode(), ov.Tensor(np.frombuffer(files[2], dtype=np.uint8))), contract
+
+
 @dataclass
 class OpenVinoRuntime:
     """``infer`` maps ``[slow, fast]`` float32 views to ``Outputs`` through OpenVINO's
@@ -165,12 +199,19 @@ class OpenVinoRuntime:
         """
         import openvino as ov
 
-        precision, why = choose_precision(options.cpu_precision, cpu_flags() if flags is None else flags)
+        started = time.monotonic()
+        int8 = int8_model(path) if options.cpu_precision in ("auto", "int8") else None
+        precision, why = choose_precision(options.cpu_precision, cpu_flags() if flags is None else flags, int8 is not None)
         threads = cpu_thread_count(options, workers)
-        model, contract, how = cached_model(path, cache_root or path.parent / CACHE_DIR_NAME)
+        if int8 is not None:
+            model, contract = int8
+            how = f"int8 IR read from {path.name} in {time.monotonic() - started:.1f} s; {contract.int8.summary()}"
+        else:
+            model, contract, how = cached_model(path, cache_root or path.parent / CACHE_DIR_NAME)
         started = time.monotonic()
         compiled = ov.Core().compile_model(model, "CPU", {
-            "INFERENCE_PRECISION_HINT": _OPENVINO_TYPES[precision],
+            # int8: the layers left in fp32 run in fp32, as they did when agreement was measured.
+            "INFERENCE_PRECISION_HINT": "f32" if precision == "int8" else _OPENVINO_TYPES[precision],
             "INFERENCE_NUM_THREADS": threads,
             # One stream runs one view on all threads; more streams run views side by side.
             "PERFORMANCE_HINT": "LATENCY" if options.cpu_streams == 1 else "THROUGHPUT",
@@ -184,7 +225,7 @@ class OpenVinoRuntime:
             requests=[compiled.create_infer_request() for _ in range(options.cpu_streams)],
             contract=contract,
             micro_batch=options.micro_batch_cpu,
-            name=f"openvino-{actual}",
+            name=INT8_RUNTIME if precision == "int8" else f"openvino-{actual}",
         )
         log.info(
             "CPU runtime %s: %s; %d threads, %d stream(s); %s; compiled in %.1f s",

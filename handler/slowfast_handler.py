@@ -36,6 +36,7 @@ from handler.render import ModelInfo, reply, stream_line, video_answer, window_e
 from handler.run import WindowJob, WindowScores, run_windows
 from handler.runtime import choose_device, load_runtime
 from handler.runtime_base import cpu_thread_count
+from handler.runtime_openvino import INT8_RUNTIME
 from handler.priority import lower_cpu_priority
 from handler.server_config import require_config_file
 from handler.work import RequestWork, VideoWork
@@ -97,6 +98,7 @@ class SlowFastHandler(BaseHandler):
             name=self.contract.model_name, labels=self.contract.labels, weights=self.contract.weights,
             runtime=self.runtime.name, embedding_dim=self.contract.embedding_size,
             activation=self.contract.activation,
+            int8=self.contract.int8 if self.runtime.name == INT8_RUNTIME else None,
         )
         self.metrics.set_model_name(self.contract.model_name)
         self.initialized = True

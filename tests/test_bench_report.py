@@ -38,3 +38,40 @@ def test_the_people_section_prints_each_box_count_against_the_classifier() -> No
     table = render(results)
     assert "3d. Person-level actions" in table and "person detector" in table
     assert "1.20x" in table and "1.50x" in table
+def _latency_and_stages(worker_ms: float, inproc_ms: float) -> dict:
+    return {
+        "stages": {"clips": {"v.mp4": {"stages_ms": {"preprocess": {"median": inproc_ms}}}}},
+        "http": {"latency": {"v.mp4": {"handler_ms": {"preprocess": {"median": worker_ms}}},
+                             "other.mp4": {"handler_ms": {"preprocess": {"median": 99.0}}}}},
+    }
+
+
+def test_the_workers_preprocess_is_judged_beside_the_in_process_one() -> None:
+    from bench.report import _preprocess_targets, preprocess_side_by_side
+
+    results = _latency_and_stages(30.0, 7.5)
+    assert preprocess_side_by_side(results) == {"v.mp4": (30.0, 7.5)}  # only videos measured both ways
+    [slow] = _preprocess_targets(results)
+    assert slow["name"] == "worker preprocess / in-process preprocess [v.mp4]"
+    assert (slow["value"], slow["pass"]) == (4.0, False)
+    [fast] = _preprocess_targets(_latency_and_stages(8.0, 7.5))
+    assert fast["pass"] is True
+
+
+def test_the_int8_section_prints_its_agreement_beside_the_three_precisions() -> None:
+    from bench import int8
+
+    agreement = {"top1_agreement": 0.95, "top5_overlap": 0.9, "max_abs_probability_delta": 0.01,
+                 "logit_correlation": 0.9991, "held_out_windows": 20, "held_out_videos": 5,
+                 "calibration_windows": 10, "calibration_videos": 5, "kept_fp32": "head"}
+    rows = {label: {"runtime": f"openvino-{label}", "forward_ms": {"median": ms}, "vs_fp32": ms / 400.0}
+            for label, ms in (("fp32", 400.0), ("bf16", 400.0), ("int8", 200.0))}
+    results = {"int8": {"rows": rows, "source": "x.pt", "agreement": agreement}}
+    text = "\n".join(int8.render(results))
+    [row] = [line.split() for line in text.splitlines() if line.split()[:2] == ["int8", "openvino-int8"]]
+    assert row[1:] == ["openvino-int8", "200.0", "0.50x"], row
+    assert "top-1 agreement 0.950" in text and "20 held-out windows of 5 videos" in text
+    [speed] = int8.targets(results)
+    assert (speed["value"], speed["pass"]) == (0.5, True)
+    assert int8.targets({"int8": {"skipped": "no int8 model"}}) == []
+    assert "skipped: no int8 model" in "\n".join(int8.render({"int8": {"skipped": "no int8 model"}}))

@@ -184,3 +184,13 @@ def test_make_image_builds_with_the_engine_that_answers(scratch: Path) -> None:
         "docker build -f docker/Dockerfile --build-arg VARIANT=cpu -t slowfast-serve:cpu .",
         "docker build -f docker/Dockerfile --build-arg VARIANT=gpu -t slowfast-serve:gpu .",
     ]
+
+
+def test_int8_precision_and_calibration_are_exported_and_remembered(scratch: Path) -> None:
+    calls = make(scratch, "mar", "PRECISION=int8", "CALIBRATION=clips", "INT8_MIN_AGREEMENT=0.8")
+    assert exports(calls) == [f"-m export --output build/{MODEL}.pt --precision int8 --calibration clips --int8-min-agreement 0.8"]
+    assert stamp(scratch)["precision"] == "int8" and stamp(scratch)["calibration"] == "clips"
+    assert make(scratch, "mar") == [], "a plain `make mar` keeps the int8 export"
+    # back to fp32 only: said once, then remembered
+    assert exports(make(scratch, "mar", "PRECISION=fp32")) == [f"-m export --output build/{MODEL}.pt --precision fp32 --calibration clips"]
+    assert make(scratch, "mar") == []

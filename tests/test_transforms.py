@@ -1,5 +1,8 @@
 """Tensor transforms: shapes, dtypes and values against hand-computed ones."""
 
+import sys
+
+import pytest
 import torch
 
 from handler.transforms import crop_and_normalize, pack_pathways, resize_short_side, rotate_frames, slow_indices
@@ -54,3 +57,39 @@ def test_resize_short_side_keeps_aspect_and_dtype():
     frames = torch.full((2, 100, 200, 3), 77, dtype=torch.uint8)
     out = resize_short_side(frames, 50)
     assert out.shape == (2, 50, 100, 3) and out.dtype == torch.uint8 and int(out.float().mean()) == 77
+
+
+PAGE_FAULT_PROBE = """
+import resource, sys, torch
+from handler.contract import PreprocessContract
+from handler.heap import fix_mmap_threshold
+from handler.run import view_pathways
+from export.reference import default_contract
+assert fix_mmap_threshold(), "not glibc"
+torch.set_num_threads(1)
+contract = default_contract()
+frames = torch.randint(0, 256, (contract.num_frames, contract.short_side, 455, 3), dtype=torch.uint8)
+views = [(frames, (0, 100))]
+view_pathways(views, contract)  # first call: code and libraries paged in
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    slow, fast = view_pathways(views, contract)
+    del slow, fast
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="page-fault counts (getrusage ru_minflt) and glibc's mallopt")
+def test_a_views_preprocess_maps_only_the_models_input() -> None:
+    # In a worker every buffer of 1 MiB or more is a fresh mapping (handler/heap.py): each float
+    # temporary of the preprocess costs its size in page faults (issue 26: ~110 MB a view made the
+    # worker's preprocess several times slower than its arithmetic). Only the output may be mapped:
+    # fast (3,32,256,256) + slow (3,8,256,256) float32 = 31.5 MB = 7,680 pages of 4 KiB.
+    import subprocess
+
+    from harness.paths import REPO
+
+    run = subprocess.run([sys.executable, "-c", PAGE_FAULT_PROBE], cwd=REPO, capture_output=True, text=True, check=True)
+    faults = float(run.stdout.strip().splitlines()[-1])
+    output_pages = (3 * 32 * 256 * 256 + 3 * 8 * 256 * 256) * 4 / 4096
+    assert faults <= output_pages * 1.1, f"{faults:.0f} page faults a view; its input alone is {output_pages:.0f} pages"

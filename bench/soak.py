@@ -249,9 +249,9 @@ def report(records: List[Record], samples: List[Sample], seconds: float, clients
 def render(result: Dict[str, Any]) -> str:
     """The report as text: kinds and statuses, then a row per stretch of time, then the targets."""
     lines = [f"soak: {result['requests']} requests in {result['seconds']:.0f} s from {result['clients']} clients"]
-    lines.append(f"{'request':<42}statuses")
+    lines.append(f"{'request':<46}statuses")
     for kind, statuses in sorted(result["by_kind"].items()):
-        lines.append(f"{kind:<42}" + ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items())))
+        lines.append(f"{kind:<46}" + ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items())))
     lines.append("")
     lines.append(f"{'time (s)':<14}{'requests':>9}{'p50 ms':>10}{'p95 ms':>10}   worker RSS MB / open fds")
     for b in result["buckets"]:

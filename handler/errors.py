@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 
 class RequestError(Exception):
-    """A problem with one request: answered with ``status`` and a JSON body, never a 500.
+    """A problem with one request: answered with ``status`` and a JSON body.
 
     ``reason`` is a stable identifier (used as a metric dimension and in the JSON body);
     ``message`` tells the caller what was wrong and, where possible, what to do instead.
+    ``error_id``: for a failure of the server (handler/failures.py), the id also written in the
+    log line that holds its traceback, so an operator can find it from the answer.
     """
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, error_id: Optional[str] = None) -> None:
         super().__init__(message)
         self.status = int(status)
         self.reason = reason
         self.message = message
+        self.error_id = error_id
 
     @property
     def phrase(self) -> str:
@@ -27,4 +30,7 @@ class RequestError(Exception):
             return "Error"
 
     def to_body(self) -> Dict[str, Any]:
-        return {"code": self.status, "type": self.phrase, "reason": self.reason, "message": self.message}
+        body = {"code": self.status, "type": self.phrase, "reason": self.reason, "message": self.message}
+        if self.error_id is not None:
+            body["error_id"] = self.error_id
+        return body

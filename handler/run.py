@@ -3,13 +3,16 @@
 A view is one crop of one window. Windows arrive lazily (decoded as they are needed), their views
 are packed into micro-batches across windows and requests, and each window's scores come out as
 soon as its last view has run, so memory is bounded by the micro-batch, not by the video length.
+A micro-batch that fails is run again window by window, so a failure (an input that breaks
+preprocessing, a forward too large for the device) fails only the windows it belongs to; each
+comes out as a ``WindowFailure`` in its place.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
-from typing import Callable, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -53,13 +56,49 @@ class WindowScores:
         return self.outputs.embedding
 
 
-@dataclass
+@dataclass(frozen=True)
+class WindowFailure:
+    """A window that could not be scored: ``error`` is what its preprocessing or forward raised."""
+
+    key: Hashable
+    error: Exception
+
+
+WindowResult = Union[WindowScores, WindowFailure]
+
+
+@dataclass(eq=False)  # compared and hashed by identity: one per window
 class _Pending:
     job: WindowJob
     views_left: int
     views: List[Outputs] = field(default_factory=list)  # one per view run, each output (N,)
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
+    error: Optional[Exception] = None
+
+
+_Views = Sequence[Tuple[_Pending, Tuple[int, int]]]
+
+
+def _score(views: _Views, contract: PreprocessContract, infer: Infer) -> None:
+    """Score the views of windows not failed yet; when views of several windows fail together, each
+    window's views are run again alone, so a failure is recorded on the windows that meet it."""
+    live = [(pending, offset) for pending, offset in views if pending.error is None]
+    if not live:
+        return
+    try:
+        _score_views(live, contract, infer)
+        return
+    except Exception as error:  # noqa: BLE001 (recorded on the window; the handler answers it)
+        windows = list(dict.fromkeys(pending for pending, _ in live))
+        if len(windows) == 1:
+            windows[0].error = error
+            return
+    for window in windows:
+        try:
+            _score_views([(p, offset) for p, offset in live if p is window], contract, infer)
+        except Exception as error:  # noqa: BLE001
+            window.error = error
 
 
 def view_pathways(views: Sequence[Tuple[torch.Tensor, Tuple[int, int]]], contract: PreprocessContract) -> List[torch.Tensor]:
@@ -80,9 +119,7 @@ def view_pathways(views: Sequence[Tuple[torch.Tensor, Tuple[int, int]]], contrac
     return pack_pathways(fast, contract.alpha)
 
 
-def _score_views(
-    views: Sequence[Tuple[_Pending, Tuple[int, int]]], contract: PreprocessContract, infer: Infer
-) -> None:
+def _score_views(views: _Views, contract: PreprocessContract, infer: Infer) -> None:
     started = time.perf_counter()
     pathways = view_pathways([(p.job.frames, offset) for p, offset in views], contract)
     prepared = time.perf_counter()
@@ -90,8 +127,9 @@ def _score_views(
     finished = time.perf_counter()
     share_pre = (prepared - started) * 1000 / len(views)
     share_inf = (finished - prepared) * 1000 / len(views)
-    for row, (pending, _) in enumerate(views):
-        pending.views.append(outputs.row(row))
+    rows = [outputs.row(row) for row in range(len(views))]  # all or nothing: a failed batch is run again
+    for row, (pending, _) in zip(rows, views):
+        pending.views.append(row)
         pending.views_left -= 1
         pending.preprocess_ms += share_pre
         pending.inference_ms += share_inf
@@ -99,36 +137,49 @@ def _score_views(
 
 def run_windows(
     jobs: Iterable[WindowJob], contract: PreprocessContract, infer: Infer, micro_batch: int
-) -> Iterator[WindowScores]:
-    """Scores of each window, in the order the windows were given.
+) -> Iterator[WindowResult]:
+    """Scores of each window (or its ``WindowFailure``), in the order the windows were given.
 
     ``jobs`` is consumed lazily: a window is pulled (and so decoded) only when the micro-batch
-    being filled needs its views.
+    being filled needs its views. An exception raised by ``jobs`` itself propagates.
     """
     if micro_batch < 1:
         raise ValueError("micro_batch must be >= 1")
     queue: List[Tuple[_Pending, Tuple[int, int]]] = []
     waiting: List[_Pending] = []
 
-    def finished() -> Iterator[WindowScores]:
-        while waiting and waiting[0].views_left == 0:
+    def finished() -> Iterator[WindowResult]:
+        while waiting and (waiting[0].views_left == 0 or waiting[0].error is not None):
             done = waiting.pop(0)
+            if done.error is None:
+                try:
+                    outputs = combine_outputs(done.views, contract.activation)
+                except Exception as error:  # noqa: BLE001
+                    done.error = error
+            if done.error is not None:
+                yield WindowFailure(done.job.key, done.error)
+                continue
             yield WindowScores(
-                key=done.job.key, outputs=combine_outputs(done.views, contract.activation),
+                key=done.job.key, outputs=outputs,
                 views=done.job.crops, preprocess_ms=done.preprocess_ms, inference_ms=done.inference_ms,
             )
 
     for job in jobs:
-        _, height, width, _ = job.frames.shape
         pending = _Pending(job, views_left=job.crops)
         waiting.append(pending)
-        queue.extend((pending, offset) for offset in crop_offsets(height, width, contract.crop_size, job.crops))
+        try:
+            _, height, width, _ = job.frames.shape
+            offsets = crop_offsets(height, width, contract.crop_size, job.crops)
+        except Exception as error:  # noqa: BLE001 (frames of a wrong shape fail their window only)
+            pending.error = error
+            offsets = []
+        queue.extend((pending, offset) for offset in offsets)
         while len(queue) >= micro_batch:
-            _score_views(queue[:micro_batch], contract, infer)
+            _score(queue[:micro_batch], contract, infer)
             del queue[:micro_batch]
-            yield from finished()
+        yield from finished()
     while queue:
-        _score_views(queue[:micro_batch], contract, infer)
+        _score(queue[:micro_batch], contract, infer)
         del queue[:micro_batch]
     yield from finished()
 

@@ -21,6 +21,11 @@ from handler.options import ServeOptions
 EMBEDDING_METHOD = "forward_with_embedding"
 
 
+class RuntimeUnavailable(RuntimeError):
+    """Raised by a runtime's ``infer`` while it cannot run for a while (e.g. reloading its model):
+    the request is answered 503, which the clients retry (handler/failures.py)."""
+
+
 @dataclass(frozen=True)
 class Outputs:
     """What one forward gives, one row per view, float32 on CPU; read by field name, never by
@@ -53,7 +58,9 @@ def model_outputs(logits: torch.Tensor, embeddings: torch.Tensor, activation: st
 
 class Runtime(Protocol):
     """A loaded model: ``infer`` maps ``[slow (B,3,T/a,c,c), fast (B,3,T,c,c)]`` float32 views to
-    ``Outputs``; ``micro_batch`` views per forward; ``name`` says what runs (e.g. ``openvino-fp32``)."""
+    ``Outputs``; ``micro_batch`` views per forward; ``name`` says what runs (e.g. ``openvino-fp32``).
+    ``infer`` raises ``RuntimeUnavailable`` while it cannot run for a while; any other exception is
+    a failure of that forward (handler/failures.py tells which are answered 503 and which 500)."""
 
     contract: PreprocessContract
     micro_batch: int

@@ -1,4 +1,4 @@
-"""TorchServe entry point: video in, Kinetics-400 actions (and/or SlowFast embeddings) out.
+"""TorchServe entry point: video in, the served model's labels (and/or SlowFast embeddings, logits) out.
 
 Each request of a batch goes parse -> plan -> decode -> run -> render: ``protocol`` parses it,
 ``options`` reads its options, ``plan`` checks its limits and picks each video's windows and
@@ -14,18 +14,20 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 # Before BaseHandler: TorchServe's base_handler imports openvino.torch when OpenVINO is installed,
 # and the opt-out must be in place before any openvino code runs.
 import handler.telemetry  # noqa: F401,I001
+from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.contract import DETECTION, contract_of
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
+from handler.failures import failure_answer
 from handler.heap import fix_mmap_threshold
 from handler.metrics import HandlerMetrics
 from handler.options import RequestOptions, ServeOptions, registration_settings, resolve_request_options
@@ -33,7 +35,7 @@ from handler.people.service import PeopleService
 from handler.plan import check_requested_views, check_upload_size, plan_videos
 from handler.protocol import PLAIN, ParsedRequest, parse_row
 from handler.render import ModelInfo, reply, stream_line, video_answer, window_entry, window_line
-from handler.run import WindowJob, WindowScores, run_windows
+from handler.run import WindowFailure, WindowJob, WindowScores, run_windows
 from handler.runtime import choose_device, load_runtime
 from handler.runtime_base import cpu_thread_count
 from handler.runtime_openvino import INT8_RUNTIME
@@ -43,14 +45,27 @@ from handler.work import RequestWork, VideoWork
 
 log = logging.getLogger(__name__)
 
-try:
-    from ts.handler_utils.utils import send_intermediate_predict_response
-except ImportError:  # unit tests without TorchServe's worker utilities
-    send_intermediate_predict_response = None  # type: ignore[assignment]
+# (request index in the batch, one JSON line, the batch's context): sends one line of a streamed
+# timeline to that request's client.
+LineSender = Callable[[int, str, Any], None]
+
+
+def send_to_torchserve(index: int, line: str, context: Any) -> None:
+    """A timeline line as an intermediate response through the worker's socket to the frontend."""
+    send_intermediate_predict_response({index: line}, {index: context.request_ids[index]}, "window", 200, context)
 
 
 class SlowFastHandler(BaseHandler):
-    """Video (raw body, multipart or KServe JSON) -> top-k Kinetics-400 actions, embeddings, timelines."""
+    """Video (raw body, multipart or KServe JSON) -> top-k labels of the model's classes,
+    embeddings, logits, timelines.
+
+    ``send_line``: how a streamed timeline's lines leave (TorchServe's intermediate responses; the
+    in-process harness passes its own recorder).
+    """
+
+    def __init__(self, send_line: LineSender = send_to_torchserve) -> None:
+        super().__init__()
+        self.send_line = send_line
 
     def initialize(self, context: Any) -> None:
         # First: a frontend on TorchServe's built-in defaults (no config.properties) must not serve.
@@ -139,9 +154,8 @@ class SlowFastHandler(BaseHandler):
             return self.people.answer(row, self._headers(context, index))
         except RequestError as error:
             failure = error
-        except Exception:  # a bug or resource failure on one input must not fail the batch
-            log.exception("action-detection request %d failed", index)
-            failure = RequestError(500, "internal_error", "the server failed to process this video")
+        except Exception as error:  # a bug or resource failure on one input must not fail the batch
+            failure = failure_answer(error, "detect the actions in this video", f"action-detection request {index}")
         context.set_response_status(failure.status, failure.phrase, index if index < _requests_in_batch(context) else 0)
         self.metrics.rejected(failure.reason, failure.status)
         log.info("request %d rejected: %d %s: %s", index, failure.status, failure.reason, failure.message)
@@ -156,9 +170,8 @@ class SlowFastHandler(BaseHandler):
             request.videos = self._open_and_plan(request.parsed.videos, request.options)
         except RequestError as error:
             request.error = error
-        except Exception:  # a bug or resource failure on one input must not fail the batch
-            log.exception("request %d failed while being prepared", index)
-            request.error = RequestError(500, "internal_error", "the server failed to process this video")
+        except Exception as error:  # a bug or resource failure on one input must not fail the batch
+            request.error = failure_answer(error, "open this video", f"request {index}")
         return request
 
     def _read(self, row: Any, headers: Dict[str, str]) -> Tuple[ParsedRequest, RequestOptions]:
@@ -203,19 +216,22 @@ class SlowFastHandler(BaseHandler):
         ordered = sorted((r for r in requests if r.error is None), key=lambda r: r.views)
         by_key = {request.index: request for request in ordered}
         try:
-            for scores in run_windows(self._jobs(ordered), self.contract, self.runtime.infer, self.runtime.micro_batch):
-                request = by_key[scores.key[0]]
+            for result in run_windows(self._jobs(ordered), self.contract, self.runtime.infer, self.runtime.micro_batch):
+                request = by_key[result.key[0]]
                 if request.error is not None:
                     continue
-                video = request.videos[scores.key[1]]
-                video.scores.append(scores)
+                if isinstance(result, WindowFailure):  # this window's preprocessing or forward: this request only
+                    request.error = failure_answer(result.error, "score this video", f"request {request.index}")
+                    continue
+                video = request.videos[result.key[1]]
+                video.scores.append(result)
                 if request.streaming:
-                    self._stream_window(request, video, scores, context)
-        except Exception:  # the model itself failed (e.g. out of GPU memory): every unfinished request
-            log.exception("model forward failed for a batch of %d requests", len(ordered))
-            for request in ordered:
-                if request.error is None and not self._complete(request):
-                    request.error = RequestError(503, "inference_failed", "the model failed on this batch; retry")
+                    self._stream_window(request, video, result, context)
+        except Exception as error:  # outside any one window (run_windows itself): every unfinished request
+            unfinished = [r for r in ordered if r.error is None and not self._complete(r)]
+            failure = failure_answer(error, "score this video", f"{len(unfinished)} request(s) of a batch")
+            for request in unfinished:
+                request.error = failure
 
     @staticmethod
     def _complete(request: RequestWork) -> bool:
@@ -231,9 +247,8 @@ class SlowFastHandler(BaseHandler):
                     yield from self._video_jobs(request, video_index, video)
             except RequestError as error:
                 request.error = error
-            except Exception:
-                log.exception("request %d failed while decoding", request.index)
-                request.error = RequestError(500, "internal_error", "the server failed to process this video")
+            except Exception as error:  # noqa: BLE001 (answered 500 or 503, logged with an error id)
+                request.error = failure_answer(error, "decode this video", f"request {request.index}")
 
     def _video_jobs(self, request: RequestWork, video_index: int, video: VideoWork) -> Iterator[WindowJob]:
         assert request.options is not None
@@ -265,19 +280,11 @@ class SlowFastHandler(BaseHandler):
                 outputs=scores.outputs,
             )
             line = window_line(entry, request.streamed, sum(len(v.plan.windows) for v in request.videos))
-            self._send_line(request.index, line, context)
-        except Exception:
-            log.exception("request %d: a timeline line could not be sent", request.index)
-            request.error = RequestError(500, "internal_error", "the server failed to send this timeline")
+            self.send_line(request.index, line, context)
+        except Exception as error:  # noqa: BLE001 (the client may have gone: this request only)
+            request.error = failure_answer(error, "send this timeline", f"request {request.index}")
             return
         request.streamed += 1
-
-    @staticmethod
-    def _send_line(index: int, line: str, context: Any) -> None:
-        if send_intermediate_predict_response is None or not hasattr(context, "cl_socket"):
-            getattr(context, "streamed", {}).setdefault(index, []).append(line)  # in-process harness
-            return
-        send_intermediate_predict_response({index: line}, {index: context.request_ids[index]}, "window", 200, context)
 
     def _answer(self, request: RequestWork, video: VideoWork, batch_size: int, total_ms: float) -> Dict[str, Any]:
         assert request.options is not None
@@ -292,9 +299,8 @@ class SlowFastHandler(BaseHandler):
         """One request's reply; a failure while rendering it answers it 500 and no other."""
         try:
             return self._render(request, context, batch_size, total_ms)
-        except Exception:  # a bug in rendering one answer must not fail the batch's other answers
-            log.exception("request %d failed while its answer was rendered", request.index)
-            request.error = RequestError(500, "internal_error", "the server failed to render this answer")
+        except Exception as error:  # a bug in rendering one answer must not fail the batch's other answers
+            request.error = failure_answer(error, "render this answer", f"request {request.index}")
             return self._reject(context, request, request.error)
 
     def _render(self, request: RequestWork, context: Any, batch_size: int, total_ms: float) -> Any:

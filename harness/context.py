@@ -34,11 +34,17 @@ def _only_model_file(model_dir: Path) -> str:
     return f"{default_model()}.pt"
 
 
+def record_line(index: int, line: str, context: "FakeContext") -> None:
+    """The handler's line sender in-process (``SlowFastHandler(send_line=record_line)``): a
+    streamed timeline's line kept in ``context.streamed[index]`` instead of sent to a frontend."""
+    context.streamed.setdefault(index, []).append(line)
+
+
 class FakeContext:
     """Properties, manifest, model config, per-request headers and statuses, streamed replies.
 
     ``statuses[idx]`` is ``(code, phrase)`` for each request the handler gave a status;
-    ``streamed[idx]`` lists the intermediate responses sent for request ``idx``.
+    ``streamed[idx]`` lists the timeline lines sent for request ``idx`` (by ``record_line``).
     """
 
     def __init__(

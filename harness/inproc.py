@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 import yaml
 
-from harness.context import FakeContext, NullMetricsCache
+from harness.context import FakeContext, NullMetricsCache, record_line
 from harness.paths import MODEL_CONFIG, PT
 
 
@@ -29,7 +29,7 @@ class InProcessHandler:
         config = yaml.safe_load(config_path.read_text()) or {}
         config["handler"] = {**config.get("handler", {}), **(handler or {})}
         self.context = FakeContext(pt.parent, 1, config, gpu_id=gpu_id, serialized=pt.name, metrics=NullMetricsCache())
-        self.handler = SlowFastHandler()
+        self.handler = SlowFastHandler(send_line=record_line)
         started = time.perf_counter()
         self.handler.initialize(self.context)
         self.load_s = time.perf_counter() - started

@@ -206,14 +206,11 @@ def test_window_that_cannot_be_filled_says_what_was_found():
 # -- one deadline per request, messages ---------------------------------------------------------
 
 
-def test_one_decoding_budget_is_shared_by_every_video_of_a_request(monkeypatch):
-    import handler.decoding as decoding
-
+def test_one_decoding_budget_is_shared_by_every_video_of_a_request():
     data = make_video(frames=60, width=160, height=96, codec="libx264", options={"preset": "ultrafast"})
     clock = [1000.0]
-    monkeypatch.setattr(decoding.time, "monotonic", lambda: clock[0])
     limits = DecodeLimits(max_frame_pixels=10**8, max_decode_seconds=10)
-    budget = DecodeBudget(limits.max_decode_seconds)
+    budget = DecodeBudget(limits.max_decode_seconds, clock=lambda: clock[0])
     with VideoDecoder(data, limits, 256, budget=budget) as first:
         with budget.running():
             clock[0] += 9.0  # the first video took 9 s of the request's 10
@@ -232,15 +229,12 @@ def test_one_decoding_budget_is_shared_by_every_video_of_a_request(monkeypatch):
         alone.sample((0.0, 1.0), 8)
 
 
-def test_a_streamed_timeline_budget_starts_again_at_each_window(monkeypatch):
-    import handler.decoding as decoding
-
+def test_a_streamed_timeline_budget_starts_again_at_each_window():
     data = make_video(frames=90, width=160, height=96, codec="libx264", options={"preset": "ultrafast"})
     clock = [1000.0]
-    monkeypatch.setattr(decoding.time, "monotonic", lambda: clock[0])
     windows = [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
     for per_window, expected in ((True, 3), (False, 2)):
-        budget = DecodeBudget(5.0, per_window=per_window)
+        budget = DecodeBudget(5.0, per_window=per_window, clock=lambda: clock[0])
         got = 0
         with VideoDecoder(data, DecodeLimits(max_frame_pixels=10**8, max_decode_seconds=5), 256, budget=budget) as decoder:
             with pytest.raises(RequestError) if not per_window else contextlib.nullcontext():

@@ -7,16 +7,23 @@ through the model.
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import os
 import shutil
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
+import numpy as np
 import pytest
+import torch
 
+from handler.runtime_base import RuntimeUnavailable
 from handler.slowfast_handler import SlowFastHandler
-from harness.context import FakeContext
+from harness.context import FakeContext, record_line
+from harness.synth import make_video
 from tests.edge_cases import build
 
 
@@ -32,7 +39,7 @@ def model_dir(built, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def handler(model_dir) -> SlowFastHandler:
-    instance = SlowFastHandler()
+    instance = SlowFastHandler(send_line=record_line)
     instance.initialize(FakeContext(model_dir, 1))
     return instance
 
@@ -90,15 +97,82 @@ def test_invalid_option_is_a_400_for_that_request_only(handler, model_dir, share
     assert "topk" in responses[0]["message"] and "predictions" in responses[1]
 
 
-def test_failure_in_the_forward_fails_only_that_batch_with_503(handler, model_dir, shared_videos, monkeypatch):
-    def broken(_pathways):
-        raise RuntimeError("CUDA out of memory (simulated)")
+class PoisonedRuntime:
+    """The handler's runtime with a larger micro-batch, except that a forward holding a view of a
+    flat (one-colour) video raises ``error``: a fault tied to one request's input, met in a
+    micro-batch shared with other requests. ``forwards``: (views, flat views) of each forward tried."""
 
-    monkeypatch.setattr(handler.runtime, "infer", broken)
+    def __init__(self, real: Any, error: BaseException, micro_batch: int = 4) -> None:
+        self.real, self.error, self.micro_batch = real, error, micro_batch
+        self.contract, self.name = real.contract, real.name
+        self.forwards: List[Tuple[int, int]] = []
+
+    def infer(self, pathways: List[torch.Tensor]) -> Any:
+        flat = pathways[1].flatten(1).std(1) < 1e-3  # per view: a flat video normalizes to one value
+        self.forwards.append((int(flat.numel()), int(flat.sum())))
+        if flat.any():
+            raise self.error
+        return self.real.infer(pathways)
+
+
+def _flat_video() -> bytes:
+    return make_video(frames=45, width=160, height=96, frame_source=lambda _: np.full((96, 160, 3), 128, np.uint8),
+                      options={"preset": "ultrafast"})
+
+
+@pytest.mark.parametrize("error, status, reason", [
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"), 503, "out_of_memory"),
+    (RuntimeError("CUDA error: out of memory (simulated)"), 503, "out_of_memory"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory (simulated)"),
+     503, "out_of_memory"),
+    (RuntimeError("Exception from src/plugins/intel_cpu/src/cpu_memory.cpp:257: Failed to allocate 1073741824 bytes "
+                  "of memory (simulated OpenVINO)"), 503, "out_of_memory"),
+    (MemoryError(), 503, "out_of_memory"),
+    (RuntimeUnavailable("reloading its model (simulated)"), 503, "model_unavailable"),
+    (ValueError("a preprocessing bug (simulated)"), 500, "internal_error"),
+    (RuntimeError("Expected 5-dimensional input (simulated)"), 500, "internal_error"),
+])
+def test_a_failed_forward_fails_its_request_only_503_if_it_passes_else_500_with_an_error_id(
+    handler, model_dir, shared_videos, caplog, error, status, reason,
+):
+    good = (shared_videos / "ii__realshort.mp4").read_bytes()
+    poisoned = copy.copy(handler)
+    poisoned.runtime = PoisonedRuntime(handler.runtime, error)
+    rows = [{"body": _flat_video()}, {"body": good}, {"body": b""}]
+    with caplog.at_level(logging.WARNING, logger="handler.failures"):
+        (failed, answered, empty), context = handle(poisoned, model_dir, rows, {1: {"crops": "3"}})
+    # The flat video's view and the good video's 3 shared a micro-batch of 4, then ran apart.
+    assert poisoned.runtime.forwards[0] == (4, 1) and (3, 0) in poisoned.runtime.forwards
+    assert context.statuses == {0: (status, HTTPStatus(status).phrase), 2: (400, "Bad Request")}
+    assert failed["reason"] == reason and empty["reason"] == "empty_body"
+    # The operator finds the failure from its answer: the id is in the log line with the traceback.
+    error_id = failed["error_id"]
+    assert len(error_id) == 12 and error_id in failed["message"]
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info and logged[0].exc_info[1] is error
+    assert ("retry shortly" in failed["message"]) == (status == 503)
+    # The other request of the batch is answered as if alone (micro-batch 1 both times).
+    (alone,), _ = handle(handler, model_dir, [{"body": good}], {0: {"crops": "3"}})
+    assert answered["views"] == alone["views"] == 3
+    assert [p["label"] for p in answered["predictions"]] == [p["label"] for p in alone["predictions"]]
+    assert [p["probability"] for p in answered["predictions"]] == pytest.approx(
+        [p["probability"] for p in alone["predictions"]], abs=1e-6)
+
+
+def test_a_failure_outside_any_window_fails_the_unfinished_requests_with_one_error_id(handler, model_dir, shared_videos,
+                                                                                       monkeypatch, caplog):
+    from handler import slowfast_handler as module
+
+    def broken(*args: Any, **kwargs: Any):
+        raise KeyError("a bug in the run itself (simulated)")
+
+    monkeypatch.setattr(module, "run_windows", broken)
     video = (shared_videos / "ii__realshort.mp4").read_bytes()
-    responses, context = handle(handler, model_dir, [{"body": video}, {"body": b""}])
-    assert context.statuses[0][0] == 503 and context.statuses[1][0] == 400
-    assert responses[0]["reason"] == "inference_failed"
+    with caplog.at_level(logging.WARNING, logger="handler.failures"):
+        responses, context = handle(handler, model_dir, [{"body": video}, {"body": video}, {"body": b""}])
+    assert [code for code, _ in (context.statuses[i] for i in range(3))] == [500, 500, 400]
+    assert responses[0]["reason"] == "internal_error" and responses[0]["error_id"] == responses[1]["error_id"]
+    assert sum(responses[0]["error_id"] in r.getMessage() for r in caplog.records) == 1
 
 
 def test_micro_batches_bound_the_forward_size(model_dir, shared_videos, monkeypatch):
@@ -180,23 +254,34 @@ def test_videos_of_one_request_share_one_decoding_budget_and_requests_do_not(han
     assert 0 < budgets[0].spent < sum(v["timings_ms"]["handler_total"] for v in answer["predictions"]) / 1000
 
 
-def test_a_timeline_line_that_cannot_be_sent_ends_only_that_request(handler, model_dir, shared_videos, monkeypatch):
+def test_a_timeline_line_that_cannot_be_sent_ends_only_that_request(handler, model_dir, shared_videos):
     video = (shared_videos / "ii__realshort.mp4").read_bytes()
     sent: List[int] = []
-    real = handler._send_line
 
     def send(index: int, line: str, context: Any) -> None:
         if index == 0:
             raise BrokenPipeError("the client of request 0 went away (simulated)")
         sent.append(index)
-        real(index, line, context)
+        record_line(index, line, context)
 
-    monkeypatch.setattr(handler, "_send_line", send)
+    sender = copy.copy(handler)
+    sender.send_line = send
     headers = {i: {"timeline": "true", "stream": "true", "end": "4"} for i in (0, 1)}
-    (failed, answered), context = handle(handler, model_dir, [{"body": video}, {"body": video}], headers)
+    (failed, answered), context = handle(sender, model_dir, [{"body": video}, {"body": video}], headers)
     assert context.statuses == {0: (500, "Internal Server Error")}
-    assert json.loads(failed)["reason"] == "internal_error"
+    assert json.loads(failed)["reason"] == "internal_error" and json.loads(failed)["error_id"]
     assert sent and set(sent) == {1} and len(json.loads(answered)["timeline"]) == len(context.streamed[1])
+
+
+def test_the_default_line_sender_is_torchserves_intermediate_response(model_dir, monkeypatch):
+    from handler import slowfast_handler as module
+
+    calls = []
+    monkeypatch.setattr(module, "send_intermediate_predict_response", lambda *args: calls.append(args))
+    assert SlowFastHandler().send_line is module.send_to_torchserve
+    context = FakeContext(model_dir, 2)
+    module.send_to_torchserve(1, "{}\n", context)
+    assert calls == [({1: "{}\n"}, {1: "req-1"}, "window", 200, context)]
 
 
 def test_an_answer_that_cannot_be_rendered_ends_only_that_request(handler, model_dir, shared_videos, monkeypatch):

@@ -11,7 +11,7 @@ import torch
 from handler.errors import RequestError
 from handler.options import RequestOptions, ServeOptions, resolve_request_options
 from handler.plan import check_requested_views, plan_video, plan_videos
-from handler.run import WindowJob, mean_scores, run_windows
+from handler.run import WindowFailure, WindowJob, mean_scores, run_windows
 from handler.runtime_base import Outputs
 from handler.sampling import timeline_windows
 
@@ -141,6 +141,40 @@ def test_run_scores_each_window_in_order_across_micro_batches_and_leaves_inputs_
     assert all(torch.equal(j.frames, b) for j, b in zip(jobs, before))
     alone = list(run_windows(iter([job(("x", 0), 200)]), CONTRACT, fake_infer([]), micro_batch=1))[0]
     assert torch.equal(scores[1].probabilities, alone.probabilities) and torch.equal(scores[1].embedding, alone.embedding)
+
+
+def test_a_window_that_fails_a_shared_micro_batch_fails_alone_in_its_place():
+    # The forward refuses any micro-batch holding a view of the window of value 99; the other
+    # windows of that micro-batch are run again apart, and the failure comes out in order.
+    calls: List[int] = []
+    real = fake_infer(calls)
+
+    def infer(pathways: List[torch.Tensor]) -> Outputs:
+        if (pathways[1].flatten(1).max(1).values > fake_level(98)).any():
+            calls.append(-pathways[1].shape[0])
+            raise ValueError("bad input (simulated)")
+        return real(pathways)
+
+    jobs = [job(("a", 0), 10), job(("b", 0), 99, crops=3), job(("c", 0), 50), job(("c", 1), 60)]
+    results = list(run_windows(iter(jobs), CONTRACT, infer, micro_batch=4))
+    assert [r.key for r in results] == [("a", 0), ("b", 0), ("c", 0), ("c", 1)]
+    assert isinstance(results[1], WindowFailure) and str(results[1].error) == "bad input (simulated)"
+    assert not any(isinstance(r, WindowFailure) for r in results[::2] + results[3:])
+    # 4 views (a, b x3) refused; then a alone, b alone (refused); then c0, c1 together.
+    assert calls == [-4, 1, -3, 2]
+    alone = list(run_windows(iter([job(("c", 0), 50)]), CONTRACT, fake_infer([]), micro_batch=1))[0]
+    assert torch.equal(results[2].probabilities, alone.probabilities)
+
+
+def test_frames_of_a_wrong_shape_fail_their_window_only():
+    bad = WindowJob(("b", 0), torch.zeros(8, 6, 3, dtype=torch.uint8), 1)
+    results = list(run_windows(iter([job(("a", 0), 10), bad, job(("c", 0), 50)]), CONTRACT, fake_infer([]), micro_batch=2))
+    assert [type(r).__name__ for r in results] == ["WindowScores", "WindowFailure", "WindowScores"]
+
+
+def fake_level(value: int) -> float:
+    """The largest normalized fast-pathway value of a frame of ``value`` (CONTRACT's mean and std)."""
+    return max((value / 255 - m) / s for m, s in zip(CONTRACT.mean, CONTRACT.std))
 
 
 def test_run_pulls_windows_lazily():

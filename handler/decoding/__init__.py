@@ -13,8 +13,6 @@ A package with one job per module, read in this order:
   ``sample``/``sample_windows`` apply the uniform policy of ``handler.sampling``.
 """
 
-import time  # noqa: F401  (tests pin time.monotonic through this module)
-
 from handler.decoding.budget import DecodeBudget, DecodeLimits
 from handler.decoding.decoder import DecodeStats, InstantChooser, SampledWindow, VideoDecoder
 from handler.decoding.probe import VideoInfo

@@ -1,4 +1,4 @@
-# slowfast-serve: export SlowFast R50 to TorchScript, archive it, serve it with TorchServe.
+# slowfast-serve: export a SlowFast variant to TorchScript, archive it, serve it with TorchServe.
 .PHONY: help install check-java rtsp-server export mar serve start stop status test test-unit test-all bench scale predict kserve kserve-gpu fuzz soak clean
 
 PYTHON_SYS ?= python3

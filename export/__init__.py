@@ -1,1 +1,2 @@
-"""Build SlowFast R50 with pytorchvideo, script it, verify it and save it with its contract."""
+"""Build a SlowFast variant (export/variants.py) with pytorchvideo, load its weights, script it, verify it
+and save it with its contract."""

@@ -191,7 +191,7 @@ def compare_keys(own: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tens
     return missing, unexpected, wrong_shape
 
 
-def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, what: str = "SlowFast R50") -> None:
+def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, what: str = "the network") -> None:
     """Load weights with strict key and shape checks; the error names every mismatch."""
     missing, unexpected, wrong_shape = compare_keys(model.state_dict(), state_dict)
     if missing or unexpected or wrong_shape:

@@ -1,4 +1,5 @@
-"""TorchServe handler for SlowFast R50: video bytes in, top-k Kinetics-400 actions out.
+"""TorchServe handler for any exported SlowFast variant: video bytes in, the top-k of its classes
+(or embeddings, logits, timelines) out.
 
 Packed into the .mar as a package; the module TorchServe loads is ``slowfast_handler``.
 """

@@ -22,7 +22,11 @@ MAR        := model_store/$(MODEL).mar
 # serve as openvino-int8: calibrated on the handler's windows of the videos in CALIBRATION=folder
 # (default ../shared/videos), its agreement with fp32 measured on held-out videos and stored; the
 # export refuses below INT8_MIN_AGREEMENT top-1 agreement (default 0.90). PRECISION=fp32: without it.
+# CHECKPOINT_SHA256=hex|file-name: the checkpoint's SHA-256 (or its first 8+ digits; file-name: the
+# prefix in its name, torch.hub's convention), checked before its weights are used; remembered
+# with the checkpoint it was given with, forgotten when another CHECKPOINT is given.
 CHECKPOINT ?=
+CHECKPOINT_SHA256 ?=
 LABELS     ?=
 # An action detector's (MODEL=slowfast_r50_detection) person detector: default (torchvision's COCO
 # weights; none packed, loudly, where they cannot be fetched), random, none, or a path/URL.
@@ -43,13 +47,16 @@ ACTIVATION_USED := $(or $(ACTIVATION),$(call recorded,activation))
 PERSON_DETECTOR_USED := $(or $(PERSON_DETECTOR),$(call recorded,person_detector))
 PRECISION_USED := $(or $(PRECISION),$(call recorded,precision))
 CALIBRATION_USED := $(or $(CALIBRATION),$(call recorded,calibration))
-# person_detector/precision/calibration are recorded once given (a stamp without them is a
+SHA256_USED := $(if $(CHECKPOINT),$(CHECKPOINT_SHA256),$(or $(CHECKPOINT_SHA256),$(call recorded,sha256)))
+# person_detector/precision/calibration/sha256 are recorded once given (a stamp without them is a
 # classifier's fp32 export).
 STAMP_TEXT := checkpoint=$(WEIGHTS) labels=$(LABELS_USED) variant=$(VARIANT_USED) activation=$(ACTIVATION_USED) \
               $(if $(PERSON_DETECTOR_USED),person_detector=$(PERSON_DETECTOR_USED)) \
-              $(if $(PRECISION_USED),precision=$(PRECISION_USED)) $(if $(CALIBRATION_USED),calibration=$(CALIBRATION_USED))
+              $(if $(PRECISION_USED),precision=$(PRECISION_USED)) $(if $(CALIBRATION_USED),calibration=$(CALIBRATION_USED)) \
+              $(if $(SHA256_USED),sha256=$(SHA256_USED))
 RECORDED_TEXT := $(shell cat $(CKPT_STAMP) 2>/dev/null)
 EXPORT_ARGS := --output $(PT) $(if $(filter-out default,$(WEIGHTS)),--checkpoint $(WEIGHTS)) \
+               $(if $(SHA256_USED),--checkpoint-sha256 $(SHA256_USED)) \
                $(if $(LABELS_USED),--labels $(LABELS_USED)) $(if $(VARIANT_USED),--variant $(VARIANT_USED)) \
                $(if $(ACTIVATION_USED),--activation $(ACTIVATION_USED)) \
                $(if $(PERSON_DETECTOR_USED),--person-detector $(PERSON_DETECTOR_USED)) \
@@ -83,7 +90,7 @@ help:
 	@echo "make gpu-check  on a GPU machine: forward ms per batch, served p50, GPU-vs-CPU difference (docs/gpu.md)"
 	@echo "make test       run the test suite (unit + integration against a real TorchServe)"
 	@echo "make test-unit  the quick tests: no TorchServe, no export, nothing heavy (under a minute)"
-	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [LABELS=classes.txt] [PRECISION=int8 [CALIBRATION=videos/]] | start [MODELS=\"a b\"] | stop | status"
+	@echo "make install | export | mar [MODEL=name] [CHECKPOINT=path|URL|random] [CHECKPOINT_SHA256=hex] [LABELS=classes.txt] [PRECISION=int8 [CALIBRATION=videos/]] | start [MODELS=\"a b\"] | stop | status"
 	@echo "make predict VIDEO=clip.mp4 | scale WORKERS=N | bench | kserve | kserve-gpu | fuzz [N=500] | soak [MINUTES=30] | clean"
 
 $(BIN)/.installed: requirements.txt requirements-serve.txt

@@ -1,4 +1,4 @@
-"""``python -m export --output build/NAME.pt [--model-name NAME] [--variant V] [--checkpoint default|random|PATH|URL] [--labels FILE] [--precision int8 [--calibration DIR]]``.
+"""``python -m export --output build/NAME.pt [--model-name NAME] [--variant V] [--checkpoint default|random|PATH|URL] [--checkpoint-sha256 HEX|file-name] [--labels FILE] [--precision int8 [--calibration DIR]]``.
 
 Builds a SlowFast variant (export/variants.py) with pytorchvideo, loads its weights, scripts it,
 checks the scripted module against the eager one (batch 1 and 3, crops 224 and 256), saves it
@@ -8,6 +8,9 @@ message on any failure.
 Weights: ``default`` (or none given) is the variant's model-zoo checkpoint, downloaded once into
 torch.hub's cache; where it cannot be fetched (no network) the export falls back to seeded random
 weights and says so, here and in every answer. ``random`` asks for those; a path or URL must load.
+``--checkpoint-sha256`` (``make mar CHECKPOINT_SHA256=``): the checkpoint's SHA-256 (or its first
+8+ hex digits; ``file-name``: the prefix its name carries, torch.hub's check_hash convention),
+checked before its weights are used; a mismatch is an error, never a fallback to random weights.
 A fine-tuned checkpoint's class count comes from its head; ``--labels`` names its classes.
 
 An action detector (a variant with task "detection", e.g. ``slowfast_r50_detection``) is scripted
@@ -33,7 +36,7 @@ import torch
 
 from export.build import build_variant
 from export.calibration import CalibrationError
-from export.checkpoint import CheckpointError, checkpoint_name, read_state_dict, weights_origin
+from export.checkpoint import ChecksumError, CheckpointError, checkpoint_name, read_state_dict, weights_origin
 from export.person_detector import SCORE_THRESHOLD, export_person_detector
 from export.int8 import DEFAULT_MIN_AGREEMENT, Int8Error, int8_for_export
 from export.save import load_with_contract, save_with_contract
@@ -77,9 +80,13 @@ def choose_variant(requested: Optional[str], model_name: str, state_dict: Option
 
 
 def load_weights(
-    checkpoint: str, requested_variant: Optional[str], model_name: str, seed: int
+    checkpoint: str, requested_variant: Optional[str], model_name: str, seed: int, sha256: Optional[str] = None,
 ) -> Tuple[Variant, Optional[Dict[str, torch.Tensor]], str]:
-    """(variant, state dict or None for random weights, the contract's ``weights`` text)."""
+    """(variant, state dict or None for random weights, the contract's ``weights`` text).
+
+    ``sha256``: the checkpoint's expected SHA-256 (``read_state_dict``); a mismatch always raises."""
+    if checkpoint == RANDOM_WEIGHTS and sha256:
+        raise CheckpointError("--checkpoint-sha256 checks a checkpoint: it does not apply to random weights")
     if checkpoint == RANDOM_WEIGHTS:
         variant = choose_variant(requested_variant, model_name, None)
         log.warning(random_weights_warning(variant, "CHECKPOINT=random"))
@@ -87,14 +94,16 @@ def load_weights(
     if checkpoint == DEFAULT_WEIGHTS:
         variant = choose_variant(requested_variant, model_name, None)
         try:
-            state = read_state_dict(variant.checkpoint_url)
+            state = read_state_dict(variant.checkpoint_url, sha256)
+        except ChecksumError:
+            raise  # other weights than the ones asked for: never replaced by random ones
         except CheckpointError as exc:
             why = f"{variant.name}'s model-zoo checkpoint is unavailable ({exc})"
             log.warning(random_weights_warning(variant, why))
             reason = str(exc).replace(f" checkpoint {variant.checkpoint_url}: ", ": ").replace(f"checkpoint {variant.checkpoint_url}", "it")
             return variant, None, weights_origin(None, seed, f"{checkpoint_name(variant.checkpoint_url)}: {reason}")
         return variant, state, weights_origin(variant.checkpoint_url, seed)
-    state = read_state_dict(checkpoint)
+    state = read_state_dict(checkpoint, sha256)
     variant = choose_variant(requested_variant, model_name, state)
     return variant, state, weights_origin(checkpoint, seed)
 
@@ -114,6 +123,7 @@ def export(
     precision: str = "fp32",
     calibration: Optional[Path] = None,
     int8_min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    checkpoint_sha256: Optional[str] = None,
 ) -> PreprocessContract:
     """Export and verify; returns the contract written. ``checkpoint`` None means ``default``;
     ``person_detector`` (an action detector's): default, random, none, a path or URL.
@@ -122,7 +132,7 @@ def export(
     (None: the default folder), refused below ``int8_min_agreement`` top-1 agreement with fp32."""
     started = time.monotonic()
     name = model_name or output.stem
-    chosen, state, weights = load_weights(checkpoint or DEFAULT_WEIGHTS, variant, name, seed)
+    chosen, state, weights = load_weights(checkpoint or DEFAULT_WEIGHTS, variant, name, seed, checkpoint_sha256)
     classes = head_classes(state) if state is not None else len(read_label_file(labels or chosen.labels_file))
     contract = contract_for(
         chosen, resolve_labels(chosen, classes, labels), model_name=name, weights=weights,
@@ -170,6 +180,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--output", required=True, type=Path, help="where to write the TorchScript .pt")
     parser.add_argument("--checkpoint", default=DEFAULT_WEIGHTS,
                         help="default (the variant's model-zoo weights, random if unreachable), random, a file or an http(s) URL")
+    parser.add_argument("--checkpoint-sha256", default=None, metavar="HEX|file-name",
+                        help="the checkpoint's SHA-256 (or its first 8+ hex digits), checked before its weights are used; "
+                             "file-name: the prefix in its name (NAME-<hex>.EXT, torch.hub's check_hash)")
     parser.add_argument("--model-name", default=None, help="the serving name (default: the output's stem)")
     parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
                         help="the architecture (default: the model name's, else recognised from the checkpoint)")
@@ -194,7 +207,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         export(args.output, args.checkpoint, args.seed, model_name=args.model_name, variant=args.variant,
                labels=args.labels, activation=args.activation, channel_order=args.channel_order,
                person_detector=args.person_detector, person_threshold=args.person_threshold,
-               precision=args.precision, calibration=args.calibration, int8_min_agreement=args.int8_min_agreement)
+               precision=args.precision, calibration=args.calibration, int8_min_agreement=args.int8_min_agreement,
+               checkpoint_sha256=args.checkpoint_sha256)
     except (CheckpointError, VariantError, ScriptabilityError, VerificationError, OSError, CalibrationError,
             Int8Error) as exc:
         log.error("%s", exc)

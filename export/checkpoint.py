@@ -8,6 +8,10 @@ Formats (all unpickled with ``weights_only=True``: a file that would run code is
 - a bare state dict (``torch.save(model.state_dict(), path)``), maybe from DDP (``module.``).
 A prefix is stripped only when every key carries it; whatever still does not match the network is
 named by ``load_strict``.
+
+A URL is downloaded once into torch.hub's cache, under a name keyed by the whole URL (two URLs that
+end in the same ``best.ckpt`` never share a file). An expected SHA-256 (``--checkpoint-sha256``,
+torch.hub's ``check_hash`` convention) is checked before the weights are used.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
@@ -22,6 +27,8 @@ from urllib.parse import unquote, urlparse
 
 import torch
 from torch import nn
+
+from handler.file_hash import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,10 @@ CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0
 STATE_KEYS = ("model_state", "state_dict", "model")
 PREFIXES = ("model.", "module.")
+# torch.hub's check_hash convention: a file named NAME-<the first 8 or more hex digits of its
+# SHA-256>.EXT; ``--checkpoint-sha256 file-name`` checks the file against that prefix.
+HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.")
+SHA256_FROM_NAME = "file-name"
 
 
 class CheckpointError(ValueError):
@@ -39,6 +50,10 @@ class CheckpointError(ValueError):
 
 class DownloadError(CheckpointError):
     """A URL could not be fetched (network, HTTP status, truncated body); nothing was cached."""
+
+
+class ChecksumError(CheckpointError):
+    """A checkpoint's SHA-256 is not the one expected: its weights are never used (no fallback)."""
 
 
 def is_url(source: str) -> bool:
@@ -58,11 +73,56 @@ def hub_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def cache_file_name(url: str) -> str:
+    """``NAME.<12 hex digits of the URL's SHA-256>.EXT``: the URL's file name keyed by the whole
+    URL, so different URLs never share a cache file (a signed URL whose query changes is fetched
+    again)."""
+    name = Path(checkpoint_name(url))
+    return f"{name.stem}.{hashlib.sha256(url.encode()).hexdigest()[:12]}{name.suffix}"
+
+
+def expected_sha256(value: Optional[str], source: str) -> Optional[str]:
+    """The SHA-256 (or its first 8 or more hex digits) ``value`` asks ``source`` to have, lower
+    case; ``file-name``: the prefix in the file name (``NAME-<hex>.EXT``, torch.hub's check_hash)."""
+    if not value:
+        return None
+    if value.strip() == SHA256_FROM_NAME:
+        found = HASH_IN_NAME.search(checkpoint_name(source))
+        if not found:
+            raise CheckpointError(
+                f"--checkpoint-sha256 {SHA256_FROM_NAME}: {checkpoint_name(source)} carries no hash in its name "
+                "(torch.hub's convention: NAME-<the first 8 or more hex digits of its SHA-256>.EXT)"
+            )
+        return found.group(1)
+    text = value.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{8,64}", text):
+        raise CheckpointError(
+            f"--checkpoint-sha256 {value!r}: expected the checkpoint's SHA-256 (64 hex digits, or its first 8 or "
+            f"more) or {SHA256_FROM_NAME}"
+        )
+    return text
+
+
+def verify_sha256(path: Path, expected: Optional[str], source: str) -> None:
+    """Raise ``ChecksumError`` naming both hashes unless ``path``'s SHA-256 starts with ``expected``."""
+    if expected is None:
+        return
+    actual = file_sha256(path)
+    if not actual.startswith(expected):
+        raise ChecksumError(
+            f"checkpoint {source}: its SHA-256 is {actual}, not the expected {expected} "
+            "(CHECKPOINT_SHA256 / --checkpoint-sha256): refused, its weights are not used"
+        )
+    log.info("checkpoint %s: SHA-256 %s matches the expected %s", source, actual, expected)
+
+
 def download(url: str, destination: Path, connect_timeout: float = CONNECT_TIMEOUT_S,
-             read_timeout: float = READ_TIMEOUT_S) -> Path:
+             read_timeout: float = READ_TIMEOUT_S, sha256: Optional[str] = None) -> Path:
     """Download ``url`` to ``destination`` through a temporary file in the same directory, renamed
-    into place only once complete (length checked against Content-Length) and readable as a
-    checkpoint: a failure leaves nothing at ``destination`` and no temporary file behind.
+    into place only once complete (the bytes received checked against Content-Length, which counts
+    them as sent: compressed, for a ``Content-Encoding: gzip`` body, which is stored decoded), of
+    the expected SHA-256 (``sha256``: a full hash or a prefix) and readable as a checkpoint: a
+    failure leaves nothing at ``destination`` and no temporary file behind.
 
     ``torch.hub.download_url_to_file`` has no timeout; this one bounds connect and each read.
     """
@@ -78,14 +138,14 @@ def download(url: str, destination: Path, connect_timeout: float = CONNECT_TIMEO
                     if reply.status_code != 200:
                         raise DownloadError(f"could not download checkpoint {url}: HTTP {reply.status_code} {reply.reason}")
                     expected = reply.headers.get("Content-Length")
-                    received = 0
-                    for block in reply.iter_content(1 << 20):
+                    for block in reply.iter_content(1 << 20):  # decoded, if the body is content-encoded
                         out.write(block)
-                        received += len(block)
+                    received = reply.raw.tell()  # bytes as sent, before decoding: what Content-Length counts
             except requests.RequestException as exc:
                 raise DownloadError(f"could not download checkpoint {url}: {_reason(exc)}") from exc
         if expected is not None and received != int(expected):
             raise DownloadError(f"could not download checkpoint {url}: truncated body ({received} of {expected} bytes)")
+        verify_sha256(partial, sha256, url)  # before it reaches the cache, as the next two
         _load(partial, url)  # not a checkpoint: refused before it reaches the cache
         os.replace(partial, destination)
     finally:
@@ -109,21 +169,27 @@ def _reason(exc: Exception) -> str:
     return text[:300]
 
 
-def fetch(source: str) -> Path:
+def fetch(source: str, sha256: Optional[str] = None) -> Path:
     """The local file behind ``source``: the path itself, or a URL downloaded once into torch.hub's
-    cache (``$TORCH_HOME/hub/checkpoints``), where a second export finds it."""
+    cache (``$TORCH_HOME/hub/checkpoints``, as ``cache_file_name``), where a second export finds it.
+
+    ``sha256``: the SHA-256 it must have (``expected_sha256``'s forms), checked before it is used,
+    on a local file, a download and a cached file alike."""
+    expected = expected_sha256(sha256, source)
     if not is_url(source):
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"checkpoint file not found: {path}")
+        verify_sha256(path, expected, source)
         return path
-    name = checkpoint_name(source)
-    if not name:
+    if not checkpoint_name(source):
         raise CheckpointError(f"checkpoint URL {source} names no file")
-    cached = hub_cache_dir() / name
-    if not cached.is_file():
-        log.info("downloading %s into %s", source, cached.parent)
-        download(source, cached)
+    cached = hub_cache_dir() / cache_file_name(source)
+    if cached.is_file():
+        verify_sha256(cached, expected, f"{source} (cached as {cached})")
+    else:
+        log.info("downloading %s into %s", source, cached)
+        download(source, cached, sha256=expected)
     return cached
 
 
@@ -155,18 +221,11 @@ def unwrap_state_dict(loaded: object, source: str) -> Dict[str, torch.Tensor]:
     return state
 
 
-def read_state_dict(source: str) -> Dict[str, torch.Tensor]:
-    """Load a state dict from a path or http(s) URL, in any of the formats above."""
-    path = fetch(source)
+def read_state_dict(source: str, sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Load a state dict from a path or http(s) URL, in any of the formats above; ``sha256``: the
+    SHA-256 it must have (``fetch``)."""
+    path = fetch(source, sha256)
     return unwrap_state_dict(_load(path, source), source)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_origin(checkpoint: Optional[str], seed: int, why_random: str = "") -> str:
@@ -176,7 +235,7 @@ def weights_origin(checkpoint: Optional[str], seed: int, why_random: str = "") -
     if not checkpoint:
         reason = f"; {why_random}" if why_random else ""
         return f"random weights, seed {seed} (predictions are meaningless{reason})"
-    return f"checkpoint {checkpoint_name(checkpoint)} sha256:{sha256_of(fetch(checkpoint))[:12]}"
+    return f"checkpoint {checkpoint_name(checkpoint)} sha256:{file_sha256(fetch(checkpoint))[:12]}"
 
 
 def compare_keys(own: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> Tuple[list, list, list]:

@@ -2,9 +2,9 @@
 the int8 model the .pt carries (``make mar PRECISION=int8``, export/int8.py), read as it is.
 
 ``OpenVinoRuntime`` is a ``runtime_base.Runtime``; ``runtime.load_runtime`` returns it for CPU
-workers with ``cpu_runtime: openvino`` and falls back to TorchScript if anything here fails. The converted model (OpenVINO IR) is cached beside the
-.pt, keyed by the .pt's sha256 and the OpenVINO version, so a restarted or added worker skips the
-conversion.
+workers with ``cpu_runtime: openvino`` and falls back to TorchScript if anything here fails. The
+converted model (OpenVINO IR) is cached beside the .pt, keyed by the .pt's sha256 and the OpenVINO
+version, so a restarted or added worker skips the conversion.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from handler.contract import CONTRACT_FILE, INT8_BIN, INT8_XML, PreprocessContract
+from handler.file_hash import file_sha256
 from handler.options import ServeOptions
 from handler.runtime_base import Outputs, cpu_thread_count, dummy_pathways, model_outputs, read_model
 
@@ -106,14 +107,6 @@ def convert(module: torch.jit.ScriptModule, contract: PreprocessContract) -> Any
     return model
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cached_model(path: Path, cache_root: Path) -> Tuple[Any, PreprocessContract, str]:
     """(``openvino.Model``, contract, how it was obtained): the IR cached under ``cache_root`` for
     this .pt and OpenVINO version, or a fresh conversion (then cached, if ``cache_root`` is writable)."""
@@ -121,7 +114,7 @@ def cached_model(path: Path, cache_root: Path) -> Tuple[Any, PreprocessContract,
 
     started = time.monotonic()
     module, contract = read_model(path, torch.device("cpu"))
-    key = hashlib.sha256(f"{_sha256(path)} {ov.get_version()} {CONVERSION_VERSION}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{file_sha256(path)} {ov.get_version()} {CONVERSION_VERSION}".encode()).hexdigest()[:20]
     entry = cache_root / key
     xml = entry / "model.xml"
     if xml.is_file():

@@ -1,10 +1,13 @@
 """The default weights' download, offline: a local HTTP server on 127.0.0.1 serves a good
-checkpoint, a 404, a truncated body, a file that is not a checkpoint and a stalled transfer. Each
-failure is a clear message, bounded in time, and leaves nothing in torch.hub's cache; the exporter
-falls back to seeded random weights only for the default checkpoint, and says so."""
+checkpoint, a 404, a truncated body, a file that is not a checkpoint, a stalled transfer, gzip
+content-encoded bodies and two files of one name at two URLs. Each failure is a clear message,
+bounded in time, and leaves nothing in torch.hub's cache; the cache is keyed by the URL; an expected
+SHA-256 is checked before the weights are used; the exporter falls back to seeded random weights
+only for the default checkpoint when it cannot be fetched, and says so."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import threading
 import time
@@ -16,7 +19,9 @@ import pytest
 import torch
 
 from export import __main__ as export_cli
-from export.checkpoint import CheckpointError, DownloadError, download, read_state_dict, weights_origin
+from export.checkpoint import (
+    ChecksumError, CheckpointError, DownloadError, cache_file_name, download, read_state_dict, weights_origin,
+)
 from export.variants import VARIANTS
 
 WEIGHTS = {"blocks.0.w": torch.arange(6.0).reshape(2, 3)}
@@ -30,6 +35,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         name = self.path.lstrip("/")
+        if name.startswith(("gzip/", "gzip-truncated/")):  # Content-Encoding: gzip, Content-Length compressed
+            folder, _, served = name.partition("/")
+            body = gzip.compress(self.files[served])
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body if folder == "gzip" else body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if name == "truncated.pyth":
             body = self.files["good.pyth"]
             self.send_response(200)
@@ -64,6 +80,10 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tuple[str,
     good = tmp_path / "good.pyth"
     torch.save({"model_state": WEIGHTS, "epoch": 3}, good)
     _Handler.files = {"good.pyth": good.read_bytes(), "notes.pyth": b"<html>not a checkpoint</html>" * 10}
+    for run, value in (("run1", 1.0), ("run2", 2.0)):  # two checkpoints of one name at two URLs
+        path = tmp_path / f"{run}.ckpt"
+        torch.save({"state_dict": {"model.blocks.0.w": torch.full((2, 3), value)}}, path)
+        _Handler.files[f"{run}/best.ckpt"] = path.read_bytes()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     # Polled often: shutdown() waits up to one poll interval (0.5 s by default).
@@ -84,7 +104,7 @@ def test_good_file_is_downloaded_once_into_the_hub_cache_and_hashed(site):
     base, cache = site
     state = read_state_dict(f"{base}/good.pyth")
     assert list(state) == ["blocks.0.w"] and torch.equal(state["blocks.0.w"], WEIGHTS["blocks.0.w"])
-    assert cache_files(cache) == ["good.pyth"]
+    assert cache_files(cache) == [cache_file_name(f"{base}/good.pyth")]
     digest = hashlib.sha256(_Handler.files["good.pyth"]).hexdigest()[:12]
     _Handler.files = {}  # the second use reads the cache: the server has nothing left
     assert weights_origin(f"{base}/good.pyth", seed=0) == f"checkpoint good.pyth sha256:{digest}"
@@ -151,3 +171,91 @@ def test_the_model_zoo_urls_are_pytorchvideos_own():
 
     for name, variant in VARIANTS.items():
         assert variant.checkpoint_url == checkpoint_paths[name]
+
+
+def test_two_urls_of_one_file_name_never_share_a_cache_file(site):
+    base, cache = site
+    first = read_state_dict(f"{base}/run1/best.ckpt")
+    second = read_state_dict(f"{base}/run2/best.ckpt")
+    assert float(first["blocks.0.w"][0, 0]) == 1.0 and float(second["blocks.0.w"][0, 0]) == 2.0
+    names = cache_files(cache)
+    assert len(names) == 2 and all(n.startswith("best.") and n.endswith(".ckpt") for n in names)
+    _Handler.files = {}  # both are read from the cache now, each its own
+    assert float(read_state_dict(f"{base}/run2/best.ckpt")["blocks.0.w"][0, 0]) == 2.0
+    assert float(read_state_dict(f"{base}/run1/best.ckpt")["blocks.0.w"][0, 0]) == 1.0
+
+
+def _sha256(name: str) -> str:
+    return hashlib.sha256(_Handler.files[name]).hexdigest()
+
+
+@pytest.mark.parametrize("digits", [64, 8])
+def test_the_expected_sha256_or_its_prefix_is_accepted(site, digits):
+    base, cache = site
+    state = read_state_dict(f"{base}/good.pyth", _sha256("good.pyth")[:digits].upper())
+    assert torch.equal(state["blocks.0.w"], WEIGHTS["blocks.0.w"]) and len(cache_files(cache)) == 1
+
+
+def test_a_download_of_another_sha256_is_refused_naming_both_and_not_cached(site):
+    base, cache = site
+    wrong = "0" * 64
+    with pytest.raises(ChecksumError) as caught:
+        read_state_dict(f"{base}/good.pyth", wrong)
+    assert _sha256("good.pyth") in str(caught.value) and wrong in str(caught.value)
+    assert cache_files(cache) == []
+
+
+def test_a_cached_file_is_checked_too(site):
+    base, cache = site
+    url = f"{base}/good.pyth"
+    read_state_dict(url)
+    cached = cache / cache_file_name(url)
+    cached.write_bytes(_Handler.files["run1/best.ckpt"])  # the cache changed under us
+    with pytest.raises(ChecksumError, match=f"{hashlib.sha256(cached.read_bytes()).hexdigest()}, not the expected "
+                                            f"{_sha256('good.pyth')}"):
+        read_state_dict(url, _sha256("good.pyth"))
+
+
+def test_a_local_file_of_another_sha256_is_refused(tmp_path):
+    path = tmp_path / "mine.pyth"
+    torch.save({"model_state": WEIGHTS}, path)
+    with pytest.raises(ChecksumError, match="not the expected 12345678"):
+        read_state_dict(str(path), "12345678")
+
+
+def test_the_hash_prefix_in_the_file_name_is_checked_as_torch_hub_does(site):
+    base, cache = site
+    prefix = _sha256("good.pyth")[:10]
+    _Handler.files[f"good-{prefix}.pyth"] = _Handler.files["good.pyth"]
+    _Handler.files["bad-0123456789.pyth"] = _Handler.files["good.pyth"]
+    assert read_state_dict(f"{base}/good-{prefix}.pyth", "file-name")
+    with pytest.raises(ChecksumError, match="not the expected 0123456789"):
+        read_state_dict(f"{base}/bad-0123456789.pyth", "file-name")
+    with pytest.raises(CheckpointError, match="carries no hash in its name"):
+        read_state_dict(f"{base}/good.pyth", "file-name")
+    with pytest.raises(CheckpointError, match="expected the checkpoint's SHA-256"):
+        read_state_dict(f"{base}/good.pyth", "not-hex")
+    assert cache_files(cache) == [cache_file_name(f"{base}/good-{prefix}.pyth")]
+
+
+def test_a_gzip_encoded_body_is_decoded_and_its_length_checked_as_sent(site):
+    base, cache = site
+    state = read_state_dict(f"{base}/gzip/good.pyth", _sha256("good.pyth"))
+    assert torch.equal(state["blocks.0.w"], WEIGHTS["blocks.0.w"])
+    assert (cache / cache_file_name(f"{base}/gzip/good.pyth")).read_bytes() == _Handler.files["good.pyth"]
+    with pytest.raises(DownloadError, match="truncated body"):
+        read_state_dict(f"{base}/gzip-truncated/good.pyth")
+    assert cache_files(cache) == [cache_file_name(f"{base}/gzip/good.pyth")]
+
+
+def test_a_default_checkpoint_of_another_sha256_is_an_error_not_a_fallback(site, monkeypatch):
+    base, _ = site
+    variant = VARIANTS["slowfast_r50"]
+    monkeypatch.setitem(export_cli.VARIANTS, variant.name,
+                        type(variant)(**{**variant.__dict__, "checkpoint_url": f"{base}/good.pyth"}))
+    with pytest.raises(ChecksumError):
+        export_cli.load_weights("default", None, "slowfast_r50", seed=0, sha256="f" * 64)
+    with pytest.raises(CheckpointError, match="does not apply to random weights"):
+        export_cli.load_weights("random", None, "slowfast_r50", seed=0, sha256="f" * 64)
+    _, state, _ = export_cli.load_weights("default", None, "slowfast_r50", seed=0, sha256=_sha256("good.pyth"))
+    assert state is not None

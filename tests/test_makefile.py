@@ -100,6 +100,21 @@ def test_checkpoint_given_to_make_mar_is_exported_and_remembered(scratch: Path) 
     assert exports(make(scratch, "mar", "CHECKPOINT=default")) == [f"-m export --output build/{MODEL}.pt"]
 
 
+def test_an_expected_sha256_goes_with_its_checkpoint_and_is_forgotten_with_it(scratch: Path) -> None:
+    (scratch / "a.pyth").write_bytes(b"a")
+    (scratch / "b.pyth").write_bytes(b"b")
+    base = f"-m export --output build/{MODEL}.pt"
+    assert exports(make(scratch, "mar", "CHECKPOINT=a.pyth", "CHECKPOINT_SHA256=abcdef12")) == [
+        f"{base} --checkpoint a.pyth --checkpoint-sha256 abcdef12"]
+    assert stamp(scratch)["sha256"] == "abcdef12"
+    assert make(scratch, "mar") == [], "the checkpoint and its hash are remembered together"
+    os.utime(scratch / "a.pyth")  # re-exported from the same checkpoint: checked again
+    assert exports(make(scratch, "mar")) == [f"{base} --checkpoint a.pyth --checkpoint-sha256 abcdef12"]
+    # Another checkpoint without a hash: the old hash is not applied to it.
+    assert exports(make(scratch, "mar", "CHECKPOINT=b.pyth")) == [f"{base} --checkpoint b.pyth"]
+    assert "sha256" not in stamp(scratch)
+
+
 def test_each_model_has_its_own_file_archive_and_remembered_options(scratch: Path) -> None:
     (scratch / "my.ckpt").write_bytes(b"c")
     (scratch / "classes.txt").write_text("a\nb\n")

@@ -49,7 +49,7 @@ def compare(classifier: InProcessHandler, reps: int, warmup: int, box_counts: Se
     from export.save import save_with_contract
     from export.scriptable_detection import script_detector
     from export.variants import VARIANTS, build, contract_for, read_label_file
-    from handler.options import ServeOptions
+    from handler.serve_settings import ServeOptions
     from handler.people.model import ActionDetector
 
     variant = VARIANTS["slowfast_r50_detection"]

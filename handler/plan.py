@@ -14,7 +14,8 @@ from typing import List, Sequence
 
 from handler.contract import PreprocessContract
 from handler.errors import RequestError
-from handler.options import RequestOptions, ServeOptions
+from handler.request_options import RequestOptions
+from handler.serve_settings import ServeOptions
 from handler.sampling import Window, clip_windows, timeline_windows
 
 # A stride suggested to a request over its budget is a whole number of these steps per second.

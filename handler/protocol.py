@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from handler.errors import RequestError
-from handler.options import REQUEST_OPTION_NAMES, REQUEST_OPTIONS
+from handler.option_table import REQUEST_OPTIONS, REQUEST_OPTION_NAMES
 
 PLAIN = "plain"
 KSERVE_V1 = "kserve_v1"

@@ -3,7 +3,7 @@
 ``OUTPUT_KINDS`` is the one registry of what an answer can hold. Each kind says which vector it
 shows (its computation, e.g. the embedding's L2 normalisation), how that vector reads in JSON (in
 a timeline entry and in a video's answer) and as KServe v2 / Open Inference Protocol tensors. A
-request's ``output`` option names the kinds it gets (``handler.options.OUTPUTS``).
+request's ``output`` option names the kinds it gets (``handler.option_table.OUTPUTS``).
 
 ``video_answer`` builds one video's JSON answer; ``reply`` wraps a request's answers as plain
 JSON, KServe v1 or v2; a streamed timeline is JSON lines (``window_line`` per window, the full
@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import torch
 
 from handler.contract import Int8Figures
-from handler.options import RequestOptions
+from handler.request_options import RequestOptions
 from handler.protocol import KSERVE_V1, KSERVE_V2, KSERVE_V2_TENSOR, ParsedRequest
 from handler.run import WindowScores, mean_scores
 from handler.runtime_base import Outputs

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from handler.contract import ContractError
-from handler.options import ServeOptions
+from handler.serve_settings import ServeOptions
 from handler.runtime_base import Runtime
 from handler.runtime_openvino import OpenVinoRuntime
 from handler.runtime_torchscript import TorchScriptRuntime

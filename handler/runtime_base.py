@@ -15,7 +15,7 @@ from typing import List, Optional, Protocol, Tuple
 import torch
 
 from handler.contract import CONTRACT_FILE, ContractError, PreprocessContract, activate
-from handler.options import ServeOptions
+from handler.serve_settings import ServeOptions
 
 # The scripted module's exported method returning (logits, embedding) from one pass.
 EMBEDDING_METHOD = "forward_with_embedding"

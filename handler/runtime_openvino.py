@@ -28,7 +28,7 @@ import torch
 
 from handler.contract import CONTRACT_FILE, INT8_BIN, INT8_XML, PreprocessContract
 from handler.file_hash import file_sha256
-from handler.options import ServeOptions
+from handler.serve_settings import ServeOptions
 from handler.runtime_base import Outputs, cpu_thread_count, dummy_pathways, model_outputs, read_model
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # CPU flags (/proc/cpuinfo) meaning the cores compute bf16 natively; elsewhere OpenVINO's bf16 is
 # emulated (slower than fp32) or ignored.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-# Our precision words (handler/options.py) and OpenVINO's element type names, which differ for fp32
+# Our precision words (handler/serve_settings.py) and OpenVINO's element type names, which differ for fp32
 # and fp16: mapped only at the calls into OpenVINO, so settings and runtime names use one word.
 _OPENVINO_TYPES = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 _OUR_PRECISIONS = {openvino: ours for ours, openvino in _OPENVINO_TYPES.items()}

@@ -12,7 +12,7 @@ from typing import List, Optional
 import torch
 
 from handler.contract import PreprocessContract
-from handler.options import ServeOptions
+from handler.serve_settings import ServeOptions
 from handler.runtime_base import EMBEDDING_METHOD, Outputs, dummy_pathways, model_outputs, read_model
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """TorchServe entry point: video in, the served model's labels (and/or SlowFast embeddings, logits) out.
 
 Each request of a batch goes parse -> plan -> decode -> run -> render: ``protocol`` parses it,
-``options`` reads its options, ``plan`` checks its limits and picks each video's windows and
+``request_options`` reads its options, ``plan`` checks its limits and picks each video's windows and
 crops, ``decoding`` samples the windows' frames lazily, ``run`` scores them through the model
 (``runtime``) in micro-batches shared by the whole batch, and ``render`` builds the answer in the
 request's wire format, or streams a timeline one JSON line per window. This module only
@@ -30,8 +30,9 @@ from handler.errors import RequestError
 from handler.failures import failure_answer
 from handler.heap import fix_mmap_threshold
 from handler.metrics import HandlerMetrics
-from handler.options import RequestOptions, ServeOptions, registration_settings, resolve_request_options
 from handler.people.service import PeopleService
+from handler.request_options import RequestOptions, resolve_request_options
+from handler.serve_settings import ServeOptions, registration_settings
 from handler.plan import check_requested_views, check_upload_size, plan_videos
 from handler.protocol import PLAIN, ParsedRequest, parse_row
 from handler.render import ModelInfo, reply, stream_line, video_answer, window_entry, window_line
@@ -171,7 +172,7 @@ class SlowFastHandler(BaseHandler):
         except RequestError as error:
             request.error = error
         except Exception as error:  # a bug or resource failure on one input must not fail the batch
-            request.error = failure_answer(error, "open this video", f"request {index}")
+            request.error = failure_answer(error, "read this request and open its videos", f"request {index}")
         return request
 
     def _read(self, row: Any, headers: Dict[str, str]) -> Tuple[ParsedRequest, RequestOptions]:

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from handler.decoding import VideoDecoder
 from handler.errors import RequestError
-from handler.options import RequestOptions
+from handler.request_options import RequestOptions
 from handler.plan import VideoPlan
 from handler.protocol import ParsedRequest
 from handler.run import WindowScores

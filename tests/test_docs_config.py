@@ -25,7 +25,8 @@ import pytest
 
 from client.config import read_properties
 from deploy.kserve.build import LOCAL_ONLY, OVERLAY
-from handler.options import REQUEST_OPTIONS, RequestOption, ServeOptions
+from handler.option_table import REQUEST_OPTIONS, RequestOption
+from handler.serve_settings import ServeOptions
 from harness.paths import REPO
 
 ABSENT = object()
@@ -148,7 +149,7 @@ def test_a_wrong_statement_is_caught(tmp_path: Path) -> None:
 
 
 
-# -- the README's table of request options: the handler's own table (handler/options.py) ---------
+# -- the README's table of request options: the handler's own table (handler/option_table.py) ----
 
 
 def stated_values(option: RequestOption, num_classes: int) -> str:

@@ -214,7 +214,7 @@ def test_gpu_runtime_runs_autocast_channels_last_and_returns_float32_cpu(
 ) -> None:
     """GPU load path with a fake module: name, micro-batch, channels-last, autocast, float32 CPU outputs."""
     from export.reference import default_contract
-    from handler.options import ServeOptions
+    from handler.serve_settings import ServeOptions
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # lets torch.autocast("cuda") switch on
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

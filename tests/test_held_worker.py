@@ -100,7 +100,7 @@ def test_the_upload_is_decoded_without_a_copy_of_it(long_video_path: Path):
 def test_each_registration_gets_its_settings_from_model_config():
     import yaml
 
-    from handler.options import ConfigError, ServeOptions, registration_settings
+    from handler.serve_settings import ConfigError, ServeOptions, registration_settings
 
     config = yaml.safe_load((Path(__file__).parent.parent / "model-config.yaml").read_text())
     clips, timelines = (ServeOptions.from_config(registration_settings(config, name, CLIP_MODEL))

@@ -97,7 +97,7 @@ def test_bad_flags_are_usage_errors(flags, message, capsys) -> None:
 
 
 def test_the_request_flags_come_from_the_servers_option_table(capsys) -> None:
-    from handler.options import request_option
+    from handler.option_table import request_option
 
     parser = live_cli.build_parser()
     actions = {action.dest: action for action in parser._actions}  # noqa: SLF001 - argparse has no public listing
@@ -117,7 +117,7 @@ def test_the_request_flags_come_from_the_servers_option_table(capsys) -> None:
 def test_a_window_line_carries_every_output_kind_the_answer_holds() -> None:
     from client.live.report import window_line
     from client.options import answer_key
-    from handler.options import OUTPUTS
+    from handler.option_table import OUTPUTS
     from handler.render import OUTPUT_KINDS
 
     # The client finds each kind where the server's renderer puts it.

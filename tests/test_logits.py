@@ -15,7 +15,9 @@ from typing import Dict, List
 import pytest
 import torch
 
-from handler.options import ServeOptions, resolve_request_options
+from handler.request_options import resolve_request_options
+
+from handler.serve_settings import ServeOptions
 from handler.protocol import parse_row
 from handler.render import ModelInfo, reply, video_answer
 from handler.run import WindowScores

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from handler.errors import RequestError
-from handler.options import ConfigError, ServeOptions, resolve_request_options
+from handler.request_options import resolve_request_options
+from handler.serve_settings import ConfigError, ServeOptions
 from handler.protocol import KSERVE_V1, KSERVE_V2, PLAIN, parse_row
 
 VIDEO = b"\x00\x00\x00\x18ftypisom-some-video-bytes"

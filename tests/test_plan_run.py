@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from handler.errors import RequestError
-from handler.options import RequestOptions, ServeOptions, resolve_request_options
+from handler.request_options import RequestOptions, resolve_request_options
+from handler.serve_settings import ServeOptions
 from handler.plan import check_requested_views, plan_video, plan_videos
 from handler.run import WindowFailure, WindowJob, mean_scores, run_windows
 from handler.runtime_base import Outputs

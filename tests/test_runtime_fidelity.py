@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 import pytest
 import torch
 
-from handler.options import ServeOptions
+from handler.serve_settings import ServeOptions
 from handler.runtime import load_runtime
 from handler.runtime_base import read_model
 from handler.runtime_openvino import cpu_flags

@@ -22,7 +22,7 @@ import torch
 
 from export.reference import default_contract
 from export.save import save_with_contract
-from handler.options import ConfigError, ServeOptions
+from handler.serve_settings import ConfigError, ServeOptions
 from handler.runtime import load_runtime
 from handler.runtime_base import dummy_pathways
 from handler.runtime_torchscript import TorchScriptRuntime
@@ -122,7 +122,7 @@ def test_cpu_runtime_options_parse_strictly() -> None:
 
 
 def test_old_cpu_precision_f32_still_loads_as_fp32_with_one_warning(caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="handler.options")
+    caplog.set_level(logging.WARNING, logger="handler.serve_settings")
     assert ServeOptions.from_config({"cpu_precision": "f32"}).cpu_precision == "fp32"
     (record,) = caplog.records
     assert "cpu_precision" in record.message and "write fp32" in record.message

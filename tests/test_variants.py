@@ -20,7 +20,8 @@ from export.variants import (
 )
 from handler.contract import ContractError, PreprocessContract, activate, combine_views
 from handler.errors import RequestError
-from handler.options import ServeOptions, resolve_request_options
+from handler.request_options import resolve_request_options
+from handler.serve_settings import ServeOptions
 from handler.render import top_predictions
 from handler.run import WindowJob, mean_scores, run_windows
 from handler.runtime_base import Outputs, model_outputs

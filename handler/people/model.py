@@ -16,8 +16,8 @@ import torch
 import torchvision  # noqa: F401  (registers torchvision::roi_align, which the scripted RoI head calls)
 
 from handler.contract import DETECTION, ContractError, PreprocessContract, activate
-from handler.options import ServeOptions
 from handler.runtime_base import EMBEDDING_METHOD, read_model
+from handler.serve_settings import ServeOptions
 
 log = logging.getLogger(__name__)
 

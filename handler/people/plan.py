@@ -15,7 +15,7 @@ from typing import List
 
 from handler.contract import PreprocessContract
 from handler.errors import RequestError
-from handler.options import ServeOptions
+from handler.serve_settings import ServeOptions
 from handler.people.request import PeopleOptions
 from handler.sampling import Window
 

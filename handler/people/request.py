@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from handler.errors import RequestError
-from handler.options import MAX_SECONDS, ServeOptions
+from handler.option_table import MAX_SECONDS
 from handler.plan import check_upload_size
 from handler.protocol import ParsedRequest, parse_row
+from handler.serve_settings import ServeOptions
 
 DEFAULT_THRESHOLD = 0.5  # AVA's usual action threshold (mmaction2's and PySlowFast's demos)
 PEOPLE_OPTIONS = ("boxes", "keyframes", "stride", "start", "end", "threshold", "topk")

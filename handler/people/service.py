@@ -16,7 +16,7 @@ import torch
 
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
-from handler.options import ServeOptions
+from handler.serve_settings import ServeOptions
 from handler.people.decode import KeyframeWindow, decode_keyframes
 from handler.people.model import ActionDetector
 from handler.people.persons import PersonFinder

@@ -2,7 +2,7 @@
 answering ``POST /v1/models/<model>:predict`` and ``POST /v2/models/<model>/infer``.
 
 The envelope is read and the reply written by the handler's own code (handler.protocol.parse_row,
-handler.options.resolve_request_options, handler.render.reply), so the client meets exactly the
+handler.request_options.resolve_request_options, handler.render.reply), so the client meets exactly the
 wire format the server speaks; only the model is fake: ``answer_for(video, options)`` gives one
 video's answer (the /predictions dict). ``before(request)`` may answer first (auth, errors, retries).
 """
@@ -14,9 +14,10 @@ import re
 from typing import Any, Callable, Dict, Optional
 
 from handler.errors import RequestError
-from handler.options import ServeOptions, resolve_request_options
 from handler.protocol import parse_row
 from handler.render import ModelInfo, reply
+from handler.request_options import resolve_request_options
+from handler.serve_settings import ServeOptions
 from tests.fake_torchserve import FakeTorchServe, Reply, Request
 
 LABELS = ("texting", "juggling balls", "riding mule", "yawning", "abseiling")

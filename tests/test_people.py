@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from handler.errors import RequestError
-from handler.options import ServeOptions
+from handler.serve_settings import ServeOptions
 from handler.people.geometry import BoxMapping
 from handler.people.plan import window_around, plan_keyframes
 from handler.people.request import DEFAULT_THRESHOLD, resolve_people_options
@@ -297,7 +297,7 @@ def test_without_a_person_detector_a_request_without_boxes_is_told_to_send_them(
 
 
 def test_the_detection_limits_are_settings_and_must_be_positive():
-    from handler.options import ConfigError
+    from handler.serve_settings import ConfigError
 
     assert ServeOptions.from_config({"max_persons_per_keyframe": 5}).max_persons_per_keyframe == 5
     with pytest.raises(ConfigError, match="max_persons_per_keyframe"):

@@ -15,9 +15,9 @@ from typing import List
 
 from handler.contract import PreprocessContract
 from handler.errors import RequestError
-from handler.serve_settings import ServeOptions
 from handler.people.request import PeopleOptions
 from handler.sampling import Window
+from handler.serve_settings import ServeOptions
 
 # Times are compared to the duration with this slack (float rounding of a timestamp).
 TIME_SLACK = 1e-6

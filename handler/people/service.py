@@ -16,7 +16,6 @@ import torch
 
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
-from handler.serve_settings import ServeOptions
 from handler.people.decode import KeyframeWindow, decode_keyframes
 from handler.people.model import ActionDetector
 from handler.people.persons import PersonFinder
@@ -24,6 +23,7 @@ from handler.people.plan import plan_keyframes
 from handler.people.render import KeyframeAnswer, people_answer, people_reply
 from handler.people.request import PeopleRequest, read_people_request
 from handler.people.run import score_keyframe
+from handler.serve_settings import ServeOptions
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ import torch
 from handler.contract import PreprocessContract
 from handler.decoding import DecodeLimits, VideoDecoder
 from handler.errors import RequestError
-from handler.options import RequestOptions, ServeOptions
+from handler.request_options import RequestOptions
+from handler.serve_settings import ServeOptions
 from handler.plan import plan_video
 from handler.run import view_pathways
 from handler.transforms import crop_offsets

@@ -20,7 +20,7 @@ import torch
 from export.calibration import CalibrationError, calibration_set, choose_folder
 from export.int8 import Int8Error, agreement, check_floor, int8_for_export
 from handler.contract import INT8_XML, Int8Figures, PreprocessContract
-from handler.options import ServeOptions
+from handler.serve_settings import ServeOptions
 from harness.paths import MODEL
 
 # One real window each (1.2 s and 1 s videos): one calibrated on, one held out.

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Tuple
 from urllib.parse import urlparse
 
-from handler.options import request_option
+from handler.option_table import request_option
 
 TORCHSERVE = "torchserve"
 KSERVE_V1 = "kserve-v1"

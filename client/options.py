@@ -1,6 +1,6 @@
 """Command-line flags -> the request options the server reads, as headers.
 
-The flags come from the server's own table of request options (``handler.options.REQUEST_OPTIONS``):
+The flags come from the server's own table of request options (``handler.option_table.REQUEST_OPTIONS``):
 one flag per option, with its type, choices and help. The video goes as the raw body; TorchServe
 gives handlers no query string, so each option travels as a header of its own name (``topk: 10``),
 which the handler reads like a multipart field.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from handler.options import OUTPUTS, REQUEST_OPTIONS, RequestOption, request_option
+from handler.option_table import OUTPUTS, REQUEST_OPTIONS, RequestOption, request_option
 
 _TYPES = {"int": int, "float": float, "seconds": float}
 

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     smooth.add_argument("--average", type=int, default=1, help="show the mean over the last N windows (default: 1)")
     smooth.add_argument("--event-threshold", type=float, default=None, metavar="P",
                         help="a label whose (averaged) probability reaches P starts an event; falling below ends it")
-    # The server's own option table (handler.options.REQUEST_OPTIONS); start and end are per window.
+    # The server's own option table (handler.option_table.REQUEST_OPTIONS); start and end are per window.
     add_request_options(parser, only=LIVE_REQUEST_OPTIONS, title="request options (each window carries them)")
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=None, help="JSON lines, one per window and event (- : stdout)")

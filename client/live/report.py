@@ -19,7 +19,7 @@ from typing import IO, Any, Deque, Dict, List, Optional, Tuple
 from client.live.runner import LiveStats, WindowResult
 from client.options import answer_key
 from client.progress import percentile
-from handler.options import OUTPUTS
+from handler.option_table import OUTPUTS
 from client.transport import Answer
 
 BAR_WIDTH = 30

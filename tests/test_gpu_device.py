@@ -47,7 +47,12 @@ def test_choose_device_asks_torch_when_not_told(monkeypatch: pytest.MonkeyPatch)
 
 
 def fake_context(model_dir: Path, gpu_id: Optional[int], min_workers: int = 2) -> FakeContext:
-    """A worker's context without a metrics cache (metrics no-op)."""
+    """A worker's context without a metrics cache (metrics no-op), over a model file in ``model_dir``
+    that holds the default contract (the handler reads its task before loading the runtime, which
+    these tests stand in for)."""
+    from harness.fuzz import target_model
+
+    target_model(model_dir)
     return FakeContext(
         model_dir, 4, {"minWorkers": min_workers, "handler": {"warmup": False, "cpu_threads": 0}}, gpu_id=gpu_id
     )

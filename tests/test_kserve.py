@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -186,6 +187,50 @@ def test_proxy_translates_grpc_and_maps_errors() -> None:
     assert out["unreachable"] == [503, "torchserve_unavailable", "UNAVAILABLE"]
     assert out["codes"] == {"400": "INVALID_ARGUMENT", "413": "RESOURCE_EXHAUSTED", "422": "INVALID_ARGUMENT",
                             "503": "UNAVAILABLE", "500": "INTERNAL"}
+
+
+BODY_LIMIT = """
+import asyncio, json
+from fastapi import FastAPI, Request
+from starlette.testclient import TestClient
+from deploy.kserve.body_limit import BodyLimit
+
+app = FastAPI()
+reads = []
+
+@app.post("/echo")
+async def echo(request: Request):
+    body = await request.body()
+    reads.append(len(body))
+    return {"bytes": len(body)}
+
+app.add_middleware(BodyLimit, max_bytes=1000)
+client = TestClient(app)
+def chunks(n):  # no Content-Length: a chunked body
+    for _ in range(n):
+        yield b"x" * 100
+out = {
+    "under": [client.post("/echo", content=b"x" * 1000).status_code],
+    "declared_over": client.post("/echo", content=b"x" * 1001),
+    "chunked_over": client.post("/echo", content=chunks(50)),
+    "chunked_under": client.post("/echo", content=chunks(5)).json(),
+}
+print(json.dumps({
+    "under": out["under"], "chunked_under": out["chunked_under"], "reads": reads,
+    "declared_over": [out["declared_over"].status_code, out["declared_over"].json()["reason"]],
+    "chunked_over": [out["chunked_over"].status_code, out["chunked_over"].json()["reason"]],
+}))
+"""
+
+
+def test_rest_bodies_over_torchserves_limit_are_refused_before_they_are_read() -> None:
+    """deploy/kserve/body_limit.py: kserve reads a REST body whole before any model sees it; over
+    TorchServe's max_request_size it is 413 from the Content-Length, or as a chunked body passes it."""
+    out = kserve_python(BODY_LIMIT)
+    assert out["under"] == [200] and out["chunked_under"] == {"bytes": 500}
+    assert out["declared_over"] == [413, "request_too_large"]
+    assert out["chunked_over"] == [413, "request_too_large"]
+    assert out["reads"] == [1000, 500], "the refused bodies never reached the route"
 
 
 # -- the manifests ------------------------------------------------------------------------------
@@ -733,6 +778,24 @@ class TestKServeProtocols:
         reply = requests.post(f"{pod.url}/v2/models/{pod.model_name}/infer", json=fp32, timeout=60)
         assert reply.status_code == 400 and reply.json()["reason"] == "bad_json", reply.text
 
+
+    def test_a_body_over_the_limit_is_refused_before_it_is_sent(self, pod: KServePod) -> None:
+        # Only the headers go out: a Content-Length one byte over TorchServe's max_request_size.
+        import http.client
+        from urllib.parse import urlsplit
+
+        limit = int(read_properties(pod.model_dir / "config" / "config.properties")["max_request_size"])
+        where = urlsplit(pod.url)
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=10)
+        started = time.monotonic()
+        connection.putrequest("POST", f"/v2/models/{pod.model_name}/infer")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(limit + 1))
+        connection.endheaders()
+        reply = connection.getresponse()
+        assert reply.status == 413 and json.loads(reply.read())["reason"] == "request_too_large"
+        assert time.monotonic() - started < 1.0
+        connection.close()
 
     @pytest.mark.parametrize("protocol", ["kserve-v1", "kserve-v2"])
     def test_the_client_runs_a_folder_against_the_pod(self, pod: KServePod, shared_videos: Path, tmp_path: Path,

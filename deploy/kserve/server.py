@@ -35,6 +35,7 @@ from kserve import model_server as kserve_model_server
 from kserve.protocol.dataplane import DataPlane
 
 from deploy.kserve.backend import Layout, TorchServeChild, read_layout
+from deploy.kserve.body_limit import BodyLimit
 from deploy.kserve.proxy import TorchServeError, TorchServeModel, torchserve_error_response
 
 logger = logging.getLogger("deploy.kserve.server")
@@ -99,6 +100,8 @@ def build_server(args: argparse.Namespace, layout: Layout, models: List[TorchSer
     for model in models:
         server.register_model(model)
     kserve_model_server.app.add_exception_handler(TorchServeError, torchserve_error_response)
+    # REST bodies bounded before kserve reads them whole (deploy/kserve/body_limit.py).
+    kserve_model_server.app.add_middleware(BodyLimit, max_bytes=layout.max_request_bytes)
     return server
 
 

@@ -57,6 +57,8 @@ def test_boxes_come_as_a_map_or_a_list_and_name_the_keyframes():
 
 @pytest.mark.parametrize("given, status, words", [
     ({"boxes": "[1"}, 400, "not valid JSON"),
+    ({"boxes": "[" * 200_000}, 400, "nested too deeply"),  # the deepest text the size limit admits
+    ({"boxes": "[" * ((1 << 20) + 1)}, 413, "at most"),
     ({"boxes": '{"1": [[0, 0, 10]]}'}, 400, r"\[x1, y1, x2, y2\]"),
     ({"boxes": '{"1": [[0, 0, 10, NaN]]}'}, 400, "finite"),
     ({"boxes": '{"1": [[10, 0, 10, 5]]}'}, 400, "x1 < x2"),

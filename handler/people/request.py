@@ -93,6 +93,8 @@ def _json(name: str, raw: Any) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise _bad(f"{name} is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    except RecursionError:  # e.g. a megabyte of "[": Python's parser recurses per level
+        raise _bad(f"{name} is nested too deeply to be boxes") from None
 
 
 def read_box(raw: Any, where: str) -> Box:

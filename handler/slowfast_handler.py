@@ -157,10 +157,7 @@ class SlowFastHandler(BaseHandler):
             failure = error
         except Exception as error:  # a bug or resource failure on one input must not fail the batch
             failure = failure_answer(error, "detect the actions in this video", f"action-detection request {index}")
-        context.set_response_status(failure.status, failure.phrase, index if index < _requests_in_batch(context) else 0)
-        self.metrics.rejected(failure.reason, failure.status)
-        log.info("request %d rejected: %d %s: %s", index, failure.status, failure.reason, failure.message)
-        return failure.to_body()
+        return self._reject(context, RequestWork(index), failure)
 
     # -- parse and plan ----------------------------------------------------------------------
 

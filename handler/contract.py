@@ -244,11 +244,21 @@ class PreprocessContract:
             raise ContractError(f"unreadable preprocessing contract: {exc!r}") from exc
 
 
+def stored_files(model_file: "str | os.PathLike[str]", names: Tuple[str, ...]) -> Optional[List[bytes]]:
+    """The contents of ``names`` among the extra files ``torch.jit.save`` stored in a TorchScript
+    file (a zip whose members are ``<archive>/extra/<name>``), without loading the module; None if
+    one of them is absent."""
+    with zipfile.ZipFile(model_file) as archive:
+        members = {name.rsplit("/extra/", 1)[-1]: name for name in archive.namelist() if "/extra/" in name}
+        if not all(name in members for name in names):
+            return None
+        return [archive.read(members[name]) for name in names]
+
+
 def contract_of(model_file: "str | os.PathLike[str]") -> Optional[PreprocessContract]:
     """The contract inside a TorchScript file, read without loading the model (None: it has none)."""
-    with zipfile.ZipFile(model_file) as archive:
-        name = next((n for n in archive.namelist() if n.endswith(f"/extra/{CONTRACT_FILE}")), None)
-        return PreprocessContract.from_json(archive.read(name)) if name is not None else None
+    found = stored_files(model_file, (CONTRACT_FILE,))
+    return PreprocessContract.from_json(found[0]) if found is not None else None
 
 
 def activate(logits: torch.Tensor, activation: str) -> torch.Tensor:

@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, FrozenSet, List, Optional, Tuple
@@ -26,7 +25,7 @@ from typing import Any, FrozenSet, List, Optional, Tuple
 import numpy as np
 import torch
 
-from handler.contract import CONTRACT_FILE, INT8_BIN, INT8_XML, PreprocessContract
+from handler.contract import CONTRACT_FILE, INT8_BIN, INT8_XML, PreprocessContract, stored_files
 from handler.file_hash import file_sha256
 from handler.serve_settings import ServeOptions
 from handler.runtime_base import Outputs, cpu_thread_count, dummy_pathways, model_outputs, read_model
@@ -144,23 +143,13 @@ def cached_model(path: Path, cache_root: Path) -> Tuple[Any, PreprocessContract,
     return model, contract, how
 
 
-def _extra_files(path: Path, names: Tuple[str, ...]) -> Optional[List[bytes]]:
-    """The contents of ``names`` among the extra files ``torch.jit.save`` stored in ``path`` (a zip
-    whose members are ``<archive>/extra/<name>``), without loading the module; None if one is absent."""
-    with zipfile.ZipFile(path) as archive:
-        members = {name.rsplit("/extra/", 1)[-1]: name for name in archive.namelist() if "/extra/" in name}
-        if not all(name in members for name in names):
-            return None
-        return [archive.read(members[name]) for name in names]
-
-
 def int8_model(path: Path) -> Optional[Tuple[Any, PreprocessContract]]:
     """(int8 ``openvino.Model``, contract) from the IR stored in ``path`` at export; None when
     the file carries none. Nothing is converted or calibrated here, and the TorchScript module
     is not loaded: a file without an int8 model costs a look at its zip directory."""
     import openvino as ov
 
-    files = _extra_files(path, (CONTRACT_FILE, INT8_XML, INT8_BIN))
+    files = stored_files(path, (CONTRACT_FILE, INT8_XML, INT8_BIN))
     if files is None:
         return None
     contract = PreprocessContract.from_json(files[0])

@@ -166,10 +166,11 @@ def test_int8_asked_of_a_file_without_it_is_refused(tmp_path: Path) -> None:
 def test_a_file_without_an_int8_model_is_told_from_its_zip_directory(tmp_path: Path) -> None:
     from export.reference import default_contract
     from export.save import save_with_contract
-    from handler.runtime_openvino import _extra_files, int8_model
+    from handler.contract import stored_files
+    from handler.runtime_openvino import int8_model
 
     pt = tmp_path / "tiny.pt"
     save_with_contract(torch.jit.script(torch.nn.Identity()), default_contract(), pt, {"other.bin": b"\x00\xff"})
     assert int8_model(pt) is None
-    assert _extra_files(pt, ("other.bin",)) == [b"\x00\xff"]  # bytes come back as written
-    assert _extra_files(pt, ("other.bin", INT8_XML)) is None
+    assert stored_files(pt, ("other.bin",)) == [b"\x00\xff"]  # bytes come back as written
+    assert stored_files(pt, ("other.bin", INT8_XML)) is None

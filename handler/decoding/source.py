@@ -57,7 +57,7 @@ def _refuse_unsupported_container(data: bytes, name: Optional[str] = None) -> No
         raise RequestError(415, "still_image", f"the body is a still image ({name}), not a video; send a video file")
     raise RequestError(
         415, "unsupported_container",
-        f"the body is a {name} file, which this server does not open: it accepts self-contained video "
+        f"the body is in the {name} format, which this server does not open: it accepts self-contained video "
         "files only (MP4/MOV, Matroska/WebM, AVI, MPEG-TS/PS, FLV, Ogg, ASF, animated GIF); "
         "playlists, stream descriptions and other files that name other resources are refused",
     )

@@ -26,7 +26,7 @@ import yaml
 from client.config import read_properties
 from deploy.kserve.build import build
 from harness.paths import REPO
-from harness.torchserve import LocalTorchServe, free_port
+from harness.torchserve import LocalTorchServe, TorchServeAddresses, free_port
 
 RUNTIME_MANIFEST = REPO / "deploy" / "kserve" / "servingruntime.yaml"
 KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
@@ -49,8 +49,11 @@ def pod_argv(overrides: Mapping[str, str], python: Path = KSERVE_PYTHON) -> List
     return [str(python), *container["command"][1:], *args]
 
 
-class KServePod:
-    """The model server and its TorchServe from a freshly built layout, on free loopback ports."""
+class KServePod(TorchServeAddresses):
+    """The model server and its TorchServe from a freshly built layout, on free loopback ports.
+
+    ``inference_url`` etc. are the TorchServe's behind the server, for direct comparison (same
+    process, same answers); ``url`` and ``grpc_target`` are the model server's."""
 
     def __init__(self, mar: Path, workdir: Path, env: Optional[Mapping[str, str]] = None) -> None:
         self.mar = Path(mar)
@@ -59,7 +62,7 @@ class KServePod:
         self.extra_env = dict(env or {})
         self.http_port, self.grpc_port = free_port(), free_port()
         ts_port = free_port()
-        self.torchserve_properties = {
+        self.properties = {
             "inference_address": f"http://127.0.0.1:{ts_port}",
             "management_address": f"http://127.0.0.1:{ts_port}",
             "metrics_address": f"http://127.0.0.1:{free_port()}",
@@ -80,23 +83,6 @@ class KServePod:
     @property
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
-
-    # TorchServe behind the server, for direct comparison (same process, same answers).
-    @property
-    def inference_url(self) -> str:
-        return self.torchserve_properties["inference_address"]
-
-    @property
-    def management_url(self) -> str:
-        return self.torchserve_properties["management_address"]
-
-    @property
-    def metrics_url(self) -> str:
-        return self.torchserve_properties["metrics_address"]
-
-    @property
-    def predictions_url(self) -> str:
-        return f"{self.inference_url}/predictions/{self.model_name}"
 
     @property
     def log_path(self) -> Path:
@@ -119,7 +105,7 @@ class KServePod:
         paths = build(self.mar, self.model_dir)
         config = paths["config"]
         values = read_properties(config)
-        values.update(self.torchserve_properties)
+        values.update(self.properties)
         config.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         self.model_name = next(iter(json.loads(values["model_snapshot"])["models"]))
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)

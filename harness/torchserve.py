@@ -32,7 +32,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class LocalTorchServe:
+class TorchServeAddresses:
+    """A TorchServe's URLs from its ``properties`` (config.properties keys) and ``model_name``."""
+
+    properties: Dict[str, str]
+    model_name: str
+
+    @property
+    def inference_url(self) -> str:
+        return self.properties["inference_address"]
+
+    @property
+    def management_url(self) -> str:
+        return self.properties["management_address"]
+
+    @property
+    def metrics_url(self) -> str:
+        return self.properties["metrics_address"]
+
+    @property
+    def predictions_url(self) -> str:
+        return self.predictions_url_of(self.model_name)
+
+    def predictions_url_of(self, model_name: str) -> str:
+        return f"{self.inference_url}/predictions/{model_name}"
+
+
+class LocalTorchServe(TorchServeAddresses):
     """A TorchServe process serving ``mar`` from ``workdir``; use as a context manager.
 
     ``properties`` override config.properties entries (e.g. ``service_envelope``). The model is
@@ -85,25 +111,6 @@ class LocalTorchServe:
         raise RuntimeError("no free worker socket range under /tmp")
 
     # -- addresses and keys ----------------------------------------------------------------
-
-    @property
-    def inference_url(self) -> str:
-        return self.properties["inference_address"]
-
-    @property
-    def management_url(self) -> str:
-        return self.properties["management_address"]
-
-    @property
-    def metrics_url(self) -> str:
-        return self.properties["metrics_address"]
-
-    @property
-    def predictions_url(self) -> str:
-        return self.predictions_url_of(self.model_name)
-
-    def predictions_url_of(self, model_name: str) -> str:
-        return f"{self.inference_url}/predictions/{model_name}"
 
     @property
     def keys(self) -> Keys:

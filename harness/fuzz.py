@@ -214,12 +214,10 @@ def target_model(directory: Path) -> Path:
 def target_handler(directory: Path):
     """The real handler over ``target_model``: TorchScript, no warm-up, the fuzzing decode budget."""
     from harness.inproc import InProcessHandler
-    from harness.precision import model_config
 
     directory.mkdir(parents=True, exist_ok=True)
-    pt = target_model(directory)
-    config = model_config(directory, cpu_runtime="torchscript", warmup=False, max_decode_seconds=FUZZ_DECODE_SECONDS)
-    return InProcessHandler(pt, config)
+    settings = {"cpu_runtime": "torchscript", "warmup": False, "max_decode_seconds": FUZZ_DECODE_SECONDS}
+    return InProcessHandler(target_model(directory), handler=settings)
 
 
 @dataclasses.dataclass(frozen=True)

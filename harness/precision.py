@@ -46,7 +46,8 @@ def probability_tolerance(runtime: str, checkpoint: str) -> float:
 
 def model_config(directory: Path, **handler_settings: Any) -> Path:
     """The repo's model-config.yaml with ``handler_settings`` over its ``handler:`` section,
-    written to ``directory``; returns its path (for InProcessHandler or build_archive)."""
+    written to ``directory``; returns its path, for an archive (``build_archive``). In-process,
+    ``InProcessHandler(pt, handler=...)`` takes the settings themselves."""
     config = yaml.safe_load(MODEL_CONFIG.read_text())
     config["handler"].update(handler_settings)
     path = directory / "model-config.yaml"

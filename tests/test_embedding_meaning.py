@@ -17,7 +17,7 @@ import torch
 
 from export.reference import EMBEDDING_SIZE, NUM_CLASSES
 from harness.inproc import InProcessHandler
-from harness.precision import FP32, model_config, precision_of
+from harness.precision import FP32, precision_of
 from harness.synth import mirrored
 from tests.checkpoints import NON_FLAT_PT
 
@@ -26,9 +26,8 @@ OTHERS = ("tv__basketball.mp4", "tv__v_SoccerJuggling_g23_c01.avi")
 
 
 @pytest.fixture(scope="module")
-def embed(non_flat_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    config = model_config(tmp_path_factory.mktemp("fp32"), **FP32)
-    handler = InProcessHandler(non_flat_model_dir / NON_FLAT_PT, config)  # raises if a request is refused
+def embed(non_flat_model_dir: Path):
+    handler = InProcessHandler(non_flat_model_dir / NON_FLAT_PT, handler=FP32)  # raises if a request is refused
     assert precision_of(handler.runtime.name) == "fp32"
     return lambda video: handler.handle(video, {"output": "both"})
 

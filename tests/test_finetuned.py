@@ -64,8 +64,7 @@ def test_export_reads_classes_from_the_head_labels_from_the_file_and_the_variant
     assert contract.weights.startswith("checkpoint epoch=9-step=1200.ckpt sha256:")
 
 
-def _torchscript_config(tmp_path: Path) -> Path:
-    return model_config(tmp_path, cpu_runtime="torchscript", warmup=False)
+TORCHSCRIPT = {"cpu_runtime": "torchscript", "warmup": False}
 
 
 def test_served_beside_the_default_model_each_with_its_own_name_and_labels(
@@ -91,7 +90,7 @@ def test_served_beside_the_default_model_each_with_its_own_name_and_labels(
     assert {p["label"] for p in default["predictions"]} <= set(default_contract.labels)
     assert not {p["label"] for p in default["predictions"]} & set(LABELS)
     # The full network's answer, restricted to the kept rows and renormalised, is the fine-tuned answer.
-    full = InProcessHandler(non_flat_model_dir / NON_FLAT_PT, _torchscript_config(tmp_path)).handle(
+    full = InProcessHandler(non_flat_model_dir / NON_FLAT_PT, handler=TORCHSCRIPT).handle(
         video, {"topk": str(NUM_CLASSES)})
     by_index = {p["index"]: p["probability"] for p in full["predictions"]}
     kept = torch.tensor([by_index[i] for i in KEEP])
@@ -107,7 +106,7 @@ def test_a_sigmoid_model_answers_per_class_probabilities_above_a_threshold(fine_
     multilabel = dataclasses.replace(contract, model_name="my_multilabel", activation="sigmoid")
     model_dir = tmp_path / "model"
     save_with_contract(module, multilabel, model_dir / "my_multilabel.pt")
-    handler = InProcessHandler(model_dir / "my_multilabel.pt", _torchscript_config(tmp_path))
+    handler = InProcessHandler(model_dir / "my_multilabel.pt", handler=TORCHSCRIPT)
     video = (shared_videos / CLIP).read_bytes()
     everything = handler.handle(video, {"topk": "12", "crops": "3"}, capture=True)
     with torch.inference_mode():

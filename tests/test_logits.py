@@ -104,14 +104,11 @@ def test_the_client_prints_an_answer_it_has_no_table_for_as_json(capsys, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def inproc(built, tmp_path_factory):
+def inproc(built):
     from harness.inproc import InProcessHandler
 
-    from harness.precision import model_config
-
     # Compared with the scripted module's fp32 logits: TorchScript fp32 on every CPU.
-    path = model_config(tmp_path_factory.mktemp("logits"), cpu_runtime="torchscript", warmup=False)
-    return InProcessHandler(built["pt"], path)
+    return InProcessHandler(built["pt"], handler={"cpu_runtime": "torchscript", "warmup": False})
 
 
 @pytest.fixture(scope="module")

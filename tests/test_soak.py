@@ -46,6 +46,30 @@ def test_the_slope_is_per_thousand_requests() -> None:
     assert soak._slope_per_1000([(0, 100.0), (500, 100.0), (900, 100.0)]) == 0
 
 
+def _swinging(leak_mb_per_1000: float, requests: int = 3000) -> list:
+    """RSS samples as a worker shows them: a floor (plus any leak) and, at most samples, the frames
+    of whichever video is in flight on top (0-30 MB, the swing measured on the EPYC)."""
+    import random
+
+    rng = random.Random(5)
+    return [(n, 1600.0 + leak_mb_per_1000 * n / 1000 + (0.0 if rng.random() < 0.2 else rng.uniform(0, 30)))
+            for n in range(0, requests, 1)]
+
+
+def test_the_floor_resolves_a_slope_that_the_swing_hides() -> None:
+    flat, leaking = _swinging(0.0), _swinging(1.0)
+    assert abs(soak._slope_per_1000(soak.rss_floor(flat))) < 0.1
+    assert soak._slope_per_1000(soak.rss_floor(leaking)) == pytest.approx(1.0, abs=0.1)
+    # The raw samples' slope of the same flat run: the swing alone moves it by more than the floor's.
+    assert abs(soak._slope_per_1000(flat[:300])) > abs(soak._slope_per_1000(soak.rss_floor(flat)))
+
+
+def test_the_floor_is_the_lowest_sample_of_each_full_stretch() -> None:
+    points = [(0, 10.0), (50, 5.0), (99, 8.0), (100, 7.0), (150, 9.0), (210, 1.0)]
+    assert soak.rss_floor(points, per=100) == [(50.0, 5.0), (150.0, 7.0)]  # 200-: not full, dropped
+    assert soak.rss_floor([]) == []
+
+
 @pytest.mark.slow
 def test_three_minutes_without_growth(built, shared_videos: Path) -> None:
     with Served(built["mar"]) as served:

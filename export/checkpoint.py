@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 # after READ seconds without a byte. A download never hangs the export.
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 30.0
+# The largest download accepted, as stored (decoded): SlowFast checkpoints are 130-250 MB, a
+# Lightning .ckpt with optimizer state about 3x that. Bounds what a wrong URL (or a gzip body that
+# inflates without end) can write into the cache before anything checks it.
+MAX_DOWNLOAD_BYTES = 4 << 30
 STATE_KEYS = ("model_state", "state_dict", "model")
 PREFIXES = ("model.", "module.")
 # torch.hub's check_hash convention: a file named NAME-<the first 8 or more hex digits of its
@@ -117,12 +121,14 @@ def verify_sha256(path: Path, expected: Optional[str], source: str) -> None:
 
 
 def download(url: str, destination: Path, connect_timeout: float = CONNECT_TIMEOUT_S,
-             read_timeout: float = READ_TIMEOUT_S, sha256: Optional[str] = None) -> Path:
+             read_timeout: float = READ_TIMEOUT_S, sha256: Optional[str] = None,
+             max_bytes: int = MAX_DOWNLOAD_BYTES) -> Path:
     """Download ``url`` to ``destination`` through a temporary file in the same directory, renamed
     into place only once complete (the bytes received checked against Content-Length, which counts
     them as sent: compressed, for a ``Content-Encoding: gzip`` body, which is stored decoded), of
     the expected SHA-256 (``sha256``: a full hash or a prefix) and readable as a checkpoint: a
-    failure leaves nothing at ``destination`` and no temporary file behind.
+    failure leaves nothing at ``destination`` and no temporary file behind. A body announced or
+    growing past ``max_bytes`` (decoded) is refused as soon as that is known.
 
     ``torch.hub.download_url_to_file`` has no timeout; this one bounds connect and each read.
     """
@@ -138,7 +144,13 @@ def download(url: str, destination: Path, connect_timeout: float = CONNECT_TIMEO
                     if reply.status_code != 200:
                         raise DownloadError(f"could not download checkpoint {url}: HTTP {reply.status_code} {reply.reason}")
                     expected = reply.headers.get("Content-Length")
+                    if expected is not None and expected.isdigit() and int(expected) > max_bytes:
+                        raise DownloadError(_too_large(url, f"announces {int(expected):,} bytes", max_bytes))
+                    written = 0
                     for block in reply.iter_content(1 << 20):  # decoded, if the body is content-encoded
+                        written += len(block)
+                        if written > max_bytes:
+                            raise DownloadError(_too_large(url, f"passed {max_bytes:,} bytes", max_bytes))
                         out.write(block)
                     received = reply.raw.tell()  # bytes as sent, before decoding: what Content-Length counts
             except requests.RequestException as exc:
@@ -152,6 +164,11 @@ def download(url: str, destination: Path, connect_timeout: float = CONNECT_TIMEO
         partial.unlink(missing_ok=True)
     log.info("downloaded %s to %s (%.1f MB)", url, destination, destination.stat().st_size / 1e6)
     return destination
+
+
+def _too_large(url: str, what: str, max_bytes: int) -> str:
+    return (f"could not download checkpoint {url}: the body {what}, more than the {max_bytes / 2**30:g} GiB "
+            "accepted (a checkpoint is a few hundred MB; download it yourself and pass the file if it is right)")
 
 
 def _reason(exc: Exception) -> str:

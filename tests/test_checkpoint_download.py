@@ -248,6 +248,19 @@ def test_a_gzip_encoded_body_is_decoded_and_its_length_checked_as_sent(site):
     assert cache_files(cache) == [cache_file_name(f"{base}/gzip/good.pyth")]
 
 
+def test_a_body_larger_than_the_limit_is_refused_and_leaves_nothing(site):
+    base, cache = site
+    size = len(_Handler.files["good.pyth"])
+    with pytest.raises(DownloadError, match=f"announces {size:,} bytes, more than"):  # by Content-Length
+        download(f"{base}/good.pyth", cache / "a.pyth", max_bytes=size - 1)
+    # gzip: Content-Length counts the compressed bytes (under the limit); the decoded ones pass it.
+    assert len(gzip.compress(_Handler.files["good.pyth"])) < size
+    with pytest.raises(DownloadError, match=f"passed {size - 1:,} bytes"):
+        download(f"{base}/gzip/good.pyth", cache / "b.pyth", max_bytes=size - 1)
+    assert cache_files(cache) == []
+    assert download(f"{base}/good.pyth", cache / "c.pyth", max_bytes=size).read_bytes() == _Handler.files["good.pyth"]
+
+
 def test_a_default_checkpoint_of_another_sha256_is_an_error_not_a_fallback(site, monkeypatch):
     base, _ = site
     variant = VARIANTS["slowfast_r50"]

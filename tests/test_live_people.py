@@ -88,6 +88,19 @@ def test_a_classifier_answering_the_probe_is_a_clear_error(stream_file, capsys):
     assert "names no keyframe window" in capsys.readouterr().err
 
 
+def test_a_detector_without_a_person_detector_is_said_at_start(stream_file, capsys):
+    """Offline exports have none (README): a live window carries no boxes, so nothing could be answered."""
+    def answer(request) -> Reply:
+        reply = detector(request)
+        reply.body["person_detector"] = None
+        return reply
+
+    with FakeTorchServe(answer) as fake:
+        assert live_cli.main([str(stream_file), "--people", "--url", fake.url, "--token", "t"], stdout=io.StringIO()) == 1
+        assert len(fake.requests) == 1  # the probe, no window
+    assert "has no person detector" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--people", "--crops", "3"], "--crops does not apply to an action detector"),
     (["--people", "--embedding"], "--output does not apply to an action detector"),

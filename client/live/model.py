@@ -87,6 +87,10 @@ def people_window_from_server(transport: Transport, fields: Dict[str, str]) -> T
     if not (isinstance(window, list) and len(window) == 2 and window[0] <= middle <= window[1]):
         raise ClientError(f"the server's answer names no keyframe window ({str(outcome.body)[:200]}): "
                           "is --model an action detector?")
+    if outcome.body.get("person_detector", {}) is None:  # exported where its weights could not be fetched
+        raise ClientError("the server's action detector has no person detector (its weights could not be fetched "
+                          "at export), and a live window has no boxes to send: export it with one (README, 'Who "
+                          "is doing what')")
     start, end = (float(v) for v in window)
     if end - start >= PROBE_SECONDS - 0.5:
         raise ClientError(f"the model's window is {PROBE_SECONDS:g} s or longer")

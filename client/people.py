@@ -25,6 +25,7 @@ import numpy as np
 
 from client.endpoint import ClientError, add_endpoint_options, resolve_endpoint
 from client.predict import predict, read_video
+from client.timeline import stream_end
 from client.transport import Transport
 
 DETECTION_MODEL = "slowfast_r50_detection"
@@ -101,12 +102,7 @@ def follow_keyframes(lines: Iterable[Dict[str, Any]], out: IO[str]) -> Dict[str,
             final = line
             continue
         print(keyframe_text({k: v for k, v in keyframe.items() if k not in ("index", "of")}), file=out, flush=True)
-    if final is None:
-        raise ClientError("the streamed answer ended before its final line")
-    if "keyframes" not in final:
-        reason = final.get("reason") or final.get("type") or "error"
-        raise ClientError(f"the server failed after streaming began: {reason}: {final.get('message', final)}")
-    return final
+    return stream_end(final, "keyframes")
 
 
 def persons_text(keyframe: Dict[str, Any], limit: int = 3) -> str:

@@ -375,12 +375,12 @@ def test_stream_is_for_plain_requests():
 
 
 @pytest.fixture
-def two_or_four(served, monkeypatch):
-    """The served detector with 2 keyframes per answer and 4 per stream (a _timeline registration's
+def one_or_three(served, monkeypatch):
+    """The served detector with 1 keyframe per answer and 3 per stream (a _timeline registration's
     relation at a size a test can afford); each forward counted in the returned list."""
     people = served.handler.people
-    monkeypatch.setattr(people, "options", dataclasses.replace(people.options, max_keyframes_per_request=2,
-                                                               max_streamed_keyframes_per_request=4))
+    monkeypatch.setattr(people, "options", dataclasses.replace(people.options, max_keyframes_per_request=1,
+                                                               max_streamed_keyframes_per_request=3))
     forwards: List[int] = []
     infer = people.model.infer
     monkeypatch.setattr(people.model, "infer", lambda *args: forwards.append(1) or infer(*args))
@@ -388,10 +388,10 @@ def two_or_four(served, monkeypatch):
 
 
 @pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
-def test_a_long_video_streams_a_line_per_keyframe_as_each_is_answered(served, two_or_four, shared_videos, monkeypatch):
+def test_a_long_video_streams_a_line_per_keyframe_as_each_is_answered(served, one_or_three, shared_videos, monkeypatch):
     from harness.context import record_line
 
-    forwards = two_or_four
+    forwards = one_or_three
     sent_after: List[int] = []  # forwards done when each line left
 
     def send(index: int, line: str, context) -> None:
@@ -400,17 +400,17 @@ def test_a_long_video_streams_a_line_per_keyframe_as_each_is_answered(served, tw
 
     monkeypatch.setattr(served.handler, "send_line", send)
     video = (shared_videos / KINETICS).read_bytes()
-    status, body = served(video, {"stride": "3", "topk": "2"})
-    assert status == 413 and "stream it (stream=true allows 4 keyframes)" in body["message"] and not forwards
+    status, body = served(video, {"stride": "4", "topk": "2"})
+    assert status == 413 and "stream it (stream=true allows 3 keyframes)" in body["message"] and not forwards
     status, body = served(video, {"stride": "2", "stream": "true"})  # 6 keyframes
-    assert status == 413 and "at most 4 per streamed request" in body["message"] and not forwards
-    status, final = served(video, {"stride": "3", "topk": "2", "stream": "true"})
+    assert status == 413 and "at most 3 per streamed request" in body["message"] and not forwards
+    status, final = served(video, {"stride": "4", "topk": "2", "stream": "true"})
     assert status == 200 and isinstance(final, str) and final.endswith("\n")
     lines = [json.loads(line)["keyframe"] for line in served.context.streamed[0]]
     answer = json.loads(final)
-    assert [line["index"] for line in lines] == [0, 1, 2, 3] and {line["of"] for line in lines} == {4}
-    assert sent_after == [1, 2, 3, 4]  # each keyframe's line went out before the next keyframe's forward
-    assert [k["time"] for k in answer["keyframes"]] == [0.5, 3.5, 6.5, 9.5]
+    assert [line["index"] for line in lines] == [0, 1, 2] and {line["of"] for line in lines} == {3}
+    assert sent_after == [1, 2, 3]  # each keyframe's line went out before the next keyframe's forward
+    assert [k["time"] for k in answer["keyframes"]] == [0.5, 4.5, 8.5]
     assert [{k: v for k, v in line.items() if k not in ("index", "of")} for line in lines] == answer["keyframes"]
     assert all(len(k["persons"]) == 2 and len(k["persons"][0]["actions"]) == 2 for k in answer["keyframes"])
 

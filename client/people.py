@@ -6,6 +6,11 @@ with ``--render``, draws the boxes and action labels: on the video itself (``.mp
 shows the persons of the keyframe whose window holds it) or on a contact sheet of the keyframes'
 frames (``.png``/``.jpg``). Frames are read with PyAV at full resolution and turned upright as the
 server turns them, so the boxes (in the video's upright pixels) land where the server put them.
+
+With ``--stride`` the answer is streamed (``--no-stream``: one answer): the request goes to the
+model's ``_timeline`` registration, which takes long videos, and each keyframe's line is printed as
+the server sends it. ``client live --people`` shows and writes the same per live window
+(``persons_text``, ``keyframe_lines``).
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from client.endpoint import ClientError, add_endpoint_options, resolve_endpoint
-from client.predict import predict
+from client.predict import predict, read_video
+from client.timeline import stream_end
 from client.transport import Transport
 
 DETECTION_MODEL = "slowfast_r50_detection"
@@ -39,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--stride", type=float, default=None, help="a keyframe every this many seconds")
     ask.add_argument("--threshold", type=float, default=None, help="actions at or above this probability (server: 0.5)")
     ask.add_argument("--topk", type=int, default=None, help="the k most probable actions per person")
+    ask.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                     help="a line per keyframe as the server answers it, from the model's _timeline registration "
+                          "(which takes long videos; default: with --stride)")
     parser.add_argument("--render", type=Path, default=None,
                         help="draw boxes and actions: OUT.mp4 (the video) or OUT.png/.jpg (a contact sheet)")
     server = add_endpoint_options(parser)
@@ -59,13 +68,50 @@ def request_fields(args: argparse.Namespace) -> Dict[str, str]:
         value = getattr(args, name)
         if value is not None:
             fields[name] = str(value)
+    if streams(args):
+        fields["stream"] = "true"
     return fields
+
+
+def streams(args: argparse.Namespace) -> bool:
+    """Whether to ask for a streamed answer: ``--stream``, or ``--stride`` unless ``--no-stream``."""
+    return args.stream if args.stream is not None else args.stride is not None
+
+
+def keyframe_text(keyframe: Dict[str, Any]) -> str:
+    """One keyframe (time, window, persons) as one compact JSON line."""
+    return json.dumps(keyframe, separators=(",", ":"))
 
 
 def keyframe_lines(answer: Dict[str, Any]) -> Iterator[str]:
     """One compact JSON line per keyframe of the server's answer."""
     for keyframe in answer.get("keyframes", []):
-        yield json.dumps(keyframe, separators=(",", ":"))
+        yield keyframe_text(keyframe)
+
+
+def follow_keyframes(lines: Iterable[Dict[str, Any]], out: IO[str]) -> Dict[str, Any]:
+    """Consume a streamed answer: print each keyframe's line to ``out`` as it arrives (the same
+    line ``keyframe_lines`` gives for it); return the final answer.
+    Raises:
+        ClientError: the server's error line, or a stream that ended without a final answer.
+    """
+    final: Optional[Dict[str, Any]] = None
+    for line in lines:
+        keyframe = line.get("keyframe")
+        if keyframe is None:
+            final = line
+            continue
+        print(keyframe_text({k: v for k, v in keyframe.items() if k not in ("index", "of")}), file=out, flush=True)
+    return stream_end(final, "keyframes")
+
+
+def persons_text(keyframe: Dict[str, Any], limit: int = 3) -> str:
+    """A keyframe's persons on one line: ``2 persons: 0.95 stand, watch | 0.80 sit``."""
+    persons = keyframe.get("persons") or []
+    if not persons:
+        return "no person"
+    labels = " | ".join(person_label(person, limit) for person in persons)
+    return f"{len(persons)} person{'s' if len(persons) > 1 else ''}: {labels}"
 
 
 # -- drawing ------------------------------------------------------------------------------------
@@ -190,9 +236,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         endpoint = resolve_endpoint(args.url, args.model, args.token, args.key_file)
         transport = Transport(endpoint, timeout=args.timeout, attempts=1)
-        answer = predict(transport, args.video, request_fields(args))
-        for line in keyframe_lines(answer):
-            print(line)
+        fields = request_fields(args)
+        if streams(args):
+            answer = follow_keyframes(transport.stream(read_video(args.video), fields), sys.stdout)
+        else:
+            answer = predict(transport, args.video, fields)
+            for line in keyframe_lines(answer):
+                print(line)
         for warning in answer.get("warnings", []):
             print(f"warning: {warning}", file=sys.stderr)
         if args.render is not None:

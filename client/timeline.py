@@ -53,9 +53,17 @@ def follow_stream(lines: Iterable[Dict[str, Any]], stream: Optional[IO[str]] = N
     finally:
         if bar is not None:
             bar.close()
+    return stream_end(final, "timeline")
+
+
+def stream_end(final: Optional[Dict[str, Any]], key: str) -> Dict[str, Any]:
+    """A streamed answer's last line, when it is the answer (it holds ``key``).
+    Raises:
+        ClientError: no last line, or the server's error object (the status was 200 by then).
+    """
     if final is None:
         raise ClientError("the streamed answer ended before its final line")
-    if "timeline" not in final:
+    if key not in final:
         reason = final.get("reason") or final.get("type") or "error"
         raise ClientError(f"the server failed after streaming began: {reason}: {final.get('message', final)}")
     return final

@@ -170,9 +170,10 @@ class Transport:
         return body
 
     def url_for(self, fields: Mapping[str, str]) -> str:
-        """Where a request with these fields goes: timelines to the long-work registration."""
-        timeline = str(fields.get("timeline", "")).strip().lower() in ("true", "1", "yes", "on")
-        if timeline and self.endpoint.timeline_url and not self._no_timeline_registration:
+        """Where a request with these fields goes: timelines and streamed answers (an action
+        detector's keyframes over a long video) to the long-work registration."""
+        long_work = any(str(fields.get(name, "")).strip().lower() in ("true", "1", "yes", "on") for name in ("timeline", "stream"))
+        if long_work and self.endpoint.timeline_url and not self._no_timeline_registration:
             return self.endpoint.timeline_url
         return self.endpoint.url
 

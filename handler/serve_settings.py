@@ -52,7 +52,9 @@ class ServeOptions:
     budget points to (empty: none); ``cpu_nice`` (0..19) lowers this worker's CPU priority, so a
     registration for long work yields the cores to the main registration (handler/priority.py).
     Action detectors (handler/people): ``max_persons_per_keyframe`` (boxes given or found, each
-    a RoI of the forward), ``max_keyframes_per_request`` (a forward each).
+    a RoI of the forward), ``max_keyframes_per_request`` (a forward each),
+    ``max_streamed_keyframes_per_request`` (the same for a streamed answer, a line per keyframe;
+    above ``max_keyframes_per_request`` the decoding budget is per keyframe, as for timelines).
     """
 
     topk: int = request_option("topk").default
@@ -79,6 +81,7 @@ class ServeOptions:
     cpu_nice: int = 0
     max_persons_per_keyframe: int = 32
     max_keyframes_per_request: int = 16
+    max_streamed_keyframes_per_request: int = 512
 
     def __post_init__(self) -> None:
         problems = []
@@ -107,8 +110,9 @@ class ServeOptions:
             problems.append(f"cpu_precision must be one of {CPU_PRECISIONS}")
         if not 1 <= self.cpu_streams <= 64:
             problems.append("cpu_streams must be in 1..64")
-        if min(self.max_persons_per_keyframe, self.max_keyframes_per_request) < 1:
-            problems.append("max_persons_per_keyframe and max_keyframes_per_request must be >= 1")
+        if min(self.max_persons_per_keyframe, self.max_keyframes_per_request, self.max_streamed_keyframes_per_request) < 1:
+            problems.append("max_persons_per_keyframe, max_keyframes_per_request and max_streamed_keyframes_per_request "
+                            "must be >= 1")
         if not 0 <= self.cpu_nice <= 19:
             problems.append("cpu_nice must be in 0..19")
         if problems:

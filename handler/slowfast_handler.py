@@ -30,7 +30,7 @@ from handler.errors import RequestError
 from handler.failures import failure_answer
 from handler.heap import fix_mmap_threshold
 from handler.metrics import HandlerMetrics
-from handler.people.service import PeopleService
+from handler.people.service import KeyframeStream, PeopleService
 from handler.request_options import RequestOptions, resolve_request_options
 from handler.serve_settings import ServeOptions, registration_settings
 from handler.plan import check_requested_views, check_upload_size, plan_videos
@@ -149,15 +149,17 @@ class SlowFastHandler(BaseHandler):
         return [self._render_one(request, context, len(data), total_ms) for request in requests]
 
     def _people_answer(self, index: int, row: Any, context: Any) -> Any:
-        """One action-detection request (handler/people); its error is its own."""
+        """One action-detection request (handler/people); its error is its own (streamed: its last line)."""
         assert self.people is not None
+        stream = KeyframeStream(lambda line: self.send_line(index, line, context))
         try:
-            return self.people.answer(row, self._headers(context, index))
+            return self.people.answer(row, self._headers(context, index), stream)
         except RequestError as error:
             failure = error
         except Exception as error:  # a bug or resource failure on one input must not fail the batch
             failure = failure_answer(error, "detect the actions in this video", f"action-detection request {index}")
-        return self._reject(context, RequestWork(index), failure)
+        body = self._reject(context, RequestWork(index, streamed=stream.sent), failure)
+        return stream_line(body) if stream.sent else body
 
     # -- parse and plan ----------------------------------------------------------------------
 

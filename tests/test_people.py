@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -185,11 +186,11 @@ class Served:
 
     def __init__(self, directory: Path, handler_settings: Dict = None) -> None:
         from handler.slowfast_handler import SlowFastHandler
-        from harness.context import FakeContext
+        from harness.context import FakeContext, record_line
 
         config = {"minWorkers": 1, "handler": {"warmup": False, **(handler_settings or {})}}
         self.context = FakeContext(directory, 1, config, serialized=f"{NAME}.pt")
-        self.handler = SlowFastHandler()
+        self.handler = SlowFastHandler(send_line=record_line)  # streamed lines: context.streamed[0]
         self.handler.initialize(self.context)
 
     def __call__(self, video: bytes, headers: Dict[str, str] = None, row: Dict = None):
@@ -320,3 +321,130 @@ def test_a_worker_that_imports_only_the_handler_can_load_a_scripted_roi_align(tm
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parent.parent)
     assert "loaded" in done.stdout, done.stderr[-2000:]
+
+
+# -- streamed: long videos on the _timeline registration ----------------------------------------
+
+
+def registered(name: str) -> ServeOptions:
+    """The handler settings of the detection archive registered as ``name`` (model-config.yaml)."""
+    import yaml
+
+    from handler.serve_settings import registration_settings
+    from harness.paths import MODEL_CONFIG
+
+    return ServeOptions.from_config(registration_settings(yaml.safe_load(MODEL_CONFIG.read_text()), name, NAME))
+
+
+def test_streamed_keyframes_are_bounded_per_registration_and_the_413_says_where_to_go():
+    """The main registration streams no more keyframes than it answers (its worker stays free for
+    short answers) and names the _timeline one; that one streams 512, with a per-keyframe budget."""
+    from handler.people.request import keyframe_limit, streams_longer
+
+    main, timeline = registered(NAME), registered(f"{NAME}_timeline")
+    assert (keyframe_limit(False, main), keyframe_limit(True, main), streams_longer(main)) == (16, 16, False)
+    assert (keyframe_limit(False, timeline), keyframe_limit(True, timeline), streams_longer(timeline)) == (16, 512, True)
+    contract = detection_contract()
+    for serve, stream, words in (
+        (main, "true", f"at most 16 per streamed request: a stride of 0.633 s or more, or a shorter span, or send it "
+                       f"to /predictions/{NAME}_timeline (stream=true)"),
+        (timeline, "false", "at most 16 per request: a stride of 0.633 s or more, or a shorter span, or stream it "
+                            "(stream=true allows 512 keyframes)"),
+    ):
+        with pytest.raises(RequestError, match=re.escape(words)) as caught:
+            plan_keyframes(resolve_people_options({"stride": "0.5", "stream": stream}, serve, 80), 10.0, contract, serve)
+        assert caught.value.status == 413
+    strided = plan_keyframes(resolve_people_options({"stride": "0.5", "stream": "true"}, timeline, 80), 10.0, contract, timeline)
+    assert len(strided) == 20 and strided[-1].time == 10.0
+    many = json.dumps({str(t): [] for t in range(17)})
+    assert len(resolve_people_options({"boxes": many, "stream": "1"}, timeline, 80).boxes) == 17
+    with pytest.raises(RequestError, match="17 keyframes asked for; at most 16 per streamed request"):
+        resolve_people_options({"boxes": many, "stream": "1"}, main, 80)
+    with pytest.raises(RequestError, match="stream must be true or false"):
+        resolve_people_options({"stream": "maybe"}, main, 80)
+
+
+def test_stream_is_for_plain_requests():
+    from handler.people.request import read_people_request
+
+    body = {"inputs": [{"name": "video", "datatype": "BYTES", "shape": [1], "data": ["AAAA"]}],
+            "parameters": {"stream": True, "keyframes": [1]}}
+    with pytest.raises(RequestError, match="stream applies to plain requests") as caught:
+        read_people_request({"body": json.dumps(body).encode()}, {}, SERVE, 80)
+    assert caught.value.status == 400
+
+
+@pytest.fixture
+def one_or_three(served, monkeypatch):
+    """The served detector with 1 keyframe per answer and 3 per stream (a _timeline registration's
+    relation at a size a test can afford); each forward counted in the returned list."""
+    people = served.handler.people
+    monkeypatch.setattr(people, "options", dataclasses.replace(people.options, max_keyframes_per_request=1,
+                                                               max_streamed_keyframes_per_request=3))
+    forwards: List[int] = []
+    infer = people.model.infer
+    monkeypatch.setattr(people.model, "infer", lambda *args: forwards.append(1) or infer(*args))
+    return forwards
+
+
+@pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
+def test_a_long_video_streams_a_line_per_keyframe_as_each_is_answered(served, one_or_three, shared_videos, monkeypatch):
+    from harness.context import record_line
+
+    forwards = one_or_three
+    sent_after: List[int] = []  # forwards done when each line left
+
+    def send(index: int, line: str, context) -> None:
+        sent_after.append(len(forwards))
+        record_line(index, line, context)
+
+    monkeypatch.setattr(served.handler, "send_line", send)
+    video = (shared_videos / KINETICS).read_bytes()
+    status, body = served(video, {"stride": "4", "topk": "2"})
+    assert status == 413 and "stream it (stream=true allows 3 keyframes)" in body["message"] and not forwards
+    status, body = served(video, {"stride": "2", "stream": "true"})  # 6 keyframes
+    assert status == 413 and "at most 3 per streamed request" in body["message"] and not forwards
+    status, final = served(video, {"stride": "4", "topk": "2", "stream": "true"})
+    assert status == 200 and isinstance(final, str) and final.endswith("\n")
+    lines = [json.loads(line)["keyframe"] for line in served.context.streamed[0]]
+    answer = json.loads(final)
+    assert [line["index"] for line in lines] == [0, 1, 2] and {line["of"] for line in lines} == {3}
+    assert sent_after == [1, 2, 3]  # each keyframe's line went out before the next keyframe's forward
+    assert [k["time"] for k in answer["keyframes"]] == [0.5, 4.5, 8.5]
+    assert [{k: v for k, v in line.items() if k not in ("index", "of")} for line in lines] == answer["keyframes"]
+    assert all(len(k["persons"]) == 2 and len(k["persons"][0]["actions"]) == 2 for k in answer["keyframes"])
+
+
+@pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
+def test_a_failure_mid_stream_ends_it_with_a_line_saying_why(served, shared_videos):
+    """The status went out as 200 with the first line: the error object is the last line. Before
+    any line, the status says it as for any answer."""
+    video = (shared_videos / KINETICS).read_bytes()
+    outside = [[5000, 5000, 6000, 6000]]  # nothing inside the 340x256 frame: 422 when its keyframe comes
+    boxes = json.dumps({"1": [[10, 20, 150, 250]], "4": [], "7": outside})
+    status, last = served(video, {"boxes": boxes, "stream": "true"})
+    assert status == 200 and isinstance(last, str) and last.endswith("\n")
+    assert [json.loads(line)["keyframe"]["time"] for line in served.context.streamed[0]] == [1.0, 4.0]
+    error = json.loads(last)
+    assert (error["code"], error["reason"]) == (422, "box_outside_frame") and "box at 7 s" in error["message"]
+    status, body = served(video, {"boxes": json.dumps({"7": outside}), "stream": "true"})
+    assert status == 422 and body["reason"] == "box_outside_frame" and not served.context.streamed
+
+
+@pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
+def test_the_decode_budget_is_per_keyframe_only_where_a_stream_may_run_longer(served, shared_videos, monkeypatch):
+    from handler.people import service
+
+    budgets = []
+    real = service.DecodeBudget
+    monkeypatch.setattr(service, "DecodeBudget", lambda *args, **kwargs: budgets.append(real(*args, **kwargs)) or budgets[-1])
+    video = (shared_videos / KINETICS).read_bytes()
+    nobody = json.dumps({"2": []})  # no person: decoding only, no forward
+    for headers in ({"boxes": nobody}, {"boxes": nobody, "stream": "true"}):
+        assert served(video, headers)[0] == 200
+    people = served.handler.people
+    monkeypatch.setattr(people, "options", dataclasses.replace(
+        people.options, max_streamed_keyframes_per_request=people.options.max_keyframes_per_request))
+    assert served(video, {"boxes": nobody, "stream": "true"})[0] == 200  # the main registration's settings
+    assert [b.per_window for b in budgets] == [False, True, False]
+    assert {b.seconds for b in budgets} == {people.options.max_decode_seconds}

@@ -4,6 +4,11 @@ Every ``--hop`` seconds the newest window (the model's, asked of the server) goe
 a small clip; answers are shown as they come and written as JSON lines (``--out``). Stop with
 Ctrl-C (a summary follows; exit status 130), ``--duration`` or ``--max-windows``; a file ends by
 itself (exit status 0, or 1 if any window failed).
+
+``--people``: each window goes to an action detector instead (``--model``, default
+``slowfast_r50_detection``), asked for the keyframe its window is centred on; the persons it finds
+(or none, without a person detector on the server) and their actions are shown and written per
+window (client/live/report.py).
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ from dataclasses import replace
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Dict, Optional, Sequence, Tuple
+from typing import IO, Callable, Dict, Optional, Sequence, Tuple
 
 from client.endpoint import ClientError, add_endpoint_options, resolve_endpoint
-from client.live.model import local_short_side, window_from_server
+from client.live.model import local_short_side, people_window_from_server, window_from_server
 from client.live.report import Display, JsonLines, Smoother, summary, window_line
 from client.live.runner import LiveRunner, LiveStats, WindowResult
 from client.live.source import Reader, parse_source
-from client.kserve import KSERVE_V2
+from client.kserve import KSERVE_V2, TORCHSERVE
 from client.options import add_request_options, output_of
 from client.options import request_fields as request_options_sent
+from client.people import DETECTION_MODEL
+from handler.option_table import request_option
 from client.transport import Answer, Failure, Transport
 
 FALLBACK_SHORT_SIDE = 256  # only when encoding and the model file is not at hand
@@ -70,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="windows in flight at once (default: 1); a window due when all are busy is skipped")
     timing.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     timing.add_argument("--max-windows", type=int, default=None, help="stop after sending this many windows")
+    persons = parser.add_argument_group("who is doing what")
+    persons.add_argument("--people", action="store_true",
+                         help=f"send each window to an action detector (--model, default {DETECTION_MODEL}): its "
+                              "persons and their actions at the window's middle")
+    persons.add_argument("--action-threshold", type=float, default=None, metavar="P",
+                         help="--people: actions at or above this probability (default: the server's, 0.5); "
+                              "--topk then keeps at most that many of them")
     smooth = parser.add_argument_group("smoothing and events")
     smooth.add_argument("--average", type=int, default=1, help="show the mean over the last N windows (default: 1)")
     smooth.add_argument("--event-threshold", type=float, default=None, metavar="P",
@@ -115,6 +129,19 @@ def check_usage(args: argparse.Namespace) -> Optional[str]:
         return str(exc)
     if args.realtime and "://" in args.source:
         return "--realtime paces a file; a stream already comes at its own pace"
+    if args.people:
+        if args.protocol != TORCHSERVE:
+            return "--people talks to TorchServe's /predictions (--protocol torchserve)"
+        if args.average > 1 or args.event_threshold is not None:
+            return "--average and --event-threshold smooth a classifier's labels; with --people each window stands alone"
+        refused = sorted(set(request_options_sent(args)) - {"topk"})
+        if refused:
+            verb = "does" if len(refused) == 1 else "do"
+            return f"--{', --'.join(refused)} {verb} not apply to an action detector (--people): it takes --topk, --action-threshold"
+    elif args.action_threshold is not None:
+        return "--action-threshold is for --people (a classifier's events: --event-threshold)"
+    if args.action_threshold is not None and not 0 <= args.action_threshold <= 1:
+        return "--action-threshold is a probability: 0 <= P <= 1"
     if args.protocol == KSERVE_V2 and args.window is None:
         return ("a KServe v2 answer holds no window to learn the model's from: give --window SECONDS "
                 "(or use --protocol kserve-v1)")
@@ -122,11 +149,28 @@ def check_usage(args: argparse.Namespace) -> Optional[str]:
 
 
 def request_fields(args: argparse.Namespace) -> Dict[str, str]:
-    """The server options every window carries (its start/end are added per window)."""
+    """The server options every window carries (its start/end, or keyframe, are added per window)."""
     fields = request_options_sent(args)
+    if args.people:  # the detector's own defaults (actions at or above 0.5) unless asked otherwise
+        if args.topk == request_option("topk").client_default:
+            fields.pop("topk", None)
+        if args.action_threshold is not None:
+            fields["threshold"] = f"{args.action_threshold:g}"
+        return fields
     if args.average > 1 or args.event_threshold is not None:  # smoothing needs more than the labels shown
         fields["topk"] = str(max(args.topk, SMOOTHING_TOPK))
     return fields
+
+
+def keyframe_of_window(keyframe_at: float, window: float) -> Callable[[Dict[str, str]], Dict[str, str]]:
+    """--people: a clip's window (start/end from its first frame) -> the keyframe to ask for, at the
+    detector's place in its window (``keyframe_at`` of its ``window`` s: the middle for AVA), so the
+    window the server answers from is the clip's."""
+    def keyframe(clip_fields: Dict[str, str]) -> Dict[str, str]:
+        start = float(clip_fields["end"]) - window  # a clip cut at the stream's start is shorter
+        return {"keyframes": f"{max(0.0, start + keyframe_at):.6f}"}
+
+    return keyframe
 
 
 class LiveOutput:
@@ -192,12 +236,20 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
     runner: Optional[LiveRunner] = None
     try:
         spec = parse_source(args.source, args.realtime)
-        endpoint = resolve_endpoint(args.url, args.model, args.token, args.key_file,
+        model = args.model or (DETECTION_MODEL if args.people else None)
+        endpoint = resolve_endpoint(args.url, model, args.token, args.key_file,
                                     protocol=args.protocol, headers=args.headers)
         transport = Transport(endpoint, timeout=args.timeout, attempts=args.retries, backoff=0.5, max_backoff=2.0)
         fields = request_fields(args)
         window = args.window
-        if window is None:
+        window_fields = dict  # the clip's start and end, as they are
+        if args.people:
+            found, keyframe_at = people_window_from_server(transport, fields)
+            window = window or found
+            window_fields = keyframe_of_window(keyframe_at, window)
+            print(f"window {window:g} s, its keyframe {keyframe_at:g} s in (the action detector's), "
+                  f"a window every {args.hop:g} s", file=sys.stderr)
+        elif window is None:
             window, fields = window_from_server(transport, fields)
             print(f"window {window:g} s (the model's, from the server), a window every {args.hop:g} s", file=sys.stderr)
         short_side = args.short_side or local_short_side(endpoint.model) or FALLBACK_SHORT_SIDE
@@ -214,7 +266,7 @@ def run(argv: Optional[Sequence[str]] = None, stdout: Optional[IO[str]] = None) 
                         give_up_s=args.give_up, rtsp_transport=args.rtsp_transport)
         runner = LiveRunner(reader, transport, fields, window, args.hop, args.concurrency, output.result,
                             display.note, save_clips=args.save_clips, max_windows=args.max_windows,
-                            on_report_error=output.failed)
+                            on_report_error=output.failed, window_fields=window_fields)
         output.runner = runner
         timer = threading.Timer(args.duration, runner.stop) if args.duration else None
         if timer:

@@ -3,7 +3,9 @@ short side), asked of the server rather than assumed, so another model's window 
 
 The window: a probe clip longer than any window, sent once; the server answers with the window it
 looked at (``windows: [[a, b]]``), whose length is the model's ``window_seconds`` (to 1e-4 s, the
-answer's rounding). The short side: the preprocessing contract inside the model file, when that
+answer's rounding). An action detector (``--people``) is asked for the keyframe in the probe's
+middle, with no person (no forward): it answers that keyframe's window, which gives the window's
+length and where in it the keyframe sits. The short side: the preprocessing contract inside the model file, when that
 file is at hand (a server on this machine); the answer does not carry it.
 """
 
@@ -69,6 +71,30 @@ def window_from_server(transport: Transport, fields: Dict[str, str]) -> Tuple[fl
     if end - start >= PROBE_SECONDS - 0.5:
         raise ClientError(f"the model's window is {PROBE_SECONDS:g} s or longer: give --window SECONDS")
     return round(end - start, 4), fields
+
+
+def people_window_from_server(transport: Transport, fields: Dict[str, str]) -> Tuple[float, float]:
+    """An action detector's window in seconds and its keyframe's offset from the window's start.
+    Raises:
+        ClientError: no answer, or an answer without one keyframe's window inside the probe.
+    """
+    middle = PROBE_SECONDS / 2
+    outcome = transport.send(probe_clip(), {**fields, "boxes": json.dumps({f"{middle:g}": []})})
+    if isinstance(outcome, Failure):
+        raise ClientError(f"asking the action detector for its window: {outcome.describe()}")
+    keyframes = outcome.body.get("keyframes") or []
+    window = keyframes[0].get("window") if len(keyframes) == 1 and isinstance(keyframes[0], dict) else None
+    if not (isinstance(window, list) and len(window) == 2 and window[0] <= middle <= window[1]):
+        raise ClientError(f"the server's answer names no keyframe window ({str(outcome.body)[:200]}): "
+                          "is --model an action detector?")
+    if outcome.body.get("person_detector", {}) is None:  # exported where its weights could not be fetched
+        raise ClientError("the server's action detector has no person detector (its weights could not be fetched "
+                          "at export), and a live window has no boxes to send: export it with one (README, 'Who "
+                          "is doing what')")
+    start, end = (float(v) for v in window)
+    if end - start >= PROBE_SECONDS - 0.5:
+        raise ClientError(f"the model's window is {PROBE_SECONDS:g} s or longer")
+    return round(end - start, 4), round(middle - start, 4)
 
 
 def contract_from_model_file(path: Path) -> Optional[Dict]:

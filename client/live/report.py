@@ -8,6 +8,11 @@ on the session's clock (from its first frame, gaps included), ``stream_*`` in th
 timestamps, ``error`` instead of ``predictions`` when it failed, ``clip_options`` the start/end
 sent with the clip (seconds from its first frame). An event line: ``{"event": "start"|"end",
 "label", "t", "score"}``.
+
+With ``--people`` (an action detector) a window line carries ``keyframes`` instead of
+``predictions``: the server's keyframe (``time``, ``window``, ``persons``: box, score, actions),
+as ``python -m client people`` prints it; ``clip_options`` is then the keyframe sent. On screen,
+each window's persons on one line (``client.people.persons_text``).
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from typing import IO, Any, Deque, Dict, List, Optional, Tuple
 
 from client.live.runner import LiveStats, WindowResult
 from client.options import answer_key
+from client.people import persons_text
 from client.progress import percentile
 from handler.option_table import OUTPUTS
 from client.transport import Answer
 
 BAR_WIDTH = 30
-# The answer's keys of every output kind a request may ask for.
-OUTPUT_KEYS = tuple(dict.fromkeys(answer_key(kind) for kinds in OUTPUTS.values() for kind in kinds))
+# The answer's keys of every output kind a request may ask for, and an action detector's keyframes.
+OUTPUT_KEYS = tuple(dict.fromkeys(answer_key(kind) for kinds in OUTPUTS.values() for kind in kinds)) + ("keyframes",)
 
 
 def window_line(result: WindowResult, topk: int) -> Dict[str, Any]:
@@ -116,6 +122,12 @@ class Display:
         latency = f"{result.latency_s:.2f} s"
         if not isinstance(result.outcome, Answer):
             self.note(f"{span}  failed: {result.outcome.describe()[:200]}  (after {latency})")
+            return
+        keyframes = result.outcome.body.get("keyframes")
+        if keyframes is not None:  # an action detector's answer (--people): who is doing what, one line
+            self._clear()
+            persons = "  ".join(persons_text(keyframe) for keyframe in keyframes) or "no keyframe"
+            print(f"{span}  {persons}  latency {latency}", file=self.stream, flush=True)
             return
         top = scores[: self.topk]
         if not self.tty:

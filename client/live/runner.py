@@ -112,8 +112,12 @@ class LiveRunner:
                  hop: float, concurrency: int, on_result: Callable[[WindowResult], None],
                  note: Callable[[str], None], max_buffer_seconds: float = 30.0,
                  save_clips: Optional[Path] = None, max_windows: Optional[int] = None,
-                 on_report_error: Optional[Callable[[WindowResult, Exception], None]] = None) -> None:
+                 on_report_error: Optional[Callable[[WindowResult, Exception], None]] = None,
+                 window_fields: Callable[[Dict[str, str]], Dict[str, str]] = dict) -> None:
         self.reader, self.transport, self.fields = reader, transport, dict(fields)
+        # The clip's window (start/end from its first frame) as its request says it: as they are
+        # for the classifier, its keyframe for an action detector (--people).
+        self.window_fields = window_fields
         self.window, self.hop, self.concurrency = window, hop, concurrency
         self.buffer = WindowBuffer(window, max(max_buffer_seconds, window + hop))
         self.order = InOrder(self._emit, self._report_failed)
@@ -226,20 +230,22 @@ class LiveRunner:
                 fmt: StreamFormat) -> WindowResult:
         """This window's result: the answer, or a failure naming the step that raised (never raises)."""
         clip: Optional[Clip] = None
+        sent: Dict[str, str] = {}
         step = "clip_failed"
         try:
             clip = self._clip(records, start, end, fmt)
+            sent = self.window_fields(clip.fields)
             if self.save_clips is not None:
                 step = "save_failed"
                 suffix = ".ts" if clip.container == "mpegts" else ".mkv"
                 (self.save_clips / f"window_{index:06d}{suffix}").write_bytes(clip.data)
             step = "send_failed"
-            outcome: Outcome = self.transport.send(clip.data, {**self.fields, **clip.fields})
+            outcome: Outcome = self.transport.send(clip.data, {**self.fields, **sent})
         except Exception as exc:  # noqa: BLE001 -- this window's failure, not the run's
             outcome = Failure(step, f"{exc.__class__.__name__}: {exc}")
         if clip is None:
             return WindowResult(index, start, end, segment, "none", 0, {}, outcome, 0.0)
-        return WindowResult(index, clip.start, clip.end, segment, clip.mode, len(clip.data), clip.fields,
+        return WindowResult(index, clip.start, clip.end, segment, clip.mode, len(clip.data), sent,
                             outcome, time.monotonic() - clip.last_read_at, clip.partial, clip.stream_offset)
 
     @staticmethod

@@ -15,7 +15,7 @@ from typing import List
 
 from handler.contract import PreprocessContract
 from handler.errors import RequestError
-from handler.people.request import PeopleOptions
+from handler.people.request import PeopleOptions, keyframe_limit, keyframe_way_out
 from handler.sampling import Window
 from handler.serve_settings import ServeOptions
 
@@ -54,12 +54,14 @@ def keyframe_times(options: PeopleOptions, duration: float, contract: Preprocess
         if start > end:
             raise RequestError(422, "bad_span", f"start ({start:g} s) is past the video's end ({duration:.3f} s)")
         count = int(math.floor((end - start) / options.stride + TIME_SLACK)) + 1
-        if count > serve.max_keyframes_per_request:
+        limit = keyframe_limit(options.stream, serve)
+        if count > limit:
             raise RequestError(
                 413, "too_many_keyframes",
                 f"a keyframe every {options.stride:g} s from {start:g} to {end:g} s is {count} keyframes; at most "
-                f"{serve.max_keyframes_per_request} per request: a stride of {(end - start) / max(1, serve.max_keyframes_per_request - 1):.3g} s "
-                "or more, or a shorter span",
+                f"{limit} per {'streamed ' if options.stream else ''}request: a stride of "
+                f"{(end - start) / max(1, limit - 1):.3g} s or more, or a shorter span"
+                f"{keyframe_way_out(options.stream, serve)}",
             )
         times = [start + k * options.stride for k in range(count)]
     else:

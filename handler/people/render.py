@@ -10,6 +10,10 @@ Boxes are in the video's upright pixels; ``score`` is the person detector's (abs
 request gave). KServe v2 answers with tensors over the P persons of all keyframes, in order:
 ``boxes`` FP32 [P, 4], ``scores`` FP32 [P] (-1 for given boxes), ``keyframe_times`` FP32 [P],
 ``probabilities`` FP32 [P, classes] (every action, in label order).
+
+Streamed (``stream``: plain requests only), a JSON line per keyframe as it is answered,
+``{"keyframe": {"index", "of", "time", "window", "persons"}}`` (``keyframe_line``), then the full
+answer above; a failure after the first line ends the stream with the error object instead.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from handler.contract import PreprocessContract
 from handler.people.plan import Keyframe
 from handler.people.request import PeopleOptions
 from handler.protocol import KSERVE_V1, KSERVE_V2, KSERVE_V2_TENSOR, ParsedRequest
-from handler.render import MS_PLACES, SECONDS_PLACES, VideoFacts, top_predictions
+from handler.render import MS_PLACES, SECONDS_PLACES, VideoFacts, stream_line, top_predictions
 
 GIVEN_BOX_SCORE = -1.0  # the KServe v2 ``scores`` entry of a box the request gave
 
@@ -57,6 +61,12 @@ def keyframe_json(answer: KeyframeAnswer, contract: PreprocessContract, options:
     window = answer.keyframe.window
     return {"time": round(answer.keyframe.time, SECONDS_PLACES),
             "window": [round(window[0], SECONDS_PLACES), round(window[1], SECONDS_PLACES)], "persons": persons}
+
+
+def keyframe_line(answer: KeyframeAnswer, contract: PreprocessContract, options: PeopleOptions, index: int,
+                  count: int) -> str:
+    """The streamed line of one answered keyframe (``index`` of ``count``, in time order)."""
+    return stream_line({"keyframe": {"index": index, "of": count, **keyframe_json(answer, contract, options)}})
 
 
 def people_answer(*, contract: PreprocessContract, runtime: str, options: PeopleOptions,

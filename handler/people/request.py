@@ -10,10 +10,12 @@ one per request. The detection options come as multipart fields, headers (``boxe
 - ``keyframes``: seconds, ``1.5,4`` or a JSON list (without boxes: persons are found by the server);
 - ``stride``: a keyframe every this many seconds (from ``start`` to ``end``);
 - ``threshold``: actions at or above this probability (default ``DEFAULT_THRESHOLD``);
-- ``topk``: the k most probable actions (with ``threshold``: the k most probable of those).
+- ``topk``: the k most probable actions (with ``threshold``: the k most probable of those);
+- ``stream``: one JSON line per keyframe as it is answered, then the full answer (plain requests).
 
 Everything here is checked before any decoding: form, finiteness, order, counts against the
-limits (``ServeOptions.max_persons_per_keyframe``, ``max_keyframes_per_request``).
+limits (``ServeOptions.max_persons_per_keyframe``, ``max_keyframes_per_request`` or, streamed,
+``max_streamed_keyframes_per_request``).
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from handler.errors import RequestError
-from handler.option_table import MAX_SECONDS
+from handler.option_table import MAX_SECONDS, request_option
 from handler.plan import check_upload_size
-from handler.protocol import ParsedRequest, parse_row
+from handler.protocol import PLAIN, ParsedRequest, parse_row
+from handler.request_options import read_option
 from handler.serve_settings import ServeOptions
 
 DEFAULT_THRESHOLD = 0.5  # AVA's usual action threshold (mmaction2's and PySlowFast's demos)
-PEOPLE_OPTIONS = ("boxes", "keyframes", "stride", "start", "end", "threshold", "topk")
+PEOPLE_OPTIONS = ("boxes", "keyframes", "stride", "start", "end", "threshold", "topk", "stream")
 # Classifier options with no meaning for per-person actions: refused, not ignored.
-NOT_FOR_PEOPLE = ("clips", "crops", "timeline", "output", "normalize", "stream")
+NOT_FOR_PEOPLE = ("clips", "crops", "timeline", "output", "normalize")
 # Upper bound on the JSON text of the boxes option (a header or a field), before it is parsed.
 MAX_BOXES_TEXT = 1 << 20
 
@@ -45,7 +48,8 @@ class PeopleOptions:
 
     ``boxes``: keyframe time (s) -> its persons' boxes ``(x1, y1, x2, y2)`` in upright video
     pixels, or None (the server finds persons); ``keyframes``: times asked for without boxes;
-    ``stride``/``start``/``end``: keyframes every ``stride`` s; ``threshold``/``topk``: which actions.
+    ``stride``/``start``/``end``: keyframes every ``stride`` s; ``threshold``/``topk``: which actions;
+    ``stream``: a JSON line per keyframe as it is answered.
     """
 
     boxes: Optional[Dict[float, List[Box]]] = None
@@ -55,6 +59,7 @@ class PeopleOptions:
     end: Optional[float] = None
     threshold: Optional[float] = DEFAULT_THRESHOLD
     topk: Optional[int] = None
+    stream: bool = False
 
 
 @dataclass
@@ -112,7 +117,7 @@ def read_box(raw: Any, where: str) -> Box:
     return x1, y1, x2, y2
 
 
-def read_boxes(raw: Any, serve: ServeOptions) -> Dict[float, List[Box]]:
+def read_boxes(raw: Any, serve: ServeOptions, stream: bool = False) -> Dict[float, List[Box]]:
     """The ``boxes`` option: keyframe time -> boxes, each checked; 400/413 naming what is wrong."""
     value = _json("boxes", raw)
     if isinstance(value, Mapping):
@@ -123,8 +128,8 @@ def read_boxes(raw: Any, serve: ServeOptions) -> Dict[float, List[Box]]:
         raise _bad('boxes must be {"<seconds>": [[x1, y1, x2, y2], ...]} or [{"time": s, "boxes": [...]}, ...]')
     if not entries:
         raise _bad("boxes names no keyframe")
-    if len(entries) > serve.max_keyframes_per_request:
-        raise _too_many_keyframes(len(entries), serve)
+    if len(entries) > keyframe_limit(stream, serve):
+        raise _too_many_keyframes(len(entries), serve, stream)
     boxes: Dict[float, List[Box]] = {}
     for time_raw, listed in entries:
         time = _number("a keyframe time in boxes", time_raw, 0, MAX_SECONDS)
@@ -139,18 +144,40 @@ def read_boxes(raw: Any, serve: ServeOptions) -> Dict[float, List[Box]]:
     return dict(sorted(boxes.items()))
 
 
-def _too_many_keyframes(count: int, serve: ServeOptions) -> RequestError:
-    return _bad(f"{count} keyframes asked for; at most {serve.max_keyframes_per_request} per request: "
-                "send fewer keyframes or a longer stride", 413, "too_many_keyframes")
+def keyframe_limit(stream: bool, serve: ServeOptions) -> int:
+    """Keyframes one request may ask for: a streamed answer restarts TorchServe's response timeout
+    with every line, an answer in one piece must fit inside it."""
+    return serve.max_streamed_keyframes_per_request if stream else serve.max_keyframes_per_request
 
 
-def _keyframes(raw: Any, serve: ServeOptions) -> List[float]:
+def streams_longer(serve: ServeOptions) -> bool:
+    """Whether a streamed answer may hold more keyframes than one in one piece (the ``_timeline``
+    registration): then its decoding budget is per keyframe, as a streamed timeline's is per window."""
+    return serve.max_streamed_keyframes_per_request > serve.max_keyframes_per_request
+
+
+def keyframe_way_out(stream: bool, serve: ServeOptions) -> str:
+    """What a request over the keyframe limit can do instead, besides asking for fewer."""
+    if not stream and streams_longer(serve):
+        return f", or stream it (stream=true allows {serve.max_streamed_keyframes_per_request} keyframes)"
+    if serve.timeline_model:  # this registration keeps its worker for short answers
+        return f", or send it to /predictions/{serve.timeline_model} (stream=true), whose worker takes long videos"
+    return ""
+
+
+def _too_many_keyframes(count: int, serve: ServeOptions, stream: bool) -> RequestError:
+    return _bad(f"{count} keyframes asked for; at most {keyframe_limit(stream, serve)} per "
+                f"{'streamed ' if stream else ''}request: send fewer keyframes or a longer stride"
+                f"{keyframe_way_out(stream, serve)}", 413, "too_many_keyframes")
+
+
+def _keyframes(raw: Any, serve: ServeOptions, stream: bool) -> List[float]:
     text = _text(raw).strip() if isinstance(raw, (str, bytes, bytearray)) else None
     values = _json("keyframes", raw) if text is None or text.startswith("[") else text.split(",")
     if not isinstance(values, list) or not values:
         raise _bad("keyframes must be seconds: 1.5,4 or [1.5, 4]")
-    if len(values) > serve.max_keyframes_per_request:
-        raise _too_many_keyframes(len(values), serve)
+    if len(values) > keyframe_limit(stream, serve):
+        raise _too_many_keyframes(len(values), serve, stream)
     times = sorted({_number("a keyframe", v, 0, MAX_SECONDS) for v in values})
     return times
 
@@ -176,8 +203,9 @@ def resolve_people_options(given: Mapping[str, Any], serve: ServeOptions, num_cl
     if refused:
         raise _bad(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to an action detector; "
                    f"its options are {', '.join(PEOPLE_OPTIONS)}")
-    boxes = read_boxes(given["boxes"], serve) if given.get("boxes") is not None else None
-    keyframes = _keyframes(given["keyframes"], serve) if given.get("keyframes") is not None else None
+    stream = bool(read_option(request_option("stream"), given["stream"], {})) if given.get("stream") is not None else False
+    boxes = read_boxes(given["boxes"], serve, stream) if given.get("boxes") is not None else None
+    keyframes = _keyframes(given["keyframes"], serve, stream) if given.get("keyframes") is not None else None
     stride = _number("stride", given["stride"], 0, MAX_SECONDS) if given.get("stride") is not None else None
     start = _number("start", given["start"], 0, MAX_SECONDS) if given.get("start") is not None else None
     end = _number("end", given["end"], 0, MAX_SECONDS) if given.get("end") is not None else None
@@ -199,7 +227,7 @@ def resolve_people_options(given: Mapping[str, Any], serve: ServeOptions, num_cl
     if given.get("threshold") is not None:
         threshold = _number("threshold", given["threshold"], 0, 1)
     return PeopleOptions(boxes=boxes, keyframes=keyframes, stride=stride, start=start, end=end,
-                         threshold=threshold, topk=topk)
+                         threshold=threshold, topk=topk, stream=stream)
 
 
 def read_people_request(row: Any, headers: Mapping[str, str], serve: ServeOptions, num_classes: int) -> PeopleRequest:
@@ -207,5 +235,8 @@ def read_people_request(row: Any, headers: Mapping[str, str], serve: ServeOption
     parsed = parse_row(row, headers)
     if len(parsed.videos) != 1:
         raise _bad(f"an action detector answers one video per request, got {len(parsed.videos)}")
+    options = resolve_people_options(people_fields(row, headers, parsed), serve, num_classes)
+    if options.stream and parsed.protocol != PLAIN:
+        raise _bad("stream applies to plain requests, not KServe envelopes")
     check_upload_size(parsed.videos, serve.max_upload_bytes)
-    return PeopleRequest(parsed, resolve_people_options(people_fields(row, headers, parsed), serve, num_classes))
+    return PeopleRequest(parsed, options)

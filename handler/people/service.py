@@ -3,12 +3,17 @@
 ``PeopleService`` is what ``SlowFastHandler`` hands a batch to when its model file's contract says
 task "detection"; it owns the loaded model, the packed person detector (or None: then requests
 must carry boxes) and the limits. A bad request gets its own 4xx and never fails the others.
+
+A streamed request (``stream``) sends each keyframe's line through its ``KeyframeStream`` as soon as
+that keyframe is answered; where streaming allows more keyframes than an answer (the ``_timeline``
+registration) its decoding budget is per keyframe, as a streamed timeline's is per window.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -20,9 +25,10 @@ from handler.people.decode import KeyframeWindow, decode_keyframes
 from handler.people.model import ActionDetector
 from handler.people.persons import PersonFinder
 from handler.people.plan import plan_keyframes
-from handler.people.render import KeyframeAnswer, people_answer, people_reply
-from handler.people.request import PeopleRequest, read_people_request
+from handler.people.render import KeyframeAnswer, keyframe_line, people_answer, people_reply
+from handler.people.request import PeopleRequest, read_people_request, streams_longer
 from handler.people.run import score_keyframe
+from handler.render import stream_line
 from handler.serve_settings import ServeOptions
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,19 @@ NO_DETECTOR = (
     "send the persons' boxes with the video (a 'boxes' field or header: "
     '{"<keyframe seconds>": [[x1, y1, x2, y2], ...]} in the video\'s upright pixels)'
 )
+
+
+@dataclass
+class KeyframeStream:
+    """Where a streamed request's lines go (``send``: one JSON line to its client). ``sent``: lines
+    sent so far; once one went out the HTTP status was 200, and a failure can only be a last line."""
+
+    send: Callable[[str], None]
+    sent: int = 0
+
+    def line(self, text: str) -> None:
+        self.send(text)
+        self.sent += 1
 
 
 class PeopleService:
@@ -49,13 +68,15 @@ class PeopleService:
             log.warning("PERSON DETECTION IS OFF: %s has no person detector; requests without boxes get a 400",
                         model_file.name)
 
-    def answer(self, row: Any, headers: Mapping[str, str]) -> Any:
-        """One request's reply body; raises ``RequestError`` for a 4xx."""
+    def answer(self, row: Any, headers: Mapping[str, str], stream: Optional[KeyframeStream] = None) -> Any:
+        """One request's reply body (streamed: its last line, the keyframes' lines having gone
+        through ``stream``); raises ``RequestError`` for a 4xx."""
         started = time.perf_counter()
         request = read_people_request(row, headers, self.options, self.contract.num_classes)
         if request.options.boxes is None and self.finder is None:
             raise RequestError(400, "boxes_required", NO_DETECTOR)
-        budget = DecodeBudget(self.options.max_decode_seconds)
+        streaming = request.options.stream and stream is not None
+        budget = DecodeBudget(self.options.max_decode_seconds, per_window=streaming and streams_longer(self.options))
         with VideoDecoder(request.parsed.videos[0], self.limits, self.contract.short_side, budget=budget) as decoder:
             keyframes = plan_keyframes(request.options, decoder.info.duration, self.contract, self.options)
             timings = {"decode": 0.0, "persons": 0.0, "preprocess": 0.0, "inference": 0.0}
@@ -71,6 +92,9 @@ class PeopleService:
                 frames_decoded += keyframe_window.frames_decoded
                 decode_errors += keyframe_window.decode_errors
                 answers.append(self._keyframe(request, keyframe_window, timings))
+                if streaming:
+                    assert stream is not None
+                    stream.line(keyframe_line(answers[-1], self.contract, request.options, len(answers) - 1, len(keyframes)))
             warnings = decoder.warnings
             info = decoder.info
         timings["handler_total"] = (time.perf_counter() - started) * 1000
@@ -78,7 +102,8 @@ class PeopleService:
                                keyframes=answers, video=info, frames_decoded=frames_decoded,
                                decode_errors=decode_errors, timings=timings,
                                warnings=[*warnings, *(w for a in answers for w in a.warnings)])
-        return people_reply(request.parsed, self.contract, answer, answers)
+        body = people_reply(request.parsed, self.contract, answer, answers)
+        return stream_line(body) if streaming else body
 
     def _keyframe(self, request: PeopleRequest, keyframe_window: KeyframeWindow, timings: Dict[str, float]) -> KeyframeAnswer:
         """The persons of one keyframe: given boxes (checked against the frame) or found ones."""

@@ -109,13 +109,13 @@ def convert(module: torch.jit.ScriptModule, contract: PreprocessContract) -> Any
 Converter = Callable[[torch.jit.ScriptModule, PreprocessContract], Any]
 
 
-def cached_model(path: Path, cache_root: Path, converter: Converter = convert,
+def cached_model(path: Path, cache_root: Path, converter: Optional[Converter] = None,
                  version: int = CONVERSION_VERSION) -> Tuple[Any, PreprocessContract, str]:
     """(``openvino.Model``, contract, how it was obtained): the IR cached under ``cache_root`` for
     this .pt and OpenVINO version, or a fresh conversion (then cached, if ``cache_root`` is writable).
 
-    ``converter``: the scripted module and its contract -> ``openvino.Model`` (the classifier's
-    ``convert`` by default; the action detector has its own, handler/people/model.py);
+    ``converter``: the scripted module and its contract -> ``openvino.Model`` (None: the classifier's
+    ``convert``, looked up at the call; the action detector has its own, handler/people/model.py);
     ``version``: the converter's, part of the cache key."""
     import openvino as ov
 
@@ -130,7 +130,7 @@ def cached_model(path: Path, cache_root: Path, converter: Converter = convert,
             return model, contract, f"IR read from the cache {entry} in {time.monotonic() - started:.1f} s"
         except Exception as exc:  # a damaged entry is converted again and replaced
             log.warning("OpenVINO IR cache %s unreadable (%s); converting again", entry, exc)
-    model = converter(module, contract)
+    model = (converter or convert)(module, contract)
     how = f"converted from {path.name} in {time.monotonic() - started:.1f} s"
     partial: Optional[Path] = None
     try:

@@ -234,7 +234,8 @@ def reference_scores(detector_dir, shared_videos) -> Dict[float, torch.Tensor]:
 
 
 @pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
-@pytest.mark.parametrize("runtime", ["openvino-fp32", "torchscript-fp32"])
+# The default CPU runtime in the default run; TorchScript (the fallback: ~1 min more) with `slow`.
+@pytest.mark.parametrize("runtime", ["openvino-fp32", pytest.param("torchscript-fp32", marks=pytest.mark.slow)])
 def test_served_scores_equal_pytorchvideos_pipeline(runtime, request, reference_scores, shared_videos):
     """Given boxes, the served probabilities on each CPU runtime equal pytorchvideo's pipeline
     within 1e-4, with one box and with several, and differ from box to box (a checkpoint that

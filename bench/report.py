@@ -274,6 +274,12 @@ def render(results: Dict[str, Any]) -> str:
                 for boxes, v in people["keyframe_ms"].items()]
         lines += _table(["boxes", "keyframe ms", "vs classifier"], rows)
         lines.append(f"  person detector (fasterrcnn_resnet50_fpn, one frame): {fmt_ms(people['detector_ms']['median'])} ms")
+        for frame, v in people.get("detector_by_frame_ms", {}).items():
+            lines.append(f"    on {frame}: {fmt_ms(v['median'])} ms")
+        decode = people.get("persons_frame_decode_ms") or {}
+        if decode:
+            lines.append(f"  decode of a keyframe's window, {decode['video']}: {fmt_ms(decode['window_only']['median'])} ms; "
+                         f"with the detector's full-resolution frame: {fmt_ms(decode['with_persons_frame']['median'])} ms")
     http = results.get("http", {})
     if http.get("latency"):
         lines.append("")

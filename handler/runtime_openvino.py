@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, FrozenSet, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -106,14 +106,22 @@ def convert(module: torch.jit.ScriptModule, contract: PreprocessContract) -> Any
     return model
 
 
-def cached_model(path: Path, cache_root: Path) -> Tuple[Any, PreprocessContract, str]:
+Converter = Callable[[torch.jit.ScriptModule, PreprocessContract], Any]
+
+
+def cached_model(path: Path, cache_root: Path, converter: Optional[Converter] = None,
+                 version: int = CONVERSION_VERSION) -> Tuple[Any, PreprocessContract, str]:
     """(``openvino.Model``, contract, how it was obtained): the IR cached under ``cache_root`` for
-    this .pt and OpenVINO version, or a fresh conversion (then cached, if ``cache_root`` is writable)."""
+    this .pt and OpenVINO version, or a fresh conversion (then cached, if ``cache_root`` is writable).
+
+    ``converter``: the scripted module and its contract -> ``openvino.Model`` (None: the classifier's
+    ``convert``, looked up at the call; the action detector has its own, handler/people/model.py);
+    ``version``: the converter's, part of the cache key."""
     import openvino as ov
 
     started = time.monotonic()
     module, contract = read_model(path, torch.device("cpu"))
-    key = hashlib.sha256(f"{file_sha256(path)} {ov.get_version()} {CONVERSION_VERSION}".encode()).hexdigest()[:20]
+    key = hashlib.sha256(f"{file_sha256(path)} {ov.get_version()} {version}".encode()).hexdigest()[:20]
     entry = cache_root / key
     xml = entry / "model.xml"
     if xml.is_file():
@@ -122,7 +130,7 @@ def cached_model(path: Path, cache_root: Path) -> Tuple[Any, PreprocessContract,
             return model, contract, f"IR read from the cache {entry} in {time.monotonic() - started:.1f} s"
         except Exception as exc:  # a damaged entry is converted again and replaced
             log.warning("OpenVINO IR cache %s unreadable (%s); converting again", entry, exc)
-    model = convert(module, contract)
+    model = (converter or convert)(module, contract)
     how = f"converted from {path.name} in {time.monotonic() - started:.1f} s"
     partial: Optional[Path] = None
     try:
@@ -131,7 +139,7 @@ def cached_model(path: Path, cache_root: Path) -> Tuple[Any, PreprocessContract,
         # fp32 weights: compressing them to fp16 would change fp32 answers.
         ov.save_model(model, str(partial / "model.xml"), compress_to_fp16=False)
         (partial / "source.json").write_text(json.dumps({
-            "pt": path.name, "openvino": ov.get_version(), "conversion": CONVERSION_VERSION,
+            "pt": path.name, "openvino": ov.get_version(), "conversion": version,
         }))
         shutil.rmtree(entry, ignore_errors=True)
         os.replace(partial, entry)  # atomic: a worker starting beside this one reads all or nothing
@@ -156,6 +164,27 @@ def int8_model(path: Path) -> Optional[Tuple[Any, PreprocessContract]]:
     if contract.int8 is None:
         return None
     return ov.Core().read_model(files[1].decode(), ov.Tensor(np.frombuffer(files[2], dtype=np.uint8))), contract
+
+
+def compile_for_cpu(model: Any, precision: str, threads: int, streams: int) -> Tuple[Any, str]:
+    """(compiled model, runtime name such as ``openvino-fp32``) of ``model`` on OpenVINO's CPU plugin.
+
+    ``precision``: ``choose_precision``'s word; ``streams``: infer requests run side by side."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU", {
+        # int8: the layers left in fp32 run in fp32, as they did when agreement was measured.
+        "INFERENCE_PRECISION_HINT": "f32" if precision == "int8" else _OPENVINO_TYPES[precision],
+        "INFERENCE_NUM_THREADS": threads,
+        # One stream runs one view on all threads; more streams run views side by side.
+        "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+        "NUM_STREAMS": streams,
+    })
+    if precision == "int8":
+        return compiled, INT8_RUNTIME
+    # The name reports what the plugin compiled, not what was asked.
+    compiled_type = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return compiled, f"openvino-{_OUR_PRECISIONS.get(compiled_type, compiled_type)}"
 
 
 @dataclass
@@ -191,23 +220,13 @@ class OpenVinoRuntime:
         else:
             model, contract, how = cached_model(path, cache_root or path.parent / CACHE_DIR_NAME)
         started = time.monotonic()
-        compiled = ov.Core().compile_model(model, "CPU", {
-            # int8: the layers left in fp32 run in fp32, as they did when agreement was measured.
-            "INFERENCE_PRECISION_HINT": "f32" if precision == "int8" else _OPENVINO_TYPES[precision],
-            "INFERENCE_NUM_THREADS": threads,
-            # One stream runs one view on all threads; more streams run views side by side.
-            "PERFORMANCE_HINT": "LATENCY" if options.cpu_streams == 1 else "THROUGHPUT",
-            "NUM_STREAMS": options.cpu_streams,
-        })
-        # The name reports what the plugin compiled, not what was asked.
-        compiled_type = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        actual = _OUR_PRECISIONS.get(compiled_type, compiled_type)
+        compiled, name = compile_for_cpu(model, precision, threads, options.cpu_streams)
         runtime = cls(
             compiled=compiled,
             requests=[compiled.create_infer_request() for _ in range(options.cpu_streams)],
             contract=contract,
             micro_batch=options.micro_batch_cpu,
-            name=INT8_RUNTIME if precision == "int8" else f"openvino-{actual}",
+            name=name,
         )
         log.info(
             "CPU runtime %s: %s; %d threads, %d stream(s); %s; compiled in %.1f s",

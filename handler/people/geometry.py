@@ -42,7 +42,8 @@ class BoxMapping:
 
     ``display``: (width, height) upright at full resolution; ``region``: (x, y, width, height) of
     the upright picture the working frame shows (all of it unless cut for its aspect ratio);
-    ``working``: (width, height) of the upright working frame.
+    ``working``: (width, height) of the upright working frame (or of the person detector's frame:
+    the same region at another size, ``handler.people.decode``).
     """
 
     display: Tuple[int, int]
@@ -88,14 +89,28 @@ class BoxMapping:
                 f"{where} {index} {list(boxes[index])} has nothing inside the {self.display[0]}x{self.display[1]} "
                 "frame (upright video pixels)",
             )
+        return self._scaled_to_working(clipped)
+
+    def _scaled_to_working(self, clipped: torch.Tensor) -> torch.Tensor:
         sx, sy = self.scale
         shift = torch.tensor([self.region[0], self.region[1]] * 2)
         working = (clipped - shift) * torch.tensor([sx, sy, sx, sy])
         return clip_boxes(working, *self.working)
 
-    def clip_working(self, boxes: torch.Tensor) -> torch.Tensor:
-        """(N, 4) boxes found on the working frame, clipped to it as the model takes them."""
-        return clip_boxes(boxes.float().reshape(-1, 4), *self.working)
+    def found_to_working(self, shown: torch.Tensor) -> torch.Tensor:
+        """(N, 4) boxes found by the person detector, already in upright video pixels and clipped
+        to the video (``frame_to_display``) -> (N, 4) float32 working pixels, as ``to_working``
+        places given boxes (a found box is never refused: the detector keeps boxes of positive size)."""
+        return self._scaled_to_working(clip_boxes(shown.float().reshape(-1, 4), *self.display))
+
+    def frame_to_display(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(N, 4) boxes in this mapping's frame -> (N, 4) float32 upright video pixels, clipped to the
+        video. Each axis is scaled by its own factor (frame size over region size), as torchvision's
+        detection transform maps boxes back through its own resize: exact for whatever rounding
+        made the frame's size (the person detector's frame: ``handler.people.persons``)."""
+        sx, sy = self.working[0] / self.region[2], self.working[1] / self.region[3]
+        shift = torch.tensor([self.region[0], self.region[1]] * 2)
+        return clip_boxes(boxes.float().reshape(-1, 4) / torch.tensor([sx, sy, sx, sy]) + shift, *self.display)
 
     def to_display(self, boxes: torch.Tensor) -> torch.Tensor:
         """(N, 4) working-frame boxes -> (N, 4) float32 upright video pixels, clipped to the video."""

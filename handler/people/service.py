@@ -21,7 +21,7 @@ import torch
 
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
-from handler.people.decode import KeyframeWindow, decode_keyframes
+from handler.people.decode import KeyframeWindow, PersonsFrames, decode_keyframes
 from handler.people.model import ActionDetector
 from handler.people.persons import PersonFinder
 from handler.people.plan import plan_keyframes
@@ -82,9 +82,11 @@ class PeopleService:
             timings = {"decode": 0.0, "persons": 0.0, "preprocess": 0.0, "inference": 0.0}
             answers: List[KeyframeAnswer] = []
             frames_decoded = decode_errors = 0
+            persons = None if request.options.boxes is not None or self.finder is None else PersonsFrames(
+                request.parsed.videos[0], self.limits, budget, self.finder.frame_short_side)
             windows = decode_keyframes(decoder, keyframes, num_frames=self.contract.num_frames,
                                        short_side=self.contract.short_side,
-                                       max_aspect_ratio=self.limits.max_aspect_ratio)
+                                       max_aspect_ratio=self.limits.max_aspect_ratio, persons=persons)
             while True:
                 keyframe_window = _timed(lambda: next(windows, None), timings, "decode")
                 if keyframe_window is None:
@@ -121,8 +123,7 @@ class PeopleService:
                 warnings.append(f"{found.shape[0]} persons found at {keyframe_window.keyframe.time:g} s; "
                                 f"the {limit} most confident are answered (max_persons_per_keyframe)")
                 found, scores = found[:limit], scores[:limit]
-            working = keyframe_window.mapping.clip_working(found)
-            shown = keyframe_window.mapping.to_display(working)
+            working, shown = keyframe_window.place_found(found)
         scored = score_keyframe(self.model, keyframe_window.frames, working)
         timings["preprocess"] += scored.preprocess_ms
         timings["inference"] += scored.inference_ms

@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--glob", action="append", default=[], metavar="PATTERN",
                       help="in folders, send the files matching PATTERN (e.g. '*.mp4'; repeatable) "
                            "instead of those that look like videos")
+    what.add_argument("--whole-file", action="store_true",
+                      help="send each file whole; by default a request that needs only some windows (the centre "
+                           "window, --clips, --start/--end) sends only the packets from the keyframe before each "
+                           "window to its end, copied without re-encoding, and gets the same answer")
+    what.add_argument("-v", "--verbose", action="store_true", help="say what was sent (the cut, or why the whole file)")
     where = parser.add_argument_group("output")
     where.add_argument("--out", type=Path, default=None,
                        help="bulk: results.jsonl (embeddings also to results.npy beside it); "
@@ -120,7 +125,7 @@ def run_many(args: argparse.Namespace, transport: Transport) -> int:
         concurrency = 1  # nothing to send: no need to ask the server
     try:
         tally = run_bulk(inputs, transport, request_fields(args), writer, concurrency,
-                         lambda t: Progress(t, interval=args.progress_interval))
+                         lambda t: Progress(t, interval=args.progress_interval), whole_file=args.whole_file)
     finally:
         writer.close()
     print(tally.summary(), file=sys.stderr)

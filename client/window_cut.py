@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import av
@@ -155,9 +155,12 @@ def _segment(container: av.container.InputContainer, stream: av.video.stream.Vid
     for packet in container.demux(stream):
         if not packet.size:
             continue
-        if packet.pts is None or packet.dts is None:
+        if packet.pts is None:
             return None
-        if packet.dts * time_base >= end:
+        # Decode times only grow: no later packet shows before ``end``. Containers that store no
+        # decode time (Matroska) give presentation times: the B-frames that may follow within a
+        # reorder delay show before ``end`` but after the window (END_MARGIN_SECONDS past it).
+        if (packet.dts if packet.dts is not None else packet.pts) * time_base >= end:
             break
         if packet.is_keyframe and packet.pts * time_base <= start:
             records = []  # a later keyframe still before the start: a shorter cut
@@ -169,13 +172,25 @@ def _segment(container: av.container.InputContainer, stream: av.video.stream.Vid
 
 
 def _joined(segments: List[List[PacketRecord]]) -> List[PacketRecord]:
-    """Segments (each from a keyframe, in time order) as one packet list: a segment overlapping the
-    one before it continues it (its packets up to that one's last are the same packets)."""
+    """Segments (each a run of the stream from a keyframe, in time order) as one packet list: a
+    segment starting inside the one before it continues it (a frame's packet is known by its pts)."""
     joined: List[PacketRecord] = []
+    seen = set()
     for segment in segments:
-        last = joined[-1].dts if joined else None
-        joined.extend(r for r in segment if last is None or r.dts > last)
-    return joined
+        joined.extend(r for r in segment if r.pts not in seen)
+        seen.update(r.pts for r in segment)
+    return _with_decode_times(joined)
+
+
+def _with_decode_times(packets: List[PacketRecord]) -> List[PacketRecord]:
+    """``packets`` with a decode time each, where the container gave some none (Matroska stores
+    presentation times only, and FFmpeg guesses decode times only from the stream start): the
+    i-th smallest pts less the reorder delay, so that decode times grow and none is after its pts."""
+    if all(r.dts is not None for r in packets):
+        return packets
+    ordered = sorted(r.pts for r in packets)
+    delay = max(0, max(p - r.pts for p, r in zip(ordered, packets)))
+    return [replace(r, dts=p - delay) for p, r in zip(ordered, packets)]
 
 
 def _rotation(stream: av.video.stream.VideoStream, keyframe: PacketRecord) -> int:
@@ -220,19 +235,27 @@ def cut_for_windows(data: bytes, fields: Mapping[str, str], *, window: float = M
                 return WholeFile(f"no keyframe index leads to {a:.2f} s (unseekable, or packets without timestamps)")
             segments.append(segment)
         packets = _joined(segments)
-        size = sum(len(r.data) for r in packets)
-        if size > max_fraction * len(data):
-            return WholeFile(f"the windows need {size:,} of its {len(data):,} bytes: not much smaller")
         rotation = _rotation(stream, packets[0])
         if rotation:
             return WholeFile(f"it is rotated ({rotation} degrees), which the MPEG-TS cut cannot carry")
-        clip = remux(packets, stream_format(stream), packets[0].t, packets[-1].t)
+        try:
+            clip = remux(packets, stream_format(stream), packets[0].t, packets[-1].t)
+        except (av.error.FFmpegError, ValueError) as exc:
+            return WholeFile(f"its packets cannot be remuxed (damaged data? {str(exc)[:80]})")
         container_name = container.format.name
+    if len(clip.data) > max_fraction * len(data):
+        return WholeFile(f"the cut of its windows is {len(clip.data):,} of its {len(data):,} bytes: not much smaller")
     offset = _offset(clip.data, packets, source)
     if offset is None:
         return WholeFile(f"its timestamps do not survive the {clip.container} cut exactly")
     sent = {**fields, "source_offset": repr(offset), "source_duration": repr(source.duration)}
-    covered = [(seg[0].t - source.origin, seg[-1].t - source.origin) for seg in segments]
+    covered: List[Span] = []
+    for segment in segments:  # as joined: a segment overlapping the one before continues it
+        a, b = segment[0].t - source.origin, segment[-1].t - source.origin
+        if covered and a <= covered[-1][1]:
+            covered[-1] = (covered[-1][0], max(covered[-1][1], b))
+        else:
+            covered.append((a, b))
     return Cut(clip.data, sent, clip.container, covered, len(data), container_name)
 
 

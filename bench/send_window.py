@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List
 
-from bench.util import progress, ratio, summary, target
+from bench.util import progress, ratio, shortest_and_longest, summary, target
 
 GOAL = 1.3
 WAYS = ("cut", "whole")
@@ -58,10 +58,9 @@ def measure(served: Any, videos: List[Dict[str, Any]], reps: int, warmup: int = 
         }
         progress(f"  cut {out['videos'][video['name']]['cut']['e2e_ms']['median']:.0f} ms "
                  f"({cut['bytes'] / 2**20:.2f} MB sent), whole {out['videos'][video['name']]['whole']['e2e_ms']['median']:.0f} ms")
-    names = list(out["videos"])
-    if len(names) >= 2:
-        first, last = out["videos"][names[0]], out["videos"][names[-1]]
-        out["shortest"], out["longest"] = names[0], names[-1]
+    ends = shortest_and_longest(out)
+    if ends:
+        first, last = ends
         for way in WAYS:
             out[f"{way}_ratio"] = ratio(last[way]["e2e_ms"]["median"], first[way]["e2e_ms"]["median"])
     return out

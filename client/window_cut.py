@@ -33,11 +33,12 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import av
 
 from client.live.clip import PacketRecord, remux, stream_format
-from client.live.model import PROBE_SECONDS
 from client.transport import Answer, Outcome, Transport
 
-# The longest window a model may look at: the live client's probe clip is longer than any.
-MAX_WINDOW_SECONDS = PROBE_SECONDS
+# The longest window the client covers: above the longest of the variants served here
+# (slowfast_16x8_r101_50_50: 128/30 s). A model with a longer window plans one outside the cut; the
+# server answers 400 window_outside_upload and the client sends the whole file (``send_video``).
+MAX_WINDOW_SECONDS = 5.0
 # Packets are kept this far past a window's end (decode order: a few B-frames may follow the
 # frame that ends it), and a window may end this far past what the client thought.
 END_MARGIN_SECONDS = 0.5

@@ -20,12 +20,12 @@ from handler.sampling import Window, clip_windows, timeline_windows
 
 # A stride suggested to a request over its budget is a whole number of these steps per second.
 STRIDE_STEPS = 10
-# A window planned in a cut (source_offset) may end this far past the cut's measured end: a cut
-# reaching the source's end measures it from its last packet, the source's duration may be the
-# declared one (decoding/probe.py accepts up to 1 s between the two).
+# A window planned in a cut (source_offset) may start this far before the cut's first frame, and end
+# this far past its measured end (float rounding of the offset)...
+CUT_SLACK_SECONDS = 1e-3
+# ... or this far past it when the cut reaches the source's end: the cut's end is measured from its
+# last packet, the source's duration may be the declared one (decoding/probe.py accepts up to 1 s).
 CUT_END_SLACK_SECONDS = 1.0
-# ... and start this far before the cut's first frame (float rounding of the offset).
-CUT_START_SLACK_SECONDS = 1e-3
 
 
 # -- per-request limits (checked before any decoding) -------------------------------------------
@@ -105,8 +105,11 @@ def _in_upload(windows: List[Window], duration: float, options: RequestOptions) 
     ``options.offset``); 400 when one is not inside the ``duration`` seconds the upload holds."""
     offset = options.offset
     moved = [(a - offset, b - offset) for a, b in windows]
+    assert options.source_duration is not None
+    reaches_end = offset + duration >= options.source_duration - CUT_END_SLACK_SECONDS
+    end_slack = CUT_END_SLACK_SECONDS if reaches_end else CUT_SLACK_SECONDS
     for (a, b), (source_a, source_b) in zip(moved, windows):
-        if a < -CUT_START_SLACK_SECONDS or a >= duration or b > duration + CUT_END_SLACK_SECONDS:
+        if a < -CUT_SLACK_SECONDS or a >= duration or b > duration + end_slack:
             raise RequestError(
                 400, "window_outside_upload",
                 f"the window {source_a:.3f}-{source_b:.3f} s of the source is not inside the upload, which holds "

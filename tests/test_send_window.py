@@ -59,6 +59,14 @@ def long_videos() -> Dict[str, bytes]:
     }
 
 
+def noisy_video(seed: int = 0) -> bytes:
+    """60 s of noise at 5 fps, a keyframe every 2 s: frames of some size, as in real video (the
+    pattern videos' frames are ~100 bytes, and MPEG-TS's 188-byte packets would outweigh them)."""
+    rng = np.random.default_rng(seed)
+    return make_video(frames=300, width=160, height=120, fps=5, gop=10, options=X264_B_FRAMES,
+                      frame_source=lambda i: rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+
+
 def _answers_agree(whole: Mapping[str, Any], cut: Mapping[str, Any]) -> None:
     flat = lambda windows: [t for window in windows for t in window]  # noqa: E731
     # 1e-4: the answer's rounding of seconds (the cut's window + offset may round the other way).
@@ -119,10 +127,8 @@ def test_long_videos_cut_to_their_windows_answer_as_the_whole_file(handler, long
 
 
 @pytest.mark.heavy
-def test_the_client_cut_of_a_long_video_is_small_and_names_the_source_clock(long_videos) -> None:
-    rng = np.random.default_rng(0)  # noise: frames of some size, as in real video (patterns are ~100 bytes)
-    data = make_video(frames=300, width=160, height=120, fps=5, gop=10, options=X264_B_FRAMES,
-                      frame_source=lambda i: rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+def test_the_client_cut_of_a_long_video_is_small_and_names_the_source_clock() -> None:
+    data = noisy_video()
     cut = for_request(data, {})
     assert isinstance(cut, Cut)
     offset, duration = float(cut.fields["source_offset"]), float(cut.fields["source_duration"])
@@ -131,9 +137,9 @@ def test_the_client_cut_of_a_long_video_is_small_and_names_the_source_clock(long
     assert offset <= (duration - MAX_WINDOW_SECONDS) / 2 and offset % 2.0 == pytest.approx(0.0, abs=EXACT_SECONDS)
     assert len(cut.data) < 0.5 * len(data)
     assert isinstance(for_request(data, {}, whole_file=True), WholeFile)
-    # The tiny frames of the pattern video: its cut in MPEG-TS is not much smaller than the file.
-    pattern = for_request(long_videos["h264_bframes_60s.mp4"], {})
-    assert isinstance(pattern, WholeFile) and "not much smaller" in pattern.reason, pattern
+    # A timeline of the whole video needs all of it.
+    timeline = for_request(data, {"timeline": "true"})
+    assert isinstance(timeline, WholeFile) and "not much smaller" in timeline.reason, timeline
 
 
 def test_needed_spans_cover_every_window_a_model_may_plan() -> None:
@@ -175,7 +181,7 @@ def test_a_window_outside_the_upload_is_a_400_naming_it(handler, long_videos) ->
 @pytest.mark.integration
 def test_the_client_sends_the_cut_through_torchserve(server, tmp_path: Path) -> None:
     path = tmp_path / "long.mp4"
-    path.write_bytes(make_video(frames=1200, width=160, height=120, fps=30, gop=60, options=X264_B_FRAMES, seed=5))
+    path.write_bytes(noisy_video(seed=5))
     base = [sys.executable, "-m", "client", str(path), "--json", "--url", server.inference_url,
             "--key-file", str(server.workdir / "key_file.json")]
     answers = {}
@@ -187,3 +193,21 @@ def test_the_client_sends_the_cut_through_torchserve(server, tmp_path: Path) -> 
         assert ("mpegts cut of" in run.stderr) == (mode == "cut"), run.stderr
     _answers_agree(answers["whole"], answers["cut"])
     assert answers["cut"]["video"]["container"] == answers["whole"]["video"]["container"]
+
+
+def test_a_cut_sent_over_kserve_answers_as_the_file(handler, long_videos) -> None:
+    from client.kserve import KServeCodec
+
+    data = long_videos["h264_40s_25fps.mkv"]
+    whole = handler.handle(data)
+    cut = cut_for_windows(data, {}, window=handler.contract.window_seconds, max_fraction=1.0)
+    assert isinstance(cut, Cut)
+    for version in ("v1", "v2"):
+        codec = KServeCodec(version)
+        body, _ = codec.encode(cut.data, cut.fields)  # source_offset/source_duration as JSON parameters
+        answer = codec.decode(handler.handle(body), cut.fields)
+        assert [p["index"] for p in answer["predictions"]] == [p["index"] for p in whole["predictions"]], version
+        assert [p["probability"] for p in answer["predictions"]] == pytest.approx(
+            [p["probability"] for p in whole["predictions"]], abs=1e-5)
+        if version == "v1":
+            _answers_agree(whole, answer)

@@ -4,7 +4,8 @@ One video file (and no ``--out FILE.jsonl``): its answer as a table (``--json``:
 its embedding (``--embedding [--out FILE.npy]``) or its timeline (``--timeline [--csv F] [--plot F.png]``).
 Anything else (several paths, folders, ``--glob``, ``--from-list``, ``--out results.jsonl``): a bulk
 run writing one JSON line per input (client/results.py), with progress, retries and ``--resume``.
-Exit status: 0 when every input was answered, 1 when any failed, 2 for a usage error, 130 on Ctrl-C.
+Only the part of each video that the request's windows need is sent (client/window_cut.py), unless
+``--whole-file``. Exit status: 0 when every input was answered, 1 when any failed, 2 for a usage error, 130 on Ctrl-C.
 ``--protocol kserve-v1|kserve-v2 --url http://INFERENCESERVICE``: the same over KServe (no timelines).
 ``python -m client live SOURCE``: a camera or a stream, window by window (client/live/cli.py).
 ``python -m client people VIDEO``: persons and their actions at keyframes (client/people.py).

@@ -225,6 +225,11 @@ def cut_for_windows(data: bytes, fields: Mapping[str, str], *, window: float = M
         if codec not in CUTTABLE_CODECS:
             return WholeFile(f"its codec ({codec}) is not cut (keyframes that need the stream start, or no test "
                              "proves its cut)")
+        # Before the server's reader (which imports torch): windows that span most of the video by
+        # the container's own duration are not worth cutting.
+        declared = container.duration / av.time_base if container.duration else None
+        if declared and sum(b - a for a, b in needed_spans(declared, fields, window)) > max_fraction * declared:
+            return WholeFile(f"its windows span most of its {declared:.1f} s: not much smaller")
         try:
             source = _server_clock(data)
         except Exception as exc:  # noqa: BLE001 (the server will say what is wrong with it)

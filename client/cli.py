@@ -42,11 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--glob", action="append", default=[], metavar="PATTERN",
                       help="in folders, send the files matching PATTERN (e.g. '*.mp4'; repeatable) "
                            "instead of those that look like videos")
-    what.add_argument("--whole-file", action="store_true",
+    cut = parser.add_argument_group("what to send of each video")
+    cut.add_argument("--whole-file", action="store_true",
                       help="send each file whole; by default a request that needs only some windows (the centre "
                            "window, --clips, --start/--end) sends only the packets from the keyframe before each "
                            "window to its end, copied without re-encoding, and gets the same answer")
-    what.add_argument("-v", "--verbose", action="store_true", help="say what was sent (the cut, or why the whole file)")
+    cut.add_argument("-v", "--verbose", action="store_true", help="one video: say what was sent (the cut, or why the whole file)")
     where = parser.add_argument_group("output")
     where.add_argument("--out", type=Path, default=None,
                        help="bulk: results.jsonl (embeddings also to results.npy beside it); "

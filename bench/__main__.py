@@ -14,6 +14,8 @@ stderr. Sections:
    preprocess (``timings_ms.preprocess`` of a real TorchServe answer) beside in-process's;
 4. throughput of N concurrent clients against model-only throughput at the best micro-batch;
 5. cost growth: one default request on 10 s, 60 s and 600 s videos, time and worker peak RSS;
+   send_window: the same request as ``python -m client`` sends it (the cut its window needs) against
+   the whole file, answer time 600 s / 10 s (bench/send_window.py);
 6. a streamed timeline of the 600 s video at the default stride (bench/features.py);
 7. an embedding request against a labels request of the same video;
 8. clients who leave: a default request alone, right after a streamed timeline of a 600 s video is
@@ -45,9 +47,9 @@ from harness.paths import MAR, PT, REPO
 
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 THROUGHPUT_VIDEO = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 video
-SECTIONS = ("stages", "model", "runtimes", "variants", "int8", "latency", "throughput", "growth", "timeline",
-            "embedding", "live", "held", "kserve", "people")
-SERVED = ("latency", "throughput", "growth", "timeline", "embedding", "live", "held")
+SECTIONS = ("stages", "model", "runtimes", "variants", "int8", "latency", "throughput", "growth", "send_window",
+            "timeline", "embedding", "live", "held", "kserve", "people")
+SERVED = ("latency", "throughput", "growth", "send_window", "timeline", "embedding", "live", "held")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
 
@@ -178,7 +180,7 @@ def main(argv: List[str]) -> int:
     held_video = None if "held" not in args.sections else {
         "name": videomod.synthesized(held_spec).name, "path": videomod.synthesized(held_spec), "seconds": held_spec.seconds,
     }
-    growth_videos = [] if "growth" not in args.sections else [
+    growth_videos = [] if not {"growth", "send_window"} & set(args.sections) else [
         {"name": videomod.synthesized(spec).name, "path": videomod.synthesized(spec), "seconds": spec.seconds,
          "kind": "growth"} for spec in growth_specs
     ]
@@ -252,6 +254,10 @@ def main(argv: List[str]) -> int:
                 http["throughput"] = servedmod.throughput(served, tp_video, args.clients, args.per_client, args.warmup)
             if "growth" in args.sections:
                 http["growth"] = servedmod.growth(served, growth_videos, args.growth_reps, args.warmup)
+            if "send_window" in args.sections:
+                from bench import send_window
+
+                http["send_window"] = send_window.measure(served, growth_videos, args.growth_reps, args.warmup)
             if timeline_video:
                 http["timeline"] = features.timeline(served, timeline_video, handler.contract.num_frames)
             if "embedding" in args.sections:

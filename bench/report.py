@@ -125,9 +125,10 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
                 f"the handler adds one); RSS before its requests: {short['worker_rss_before_mb']} -> "
                 f"{long_['worker_rss_before_mb']} MB",
             ))
-    from bench import features, held, int8  # their targets live beside their measurements
+    from bench import features, held, int8, send_window  # their targets live beside their measurements
 
-    return targets + int8.targets(results) + features.targets(results) + held.targets(results)
+    return (targets + int8.targets(results) + features.targets(results) + held.targets(results)
+            + send_window.targets(results))
 
 
 # The worker preprocesses the same window as the in-process handler, with the same code and threads:
@@ -319,9 +320,9 @@ def render(results: Dict[str, Any]) -> str:
                          fmt_ms(g["handler_ms"]["decode"]["median"]), str(g["frames_decoded"]),
                          str(g["worker_rss_before_mb"]), str(g["worker_peak_rss_mb"])])
         lines += _table(["video", "MB", "e2e ms", "decode", "frames", "RSS before MB", "peak RSS MB"], rows)
-    from bench import features, held
+    from bench import features, held, send_window
 
-    lines += features.render(results) + held.render(results)
+    lines += features.render(results) + held.render(results) + send_window.render(results)
     targets = results.get("targets", [])
     if targets:
         lines.append("")

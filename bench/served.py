@@ -20,7 +20,7 @@ import requests
 from harness.inproc import InProcessHandler
 from harness.paths import TIMELINE_MODEL  # config.properties: the same .mar again, for long timelines
 from harness.memory import RssSampler, peak_rss_mb, reset_peak, rss_mb
-from bench.util import percentile, progress, ratio, summary
+from bench.util import percentile, progress, ratio, shortest_and_longest, summary
 
 
 
@@ -210,10 +210,9 @@ def growth(served: Served, videos: List[Dict[str, Any]], reps: int, warmup: int 
         out["videos"][video["name"]] = result
         progress(f"  e2e {result['e2e_ms']['median']:.0f} ms, decode {result['handler_ms']['decode']['median']:.0f} ms, "
                  f"{result['frames_decoded']} frames decoded, worker peak RSS {result['worker_peak_rss_mb']} MB")
-    names = list(out["videos"])
-    if len(names) >= 2:
-        first, last = out["videos"][names[0]], out["videos"][names[-1]]
-        out["shortest"], out["longest"] = names[0], names[-1]
+    ends = shortest_and_longest(out)
+    if ends:
+        first, last = ends
         out["time_ratio"] = ratio(last["e2e_ms"]["median"], first["e2e_ms"]["median"])
         if first["worker_peak_rss_mb"] and last["worker_peak_rss_mb"]:
             out["peak_rss_ratio"] = ratio(last["worker_peak_rss_mb"], first["worker_peak_rss_mb"])

@@ -14,7 +14,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 
 _T0 = time.monotonic()
@@ -95,3 +95,14 @@ def target(name: str, value: Optional[float], op: str, limit: float, detail: str
     if ok is False and bound:
         entry["bound"] = bound
     return entry
+
+
+def shortest_and_longest(out: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """For a section's ``out["videos"]`` (name -> figures, shortest video first): sets
+    ``out["shortest"]``/``out["longest"]`` to their names and returns their figures; None for
+    fewer than two videos."""
+    names = list(out["videos"])
+    if len(names) < 2:
+        return None
+    out["shortest"], out["longest"] = names[0], names[-1]
+    return out["videos"][names[0]], out["videos"][names[-1]]

@@ -18,6 +18,7 @@ import requests
 from client.progress import Progress, Tally
 from client.results import ResultsWriter, input_key, outcome_line
 from client.transport import Failure, Outcome, Transport
+from client.window_cut import send_video
 
 FALLBACK_CONCURRENCY = 4  # model-config.yaml's batchSize with one worker
 
@@ -40,14 +41,16 @@ def server_concurrency(transport: Transport, note: Callable[[str], None]) -> int
     return max(1, batch * workers)
 
 
-def send_file(transport: Transport, path: Path, fields: Mapping[str, str]) -> Tuple[Outcome, float]:
-    """One input: read it, send it (with retries); the outcome and the seconds it took."""
+def send_file(transport: Transport, path: Path, fields: Mapping[str, str],
+              whole_file: bool = False) -> Tuple[Outcome, float]:
+    """One input: read it, send it (the part its windows need unless ``whole_file``: client/window_cut.py;
+    with retries); the outcome and the seconds it took."""
     started = time.monotonic()
     try:
         data = path.read_bytes()
     except OSError as exc:
         return Failure("unreadable", f"cannot read {path}: {exc.strerror or exc}"), time.monotonic() - started
-    return transport.send(data, fields), time.monotonic() - started
+    return send_video(transport, data, fields, whole_file=whole_file)[0], time.monotonic() - started
 
 
 def pending(inputs: List[Path], writer: ResultsWriter) -> List[Path]:
@@ -57,7 +60,7 @@ def pending(inputs: List[Path], writer: ResultsWriter) -> List[Path]:
 
 def run_bulk(
     inputs: List[Path], transport: Transport, fields: Mapping[str, str], writer: ResultsWriter,
-    concurrency: int, progress_factory: Callable[[Tally], Progress],
+    concurrency: int, progress_factory: Callable[[Tally], Progress], whole_file: bool = False,
 ) -> Tally:
     """Send every input not already in ``writer`` (resume), ``concurrency`` at a time.
 
@@ -80,7 +83,7 @@ def run_bulk(
                 path = work.get_nowait()
             except queue.Empty:
                 return
-            outcome, seconds = send_file(transport, path, fields)
+            outcome, seconds = send_file(transport, path, fields, whole_file)
             results.put((path, outcome, seconds))
 
     for _ in range(max(1, min(concurrency, len(todo)))):

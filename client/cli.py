@@ -4,7 +4,8 @@ One video file (and no ``--out FILE.jsonl``): its answer as a table (``--json``:
 its embedding (``--embedding [--out FILE.npy]``) or its timeline (``--timeline [--csv F] [--plot F.png]``).
 Anything else (several paths, folders, ``--glob``, ``--from-list``, ``--out results.jsonl``): a bulk
 run writing one JSON line per input (client/results.py), with progress, retries and ``--resume``.
-Exit status: 0 when every input was answered, 1 when any failed, 2 for a usage error, 130 on Ctrl-C.
+Only the part of each video that the request's windows need is sent (client/window_cut.py), unless
+``--whole-file``. Exit status: 0 when every input was answered, 1 when any failed, 2 for a usage error, 130 on Ctrl-C.
 ``--protocol kserve-v1|kserve-v2 --url http://INFERENCESERVICE``: the same over KServe (no timelines).
 ``python -m client live SOURCE``: a camera or a stream, window by window (client/live/cli.py).
 ``python -m client people VIDEO``: persons and their actions at keyframes (client/people.py).
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--glob", action="append", default=[], metavar="PATTERN",
                       help="in folders, send the files matching PATTERN (e.g. '*.mp4'; repeatable) "
                            "instead of those that look like videos")
+    cut = parser.add_argument_group("what to send of each video")
+    cut.add_argument("--whole-file", action="store_true",
+                      help="send each file whole; by default a request that needs only some windows (the centre "
+                           "window, --clips, --start/--end) sends only the packets from the keyframe before each "
+                           "window to its end, copied without re-encoding, and gets the same answer")
+    cut.add_argument("-v", "--verbose", action="store_true", help="one video: say what was sent (the cut, or why the whole file)")
     where = parser.add_argument_group("output")
     where.add_argument("--out", type=Path, default=None,
                        help="bulk: results.jsonl (embeddings also to results.npy beside it); "
@@ -120,7 +127,7 @@ def run_many(args: argparse.Namespace, transport: Transport) -> int:
         concurrency = 1  # nothing to send: no need to ask the server
     try:
         tally = run_bulk(inputs, transport, request_fields(args), writer, concurrency,
-                         lambda t: Progress(t, interval=args.progress_interval))
+                         lambda t: Progress(t, interval=args.progress_interval), whole_file=args.whole_file)
     finally:
         writer.close()
     print(tally.summary(), file=sys.stderr)

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from client.endpoint import ClientError
 from client.options import kinds_of, request_fields
 from client.results import embedding_of, save_npy
 from client.transport import Failure, Transport
+from client.window_cut import Cut, for_request, send_video
 
 
 def read_video(path: Path) -> bytes:
@@ -25,12 +26,15 @@ def read_video(path: Path) -> bytes:
         raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def predict(transport: Transport, video: Path, fields: Dict[str, str]) -> Dict[str, Any]:
-    """The server's JSON answer for one video.
+def predict(transport: Transport, video: Path, fields: Dict[str, str], *, whole_file: bool = False,
+            note: Callable[[str], None] = lambda message: None) -> Dict[str, Any]:
+    """The server's JSON answer for one video: only the part its windows need is sent
+    (client/window_cut.py) unless ``whole_file``; ``note`` hears what was sent.
     Raises:
         ClientError: unreadable file, no answer, or an error answer (with the server's reason).
     """
-    outcome = transport.send(read_video(video), fields)
+    outcome, sent = send_video(transport, read_video(video), fields, whole_file=whole_file)
+    note(sent.describe())
     if isinstance(outcome, Failure):
         if outcome.status is None:
             raise ClientError(outcome.message)
@@ -98,14 +102,24 @@ def embedding_matrix(body: Dict[str, Any]) -> np.ndarray:
 def run_one(args: argparse.Namespace, transport: Transport) -> int:
     """``python -m client VIDEO [...]``: print the answer for one video; 0 when answered."""
     kinds = kinds_of(args)
+
+    def note(message: str) -> None:
+        if args.verbose:
+            print(f"note: {message}", file=sys.stderr)
+
     if args.timeline:
         fields = request_fields(args, stream=True)
         if args.plot is not None:
             fields["topk"] = str(max(args.topk, timeline.PLOT_TOPK))
-        full = timeline.follow_stream(transport.stream(read_video(args.paths[0]), fields))
+        # A timeline of a part (start/end) sends that part; of the whole video, the file.
+        data = read_video(args.paths[0])
+        sent = for_request(data, fields, whole_file=args.whole_file)
+        note(sent.describe())
+        body, sent_fields = (sent.data, sent.fields) if isinstance(sent, Cut) else (data, fields)
+        full = timeline.follow_stream(transport.stream(body, sent_fields))
         answer = timeline.keep_top(full, args.topk)
     else:
-        answer = predict(transport, args.paths[0], request_fields(args))
+        answer = predict(transport, args.paths[0], request_fields(args), whole_file=args.whole_file, note=note)
     name = str(args.paths[0])
     # Output kinds without a terminal format of their own (e.g. logits) print as the JSON answer.
     if args.json or not {"labels", "embedding"} & set(kinds):

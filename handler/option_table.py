@@ -75,6 +75,12 @@ REQUEST_OPTIONS: Tuple[RequestOption, ...] = (
     RequestOption("threshold", "float", "only labels whose probability is at least this (alone: every such label, "
                   "with topk: the top k of them); for multi-label (sigmoid) models or as a cut-off", low=0, high=1,
                   unset="none"),
+    # Set by the client when it sends a cut of a longer video (client/window_cut.py), not by hand.
+    RequestOption("source_offset", "seconds", "the upload is a cut of a longer video (the source): the source's second "
+                  "at the upload's first frame; start, end and the answer's times are then in the source's clock "
+                  "(needs source_duration)", unset="the upload is the whole video", client=False),
+    RequestOption("source_duration", "seconds", "the source's duration when the upload is a cut of it: windows are "
+                  "planned over the source (needs source_offset)", unset="the upload's duration", client=False),
 )
 REQUEST_OPTION_NAMES = tuple(option.name for option in REQUEST_OPTIONS)
 

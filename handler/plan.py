@@ -9,7 +9,7 @@ way out.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Sequence
 
 from handler.contract import PreprocessContract
@@ -20,6 +20,12 @@ from handler.sampling import Window, clip_windows, timeline_windows
 
 # A stride suggested to a request over its budget is a whole number of these steps per second.
 STRIDE_STEPS = 10
+# A window planned in a cut (source_offset) may start this far before the cut's first frame, and end
+# this far past its measured end (float rounding of the offset)...
+CUT_SLACK_SECONDS = 1e-3
+# ... or this far past it when the cut reaches the source's end: the cut's end is measured from its
+# last packet, the source's duration may be the declared one (decoding/probe.py accepts up to 1 s).
+CUT_END_SLACK_SECONDS = 1.0
 
 
 # -- per-request limits (checked before any decoding) -------------------------------------------
@@ -54,7 +60,9 @@ def check_view_budget(views: int, limit: int, *, what: str, way_out: str) -> Non
 
 @dataclass(frozen=True)
 class VideoPlan:
-    """The windows (seconds from the video's first frame, in time order) and crops of one video."""
+    """The windows (seconds from the upload's first frame, in time order: what is decoded) and crops
+    of one video. An upload cut from a longer video (``source_offset``) names them in the source's
+    clock, ``offset`` seconds later (render.py)."""
 
     windows: List[Window]
     crops: int
@@ -92,12 +100,36 @@ def _span(duration: float, options: RequestOptions) -> Window:
     return start, end
 
 
+def _in_upload(windows: List[Window], duration: float, options: RequestOptions) -> List[Window]:
+    """Windows planned in the source's clock, moved to the upload's (a cut starting at
+    ``options.offset``); 400 when one is not inside the ``duration`` seconds the upload holds."""
+    offset = options.offset
+    moved = [(a - offset, b - offset) for a, b in windows]
+    assert options.source_duration is not None
+    reaches_end = offset + duration >= options.source_duration - CUT_END_SLACK_SECONDS
+    end_slack = CUT_END_SLACK_SECONDS if reaches_end else CUT_SLACK_SECONDS
+    for (a, b), (source_a, source_b) in zip(moved, windows):
+        if a < -CUT_SLACK_SECONDS or a >= duration or b > duration + end_slack:
+            raise RequestError(
+                400, "window_outside_upload",
+                f"the window {source_a:.3f}-{source_b:.3f} s of the source is not inside the upload, which holds "
+                f"its seconds {offset:.3f}-{offset + duration:.3f} (source_offset={offset:g}); "
+                "send the whole video, or a cut covering the window",
+            )
+    return moved
+
+
 def plan_video(duration: float, contract: PreprocessContract, options: RequestOptions) -> VideoPlan:
     """Windows for a video of ``duration`` seconds.
 
     ``clips``: spread over the span as ``sampling.clip_windows`` does. ``timeline``: one window
-    every ``stride`` seconds (default one window length) from the span's start.
+    every ``stride`` seconds (default one window length) from the span's start. With
+    ``source_duration`` the upload is a cut of a longer video: windows are planned over the source
+    exactly as for the whole video, then moved to the upload's clock (``_in_upload``).
     """
+    if options.source_duration is not None:
+        source_plan = plan_video(options.source_duration, contract, replace(options, source_duration=None))
+        return replace(source_plan, windows=_in_upload(source_plan.windows, duration, options))
     start, end = _span(duration, options)
     length = end - start
     warnings: List[str] = []

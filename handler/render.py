@@ -175,9 +175,16 @@ class VideoFacts(Protocol):
     rotation: int
 
 
+def in_source_clock(window: Window, options: RequestOptions) -> Window:
+    """A planned window (seconds in the upload) as the answer names it: in the source's clock when
+    the upload is a cut of a longer video (``source_offset``), else as it is."""
+    return window[0] + options.offset, window[1] + options.offset
+
+
 def window_entry(*, model: ModelInfo, options: RequestOptions, window: Window, outputs: Outputs) -> Dict[str, Any]:
     """One timeline entry: ``{start, end, <each kind's key>}``."""
-    entry: Dict[str, Any] = {"start": round(window[0], SECONDS_PLACES), "end": round(window[1], SECONDS_PLACES)}
+    start, end = in_source_clock(window, options)
+    entry: Dict[str, Any] = {"start": round(start, SECONDS_PLACES), "end": round(end, SECONDS_PLACES)}
     for kind in kinds_of(options):
         entry[kind.key] = kind.window_json(kind.vector(outputs, options), model, options)
     return entry
@@ -199,7 +206,7 @@ def video_answer(
 ) -> Dict[str, Any]:
     """One video's answer: each kind over the mean of its windows, the timeline if asked, what ran.
 
-    ``windows``: the plan's windows (seconds), ``scores``: theirs, in the same order. ``warnings``: sentences from planning and decoding; ``decode_errors``: packets that failed to
+    ``windows``: the plan's windows (seconds in the upload; named in the source's clock for a cut), ``scores``: theirs, in the same order. ``warnings``: sentences from planning and decoding; ``decode_errors``: packets that failed to
     decode (said in one more warning); ``total_ms``: the handler's time for the whole batch.
     """
     mean = mean_scores(scores, model.activation)
@@ -212,14 +219,17 @@ def video_answer(
             for window, s in zip(windows, scores)
         ]
     answer.update({
-        "windows": [[round(a, SECONDS_PLACES), round(b, SECONDS_PLACES)] for a, b in windows],
+        "windows": [[round(a, SECONDS_PLACES), round(b, SECONDS_PLACES)]
+                    for a, b in (in_source_clock(window, options) for window in windows)],
         "model": model.name,
         "weights": model.weights,
         "runtime": model.runtime,
         **({"int8_agreement": int8_agreement(model.int8)} if model.int8 is not None else {}),
         "views": sum(s.views for s in scores),
         "video": {
-            "duration_s": round(video.duration, SECONDS_PLACES), "width": video.width, "height": video.height,
+            # A cut of a longer video (source_duration) answers for the source.
+            "duration_s": round(video.duration if options.source_duration is None else options.source_duration,
+                                SECONDS_PLACES), "width": video.width, "height": video.height,
             "rotation": video.rotation, "codec": video.codec, "container": video.container,
             "frames_decoded": frames_decoded, "decode_errors": decode_errors,
             "decode_ms": round(decode_ms, MS_PLACES),

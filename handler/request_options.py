@@ -22,7 +22,9 @@ class RequestOptions:
     seconds (None = one window length); ``start``/``end`` limit either to a part of the video
     (seconds, None = its start/end); ``stream``: one JSON line per window as computed.
     ``threshold``: only labels whose probability is at least this; without ``topk`` given, every
-    such label.
+    such label. ``source_offset``/``source_duration``: the upload is a cut of a longer video (the
+    source) starting at that second of it; windows are planned over the source and named in its
+    clock (None: the upload is the whole video).
     """
 
     topk: int
@@ -36,6 +38,13 @@ class RequestOptions:
     end: Optional[float] = None
     stream: bool = False
     threshold: Optional[float] = None
+    source_offset: Optional[float] = None
+    source_duration: Optional[float] = None
+
+    @property
+    def offset(self) -> float:
+        """Seconds of the source at the upload's first frame (0 when the upload is the whole video)."""
+        return self.source_offset or 0.0
 
     @property
     def kinds(self) -> Tuple[str, ...]:
@@ -139,4 +148,10 @@ def resolve_request_options(
         raise _bad("stride must be > 0 seconds")
     if resolved.start is not None and resolved.end is not None and resolved.end <= resolved.start:
         raise _bad(f"end ({resolved.end:g} s) must be after start ({resolved.start:g} s)")
+    if (resolved.source_offset is None) != (resolved.source_duration is None):
+        raise _bad("source_offset and source_duration go together: the source's second at the upload's first "
+                   "frame and the source's duration")
+    if resolved.source_duration is not None and resolved.offset >= resolved.source_duration:
+        raise _bad(f"source_offset ({resolved.offset:g} s) must be before the source's end "
+                   f"(source_duration {resolved.source_duration:g} s)")
     return resolved

@@ -50,7 +50,7 @@ def test_meta_and_targets(quick_run: Dict[str, Any]) -> None:
     names = " ".join(t["name"] for t in targets)
     for expected in ("decode+preprocess / forward", "speed-up vs reference", "HTTP e2e",
                      "served throughput", "time growth", "peak RSS growth", "default CPU runtime forward",
-                     "HTTP p50 / frozen-TorchScript forward", "worker start to READY"):
+                     "HTTP p50 / frozen-TorchScript forward", "worker start to READY", "sent window"):
         assert expected in names
 
 

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 from typing import List, Optional
-from urllib.parse import urlparse
 
 import requests
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import pytest

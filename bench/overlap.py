@@ -22,10 +22,11 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 from bench.util import machine, progress, ratio
 from harness.paths import MODEL, PT, SHARED_VIDEOS
@@ -69,6 +70,37 @@ def _timeline(served: Any, body: bytes, model: str) -> Dict[str, float]:
     }
 
 
+def python_share_during(work: Callable[[], Any], seconds: float = 0.5) -> float:
+    """How far a pure-Python thread gets while ``work()`` runs in this thread, over how far it gets
+    alone in the same time: near 0 when ``work`` holds the GIL, well above 0 when it releases it
+    (below 1 anyway where ``work`` keeps the cores busy)."""
+    counts = [0]
+    running = threading.Event()
+    stop = threading.Event()
+
+    def count() -> None:
+        running.set()
+        while not stop.is_set():
+            counts[0] += 1
+
+    def rate(during: Callable[[], Any]) -> float:
+        counts[0] = 0
+        stop.clear()
+        running.clear()
+        thread = threading.Thread(target=count)
+        thread.start()
+        running.wait()
+        started, before = time.perf_counter(), counts[0]
+        during()
+        elapsed, done = time.perf_counter() - started, counts[0] - before
+        stop.set()
+        thread.join()
+        return done / elapsed
+
+    alone = rate(lambda: time.sleep(seconds))
+    return rate(work) / alone
+
+
 def _median(rows: List[Dict[str, Any]], key: str) -> float:
     return statistics.median(float(row[key]) for row in rows)
 
@@ -91,6 +123,21 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     forward_ms = model["forward_ms"]["1"]["median"]
     handled = [handler.handle(clip["path"].read_bytes())["timings_ms"] for _ in range(args.reps + 1)][1:]
     decode_preprocess_ms = statistics.median(t["decode"] + t["preprocess"] for t in handled)
+    # Overlap needs both sides to run without the GIL: the forward, and FFmpeg's decode.
+    from handler.decoding import VideoDecoder
+
+    pathways = handler.dummy_pathways(1)
+    data = clip["path"].read_bytes()
+    contract, limits = handler.contract, handler.handler.limits
+
+    def decode() -> None:
+        with VideoDecoder(data, limits, contract.short_side) as decoder:
+            list(decoder.sample_windows([(0.0, decoder.info.duration)], contract.num_frames))
+
+    gil = {"forward": round(python_share_during(lambda: handler.runtime.infer(pathways)), 3),
+           "decode": round(python_share_during(decode), 3)}
+    progress(f"  a Python thread's progress, against idle: during a forward {gil['forward']:.2f}, "
+             f"during a decode {gil['decode']:.2f} (near 0 = the GIL is held)")
     del handler
 
     out: Dict[str, Any] = {
@@ -98,6 +145,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "model_only_views_per_s": round(1000 / forward_ms, 4), "forward_ms": round(forward_ms, 1),
         "decode_preprocess_ms": round(decode_preprocess_ms, 1),
         "serial_ceiling_per_s": round(1000 / (forward_ms + decode_preprocess_ms), 4),
+        "python_share_during": gil,
         "throughput": {0: [], args.ahead: []}, "timeline": {0: [], args.ahead: []},
     }
     with tempfile.TemporaryDirectory(prefix="slowfast-overlap-") as scratch:
@@ -130,6 +178,8 @@ def render(out: Dict[str, Any]) -> str:
         f"{out['per_client']} requests of {THROUGHPUT_VIDEO}, medians of the rounds",
         f"model-only {best:.3f} views/s (forward {out['forward_ms']:.0f} ms); serial ceiling {ceiling:.3f} videos/s "
         f"= {ratio(ceiling, best):.2f}x model-only (decode + preprocess {out['decode_preprocess_ms']:.0f} ms in-process)",
+        f"a Python thread's progress against idle (near 0: the GIL is held): during a forward "
+        f"{out['python_share_during']['forward']:.2f}, during a decode {out['python_share_during']['decode']:.2f}",
         f"{'prefetch_windows':>16}  {'videos/s':>8}  {'/model-only':>11}  {'/ceiling':>8}  "
         f"{'timeline s':>10}  {'decode+pre s':>12}  {'forwards s':>10}  {'wall/sum':>8}  {'wall/max':>8}",
     ]

@@ -2,7 +2,8 @@
 
 Each request of a batch goes parse -> plan -> decode -> run -> render: ``protocol`` parses it,
 ``request_options`` reads its options, ``plan`` checks its limits and picks each video's windows and
-crops, ``decoding`` samples the windows' frames lazily, ``run`` scores them through the model
+crops, ``decoding`` samples the windows' frames lazily (``prefetch``: with ``prefetch_windows``, a few
+ahead in a thread, while the forwards run), ``run`` scores them through the model
 (``runtime``) in micro-batches shared by the whole batch, and ``render`` builds the answer in the
 request's wire format, or streams a timeline one JSON line per window. This module only
 orchestrates: every request gets its own answer and HTTP status, and a bad one never fails the

@@ -184,14 +184,12 @@ def handle(handler: Any, rows: List[Dict[str, Any]], headers: Dict[int, Dict[str
 def test_answers_and_streamed_lines_are_the_same_with_and_without_prefetch(handler, shared_videos):
     names = ["tv__WUzgd7C1pWA.mp4", "ii__realshort.mp4", "mp__big_buck_bunny_432_433.webm"]
     rows = [{"body": (shared_videos / name).read_bytes()} for name in names]
-    headers = {0: {"timeline": "true", "stream": "true", "end": "8"}, 1: {"crops": "3"}, 2: {"clips": "3"}}
-    answers = {}
-    for windows in (0, 1, 2):
-        answers[windows] = handle(with_prefetch(handler, windows), rows, headers)
+    headers = {0: {"timeline": "true", "stream": "true", "end": "6"}, 2: {"clips": "2"}}
+    answers = {windows: handle(with_prefetch(handler, windows), rows, headers) for windows in (0, 1)}
     (serial, serial_context) = answers[0]
-    for windows in (1, 2):
+    for windows in (1,):
         responses, context = answers[windows]
-        assert not context.statuses and len(context.streamed[0]) == len(serial_context.streamed[0]) >= 3
+        assert not context.statuses and len(context.streamed[0]) == len(serial_context.streamed[0]) >= 2
         lines = [json.loads(line)["window"] for line in context.streamed[0]]
         expected = [json.loads(line)["window"] for line in serial_context.streamed[0]]
         assert [line["index"] for line in lines] == list(range(len(expected)))
@@ -230,10 +228,10 @@ def test_a_decode_error_ends_only_its_request(handler, shared_videos, monkeypatc
     counts: Dict[int, int] = {}
     _failing_windows(monkeypatch, lambda request, window: request == 0 and window == 1, counts)
     video = (shared_videos / "tv__WUzgd7C1pWA.mp4").read_bytes()
-    headers = {0: {"clips": "3"}, 1: {"clips": "3"}}
+    headers = {0: {"clips": "3"}, 1: {"clips": "2"}}
     (failed, answered), context = handle(with_prefetch(handler, 1), [{"body": video}, {"body": video}], headers)
     assert context.statuses == {0: (422, "Unprocessable Entity")} and failed["reason"] == "decode_failed"
-    assert answered["views"] == 3 and len(answered["predictions"]) == 5
+    assert answered["views"] == 2 and len(answered["predictions"]) == 5
     assert not prefetch_threads()
 
 

@@ -206,19 +206,18 @@ def test_answers_and_streamed_lines_are_the_same_with_and_without_prefetch(handl
 
 
 def _failing_windows(monkeypatch, fail: Callable[[int, int], bool], counts: Dict[int, int]) -> None:
-    """Make the decoder of the ``request``-th video opened raise a 422 at window ``fail(request, window)``;
-    ``counts[request]``: windows it decoded."""
+    """Make a video's decoding raise a 422 at the window where ``fail(windows planned, window)``;
+    ``counts[windows planned]``: windows decoded by the videos with that many planned."""
     from handler.decoding import VideoDecoder
 
     real = VideoDecoder.sample_windows
-    opened: Dict[int, int] = {}
 
     def sample_windows(self, windows, num_frames):
-        request = opened.setdefault(id(self), len(opened))
+        planned = len(windows)
         for window, sampled in enumerate(real(self, windows, num_frames)):
-            if fail(request, window):
+            if fail(planned, window):
                 raise RequestError(422, "decode_failed", f"window {window} broke (simulated)")
-            counts[request] = counts.get(request, 0) + 1
+            counts[planned] = counts.get(planned, 0) + 1
             yield sampled
 
     monkeypatch.setattr(VideoDecoder, "sample_windows", sample_windows)
@@ -226,19 +225,20 @@ def _failing_windows(monkeypatch, fail: Callable[[int, int], bool], counts: Dict
 
 def test_a_decode_error_ends_only_its_request(handler, shared_videos, monkeypatch):
     counts: Dict[int, int] = {}
-    _failing_windows(monkeypatch, lambda request, window: request == 0 and window == 1, counts)
+    _failing_windows(monkeypatch, lambda planned, window: planned == 3 and window == 1, counts)
     video = (shared_videos / "tv__WUzgd7C1pWA.mp4").read_bytes()
     headers = {0: {"clips": "3"}, 1: {"clips": "2"}}
     (failed, answered), context = handle(with_prefetch(handler, 1), [{"body": video}, {"body": video}], headers)
     assert context.statuses == {0: (422, "Unprocessable Entity")} and failed["reason"] == "decode_failed"
     assert answered["views"] == 2 and len(answered["predictions"]) == 5
+    assert counts == {3: 1, 2: 2}  # the failed request's windows past the error were never decoded
     assert not prefetch_threads()
 
 
 @pytest.mark.parametrize("ahead", [0, 2])
 def test_a_timeline_whose_client_left_stops_decoding_within_the_prefetch(handler, shared_videos, monkeypatch, ahead):
     counts: Dict[int, int] = {}
-    _failing_windows(monkeypatch, lambda request, window: False, counts)
+    _failing_windows(monkeypatch, lambda planned, window: False, counts)
     video = (shared_videos / "tv__WUzgd7C1pWA.mp4").read_bytes()
     sent: List[int] = []
 
@@ -255,7 +255,7 @@ def test_a_timeline_whose_client_left_stops_decoding_within_the_prefetch(handler
     assert json.loads(failed)["reason"] == "internal_error" and len(sent) == 1
     windows = json.loads(context.streamed[0][0])["window"]["of"]
     # The second line failed after windows 0 and 1 ran: at most `ahead` more were decoded meanwhile.
-    assert windows > 2 + ahead and 2 <= counts[0] <= 2 + ahead, (windows, counts)
+    assert windows > 2 + ahead and 2 <= counts[windows] <= 2 + ahead, (windows, counts)
     assert not prefetch_threads()
 
 

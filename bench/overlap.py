@@ -34,8 +34,9 @@ from harness.paths import MODEL, PT, SHARED_VIDEOS
 THROUGHPUT_VIDEO = "tv__WUzgd7C1pWA.mp4"  # bench/__main__.py's, a Kinetics-400 video
 
 
-def _archives(pt: Path, ahead: int, directory: Path) -> Dict[int, Path]:
-    """{prefetch_windows: .mar}; each also takes long streamed timelines on its main registration."""
+def _archives(pt: Path, ahead: int, directory: Path, on: Dict[str, Any]) -> Dict[int, Path]:
+    """{prefetch_windows: .mar}; each also takes long streamed timelines on its main registration;
+    ``on``: more handler settings for the archive that prefetches."""
     from export.archive import build_archive
     from harness.precision import model_config
 
@@ -43,8 +44,9 @@ def _archives(pt: Path, ahead: int, directory: Path) -> Dict[int, Path]:
     for windows in (0, ahead):
         folder = directory / f"config-{windows}"
         folder.mkdir()
-        config = model_config(folder, prefetch_windows=windows, max_streamed_views_per_request=2048)
-        progress(f"packing {pt.name} with prefetch_windows {windows} ...")
+        settings = {"prefetch_windows": windows, "max_streamed_views_per_request": 2048, **(on if windows else {})}
+        config = model_config(folder, **settings)
+        progress(f"packing {pt.name} with {settings} ...")
         out[windows] = build_archive(pt, directory / f"{MODEL}_prefetch{windows}.mar", config)
     return out
 
@@ -141,7 +143,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     del handler
 
     out: Dict[str, Any] = {
-        "machine": machine(), "ahead": args.ahead, "clients": args.clients, "per_client": args.per_client,
+        "machine": machine(), "ahead": args.ahead, "on": dict(args.on), "clients": args.clients, "per_client": args.per_client,
         "model_only_views_per_s": round(1000 / forward_ms, 4), "forward_ms": round(forward_ms, 1),
         "decode_preprocess_ms": round(decode_preprocess_ms, 1),
         "serial_ceiling_per_s": round(1000 / (forward_ms + decode_preprocess_ms), 4),
@@ -149,7 +151,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "throughput": {0: [], args.ahead: []}, "timeline": {0: [], args.ahead: []},
     }
     with tempfile.TemporaryDirectory(prefix="slowfast-overlap-") as scratch:
-        mars = _archives(args.pt, args.ahead, Path(scratch))
+        mars = _archives(args.pt, args.ahead, Path(scratch), dict(args.on))
         names = {windows: mar.stem for windows, mar in mars.items()}
         server = LocalTorchServe(mars[0], Path(scratch) / "ts", also=[mars[args.ahead]])
         progress("starting an isolated TorchServe serving both archives ...")
@@ -175,7 +177,8 @@ def render(out: Dict[str, Any]) -> str:
     best, ceiling = out["model_only_views_per_s"], out["serial_ceiling_per_s"]
     lines = [
         f"CPU: {out['machine'].get('cpu')} ({out['machine'].get('cores')} cores); {out['clients']} clients x "
-        f"{out['per_client']} requests of {THROUGHPUT_VIDEO}, medians of the rounds",
+        f"{out['per_client']} requests of {THROUGHPUT_VIDEO}, medians of the rounds"
+        + (f"; the prefetching archive also has {out['on']}" if out.get("on") else ""),
         f"model-only {best:.3f} views/s (forward {out['forward_ms']:.0f} ms); serial ceiling {ceiling:.3f} videos/s "
         f"= {ratio(ceiling, best):.2f}x model-only (decode + preprocess {out['decode_preprocess_ms']:.0f} ms in-process)",
         f"a Python thread's progress against idle (near 0: the GIL is held): during a forward "
@@ -199,6 +202,13 @@ def render(out: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _setting(text: str) -> Any:
+    import yaml
+
+    key, _, value = text.partition("=")
+    return key.strip(), yaml.safe_load(value)
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overlap", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pt", type=Path, default=PT)
@@ -208,6 +218,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--per-client", type=int, default=4)
     parser.add_argument("--reps", type=int, default=5, help="in-process repetitions for the forward and decode figures")
     parser.add_argument("--timeline-seconds", type=float, default=60.0, help="length of the streamed timeline's video")
+    parser.add_argument("--on", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="another handler setting for the archive that prefetches, e.g. decode_threads=1")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.ahead < 1 or min(args.rounds, args.clients, args.per_client, args.reps) < 1:

@@ -282,3 +282,42 @@ def test_the_thread_is_joined_before_the_decoders_close_even_when_the_run_fails(
                                 {0: {"clips": "3"}, 1: {"clips": "3"}})
     assert [context.statuses[i][0] for i in (0, 1)] == [500, 500]
     assert alive_at_close == [False, False] and not prefetch_threads()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_torchserve_worker_with_prefetch_batches_and_streams_as_in_process_without(built, handler, shared_videos,
+                                                                                      tmp_path):
+    """Through a real TorchServe (the worker's socket, its intermediate responses from the handler's
+    thread while the prefetch thread decodes): 4 concurrent requests and a streamed timeline."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from export.archive import build_archive
+    from harness.precision import model_config
+    from harness.torchserve import LocalTorchServe
+
+    mar = build_archive(built["pt"], tmp_path / "slowfast_prefetch.mar", model_config(tmp_path, prefetch_windows=2))
+    video = (shared_videos / "tv__WUzgd7C1pWA.mp4").read_bytes()
+    stream_headers = {"timeline": "true", "stream": "true", "end": "6"}
+    with LocalTorchServe(mar, tmp_path / "ts") as server:
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda _: server.predict(video), range(4)))
+        url = server.predictions_url
+        headers = {"Content-Type": "application/octet-stream", **server.keys.inference_header(), **stream_headers}
+        with requests.post(url, data=video, headers=headers, stream=True, timeout=300) as reply:
+            assert reply.status_code == 200, reply.text
+            lines = [json.loads(raw) for raw in reply.iter_lines() if raw.strip()]
+    (expected,), _ = handle(handler, [{"body": video}], {})
+    for reply in replies:
+        assert reply.status_code == 200, reply.text
+        served = reply.json()["predictions"]
+        assert [p["label"] for p in served] == [p["label"] for p in expected["predictions"]]
+        assert [p["probability"] for p in served] == pytest.approx([p["probability"] for p in expected["predictions"]], abs=1e-5)
+    (final,), context = handle(handler, [{"body": video}], {0: stream_headers})
+    windows, answer = [line["window"] for line in lines[:-1]], lines[-1]
+    assert [w["index"] for w in windows] == list(range(len(context.streamed[0]))) and len(windows) >= 2
+    assert [entry["start"] for entry in answer["timeline"]] == [entry["start"] for entry in json.loads(final)["timeline"]]
+    for line, want in zip(windows, (json.loads(x)["window"] for x in context.streamed[0])):
+        assert [p["label"] for p in line["predictions"]] == [p["label"] for p in want["predictions"]]

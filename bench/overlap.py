@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     # Overlap needs both sides to run without the GIL: the forward, and FFmpeg's decode.
     from handler.decoding import VideoDecoder
 
-    pathways = handler.dummy_pathways(1)
+    pathways, infer = handler.dummy_pathways(1), handler.runtime.infer
     data = clip["path"].read_bytes()
     contract, limits = handler.contract, handler.handler.limits
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         with VideoDecoder(data, limits, contract.short_side) as decoder:
             list(decoder.sample_windows([(0.0, decoder.info.duration)], contract.num_frames))
 
-    gil = {"forward": round(python_share_during(lambda: handler.runtime.infer(pathways)), 3),
+    gil = {"forward": round(python_share_during(lambda: infer(pathways)), 3),
            "decode": round(python_share_during(decode), 3)}
     progress(f"  a Python thread's progress, against idle: during a forward {gil['forward']:.2f}, "
              f"during a decode {gil['decode']:.2f} (near 0 = the GIL is held)")

@@ -134,13 +134,15 @@ def latency(served: Served, handler: InProcessHandler, videos: List[Dict[str, An
     return out
 
 
-def throughput(served: Served, video: Dict[str, Any], clients: int, per_client: int, warmup: int = 1) -> Dict[str, Any]:
-    """``clients`` threads each sending ``per_client`` requests back to back, after one warm-up round."""
+def throughput(served: Served, video: Dict[str, Any], clients: int, per_client: int, warmup: int = 1,
+               model: Optional[str] = None) -> Dict[str, Any]:
+    """``clients`` threads each sending ``per_client`` requests back to back, after ``warmup``
+    rounds; to the registration ``model`` (default: the main one)."""
     data = video["path"].read_bytes()
     progress(f"throughput: {clients} concurrent clients x {per_client} requests of {video['name']}")
 
     def one_client(count: int) -> List[Dict[str, Any]]:
-        return [served.predict(data) for _ in range(count)]
+        return [served.predict(data, model=model) for _ in range(count)]
 
     with ThreadPoolExecutor(max_workers=clients) as pool:
         if warmup:

@@ -141,7 +141,8 @@ def run_windows(
     """Scores of each window (or its ``WindowFailure``), in the order the windows were given.
 
     ``jobs`` is consumed lazily: a window is pulled (and so decoded) only when the micro-batch
-    being filled needs its views. An exception raised by ``jobs`` itself propagates.
+    being filled needs its views; the handler may make them ahead, in a thread, while the
+    forwards run (``handler.prefetch``). An exception raised by ``jobs`` itself propagates.
     """
     if micro_batch < 1:
         raise ValueError("micro_batch must be >= 1")

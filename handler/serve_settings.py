@@ -21,6 +21,9 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 CPU_RUNTIMES = ("openvino", "torchscript")
 # auto = bf16 where the CPU computes bf16 natively, else fp32.
 CPU_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+# Each window decoded ahead holds its frames ((T, H, W, 3) uint8 at the working size, ~11 MB for
+# 32 frames at 256x455): a few are enough to keep the forwards fed.
+MAX_PREFETCH_WINDOWS = 8
 # Old spellings a config may still use: setting -> {old value: new value}; each logs a warning.
 _CONFIG_ALIASES: Mapping[str, Mapping[str, str]] = {"cpu_precision": {"f32": "fp32"}}
 
@@ -43,7 +46,9 @@ class ServeOptions:
     video is answered from its central region of that aspect (with a warning).
     Compute: ``micro_batch_cpu`` / ``micro_batch_cuda`` views per forward, ``precision``
     (fp16/bf16 autocast on GPU only), ``optimize`` (freeze + optimize_for_inference at load),
-    ``cpu_threads`` (0 = cores / minWorkers), ``decode_threads`` (0 = FFmpeg's choice).
+    ``cpu_threads`` (0 = cores / minWorkers), ``decode_threads`` (0 = FFmpeg's choice),
+    ``prefetch_windows`` (windows decoded ahead, in a thread, while the forwards run; 0 = each
+    window is decoded when the run needs it, between forwards; handler/prefetch.py).
     CPU runtime: ``cpu_runtime`` (openvino, falling back to torchscript if it fails, or
     torchscript), ``cpu_precision`` (OpenVINO's inference precision: auto, fp32, bf16, int8; auto serves
     the int8 model where the model file carries one, ``make mar PRECISION=int8``),
@@ -73,6 +78,7 @@ class ServeOptions:
     optimize: bool = True
     cpu_threads: int = 0
     decode_threads: int = 0
+    prefetch_windows: int = 0
     warmup: bool = True
     cpu_runtime: str = "openvino"
     cpu_precision: str = "auto"
@@ -104,6 +110,8 @@ class ServeOptions:
             problems.append(f"precision must be one of {PRECISIONS}")
         if self.cpu_threads < 0 or self.decode_threads < 0:
             problems.append("thread counts must be >= 0")
+        if not 0 <= self.prefetch_windows <= MAX_PREFETCH_WINDOWS:
+            problems.append(f"prefetch_windows must be in 0..{MAX_PREFETCH_WINDOWS}")
         if self.cpu_runtime not in CPU_RUNTIMES:
             problems.append(f"cpu_runtime must be one of {CPU_RUNTIMES}")
         if self.cpu_precision not in CPU_PRECISIONS:

@@ -2,7 +2,8 @@
 
 Each request of a batch goes parse -> plan -> decode -> run -> render: ``protocol`` parses it,
 ``request_options`` reads its options, ``plan`` checks its limits and picks each video's windows and
-crops, ``decoding`` samples the windows' frames lazily, ``run`` scores them through the model
+crops, ``decoding`` samples the windows' frames lazily (``prefetch``: with ``prefetch_windows``, a few
+ahead in a thread, while the forwards run), ``run`` scores them through the model
 (``runtime``) in micro-batches shared by the whole batch, and ``render`` builds the answer in the
 request's wire format, or streams a timeline one JSON line per window. This module only
 orchestrates: every request gets its own answer and HTTP status, and a bad one never fails the
@@ -34,6 +35,7 @@ from handler.people.service import KeyframeStream, PeopleService
 from handler.request_options import RequestOptions, resolve_request_options
 from handler.serve_settings import ServeOptions, registration_settings
 from handler.plan import check_requested_views, check_upload_size, plan_videos
+from handler.prefetch import prefetched
 from handler.protocol import PLAIN, ParsedRequest, parse_row
 from handler.render import ModelInfo, reply, stream_line, video_answer, window_entry, window_line
 from handler.run import WindowFailure, WindowJob, WindowScores, run_windows
@@ -216,17 +218,20 @@ class SlowFastHandler(BaseHandler):
         ordered = sorted((r for r in requests if r.error is None), key=lambda r: r.views)
         by_key = {request.index: request for request in ordered}
         try:
-            for result in run_windows(self._jobs(ordered), self.contract, self.runtime.infer, self.runtime.micro_batch):
-                request = by_key[result.key[0]]
-                if request.error is not None:
-                    continue
-                if isinstance(result, WindowFailure):  # this window's preprocessing or forward: this request only
-                    request.error = failure_answer(result.error, "score this video", f"request {request.index}")
-                    continue
-                video = request.videos[result.key[1]]
-                video.scores.append(result)
-                if request.streaming:
-                    self._stream_window(request, video, result, context)
+            # The next windows decode (in a thread, prefetch_windows ahead) while this one's forward
+            # runs; the block's end joins that thread before `handle` closes the decoders.
+            with prefetched(self._jobs(ordered), self.options.prefetch_windows) as jobs:
+                for result in run_windows(jobs, self.contract, self.runtime.infer, self.runtime.micro_batch):
+                    request = by_key[result.key[0]]
+                    if request.error is not None:
+                        continue
+                    if isinstance(result, WindowFailure):  # this window's preprocessing or forward: this request only
+                        request.error = failure_answer(result.error, "score this video", f"request {request.index}")
+                        continue
+                    video = request.videos[result.key[1]]
+                    video.scores.append(result)
+                    if request.streaming:
+                        self._stream_window(request, video, result, context)
         except Exception as error:  # outside any one window (run_windows itself): every unfinished request
             unfinished = [r for r in ordered if r.error is None and not self._complete(r)]
             failure = failure_answer(error, "score this video", f"{len(unfinished)} request(s) of a batch")
@@ -238,9 +243,12 @@ class SlowFastHandler(BaseHandler):
         return all(len(video.scores) == len(video.plan.windows) for video in request.videos)
 
     def _jobs(self, requests: List[RequestWork]) -> Iterator[WindowJob]:
-        """Windows of every request, decoded one by one as the model needs them.
+        """Windows of every request, decoded one by one as the model needs them (with
+        ``prefetch_windows``, that many ahead, in the prefetch thread: see ``_run``).
 
-        A decoding failure ends that request (its error is recorded) and no other."""
+        A decoding failure ends that request (its error is recorded) and no other. A request that
+        failed meanwhile (its window's forward, its timeline's client gone) is decoded no further:
+        at most ``prefetch_windows`` of its windows were decoded ahead for nothing."""
         for request in requests:
             try:
                 for video_index, video in enumerate(request.videos):

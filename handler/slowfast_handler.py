@@ -29,7 +29,7 @@ from handler.contract import DETECTION, contract_of
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.failures import failure_answer
-from handler.heap import fix_mmap_threshold
+from handler.heap import fix_mmap_threshold, release_free_memory
 from handler.metrics import HandlerMetrics
 from handler.people.service import KeyframeStream, PeopleService
 from handler.request_options import RequestOptions, resolve_request_options
@@ -137,6 +137,14 @@ class SlowFastHandler(BaseHandler):
 
     def handle(self, data: List[Any], context: Any) -> List[Any]:
         """One response per request, in order; each bad request gets its own 4xx status."""
+        try:
+            return self._handle(data, context)
+        finally:
+            # Free pages left in the arenas by this batch's decoding go back to the system: without
+            # it a worker's RSS floor grew ~26 MB per 1,000 requests (handler/heap.py).
+            release_free_memory()
+
+    def _handle(self, data: List[Any], context: Any) -> List[Any]:
         if self.people is not None:
             return [self._people_answer(index, row, context) for index, row in enumerate(data)]
         started = time.perf_counter()

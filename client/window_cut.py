@@ -196,13 +196,16 @@ def _with_decode_times(packets: List[PacketRecord]) -> List[PacketRecord]:
     return [replace(r, dts=p - delay) for p, r in zip(ordered, packets)]
 
 
-def _rotation(stream: av.video.stream.VideoStream, keyframe: PacketRecord) -> int:
+def _rotation(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
     """The display rotation of the stream's frames (degrees, as the server reads it from decoded
-    frames), from decoding one keyframe through the stream's own context (which carries the
-    container's display matrix). The container's decoder is not used after this."""
+    frames), from decoding its first keyframe through the stream's own context (which carries the
+    container's display matrix). The container's decoder is not used after this; cuts seek."""
+    keyframe = next((bytes(p) for p in container.demux(stream) if p.size and p.is_keyframe), None)
+    if keyframe is None:
+        return 0
     context = stream.codec_context
     try:
-        frames = [*context.decode(av.Packet(keyframe.data)), *context.decode(None)]
+        frames = [*context.decode(av.Packet(keyframe)), *context.decode(None)]
     except av.error.FFmpegError:
         return 0
     return int(round(frames[0].rotation or 0)) if frames else 0
@@ -230,6 +233,10 @@ def cut_for_windows(data: bytes, fields: Mapping[str, str], *, window: float = M
         declared = container.duration / av.time_base if container.duration else None
         if declared and sum(b - a for a, b in needed_spans(declared, fields, window)) > max_fraction * declared:
             return WholeFile(f"its windows span most of its {declared:.1f} s: not much smaller")
+        # Also before the server's reader: a rotation the cut could not carry.
+        rotation = _rotation(container, stream)
+        if rotation:
+            return WholeFile(f"it is rotated ({rotation} degrees), which the MPEG-TS cut cannot carry")
         try:
             source = _server_clock(data)
         except Exception as exc:  # noqa: BLE001 (the server will say what is wrong with it)
@@ -244,9 +251,6 @@ def cut_for_windows(data: bytes, fields: Mapping[str, str], *, window: float = M
                 return WholeFile(f"no keyframe index leads to {a:.2f} s (unseekable, or packets without timestamps)")
             segments.append(segment)
         packets = _joined(segments)
-        rotation = _rotation(stream, packets[0])
-        if rotation:
-            return WholeFile(f"it is rotated ({rotation} degrees), which the MPEG-TS cut cannot carry")
         try:
             clip = remux(packets, stream_format(stream), packets[0].t, packets[-1].t)
         except (av.error.FFmpegError, ValueError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List
 
-from bench.util import fmt_ms, ratio, target
+from bench.util import flags_text, fmt_ms, ratio, target
 
 
 def _decode_bound(figures: Dict[str, Any]) -> str:
@@ -214,6 +214,7 @@ def render(results: Dict[str, Any]) -> str:
     m = meta["machine"]
     lines.append(f"slowfast-serve benchmark  {m['date_utc']} UTC  {m['cpu']} ({m['cores']} cores, "
                  f"torch {m['torch']}, {m['torch_threads']} threads)  mode={meta['mode']} reps={meta['reps']}")
+    lines.append(f"CPU flags that decide precision: {flags_text(m.get('precision_flags'))}")
     lines.append("All times: medians in ms of the repetitions after warm-up; ratios from the same run.")
     stages = results.get("stages", {})
     if stages.get("clips"):
@@ -268,7 +269,7 @@ def render(results: Dict[str, Any]) -> str:
     people = results.get("people")
     if people:
         lines.append("")
-        lines.append(f"3d. Person-level actions ({people['runtime']}, {people['frame']}): a keyframe's forward by boxes, "
+        lines.append(f"3e. Person-level actions ({people['runtime']}, {people['frame']}): a keyframe's forward by boxes, "
                      f"vs the classifier's forward ({people['classifier_runtime']}, "
                      f"{fmt_ms(people['classifier_forward_ms']['median'])} ms)")
         rows = [[boxes, fmt_ms(v["median"]), _f(people["vs_classifier"][boxes], ".2f", "x")]
@@ -350,6 +351,7 @@ def markdown(results: Dict[str, Any], table: str, command: str) -> str:
         f"- command: `{command}`; elapsed {meta.get('elapsed_s')} s\n"
         f"- host `{m['host']}`, {m['platform']}, Python {m['python']}, torch {m['torch']} "
         f"({m['torch_threads']} threads)\n"
+        f"- CPU flags that decide precision: {flags_text(m.get('precision_flags'))}\n"
         f"- load average at start {m['load_avg_at_start']}, at end {meta.get('load_avg_at_end')}\n"
         f"- targets passed: {passed} of {len(targets)}\n\n"
         f"```text\n{table}\n```\n"

@@ -53,8 +53,22 @@ def ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 4)
 
 
+# The CPU flags that decide which precision runs at its rate (bf16 natively, int8 with VNNI/AMX).
+PRECISION_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+def flags_text(flags: Optional[Sequence[str]]) -> str:
+    """``"has avx2 fma; lacks avx512f ..."`` for the ``PRECISION_FLAGS`` a run's machine had."""
+    if flags is None:
+        return "not recorded"
+    lacks = [f for f in PRECISION_FLAGS if f not in flags]
+    return f"has {' '.join(flags) or 'none of them'}; lacks {' '.join(lacks) or 'none'}"
+
+
 def machine() -> Dict[str, object]:
     import torch
+
+    from handler.runtime_openvino import cpu_flags
 
     cpu = platform.processor() or ""
     try:
@@ -73,6 +87,7 @@ def machine() -> Dict[str, object]:
         "host": platform.node(),
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "precision_flags": [f for f in PRECISION_FLAGS if f in cpu_flags()],
         "torch_threads": torch.get_num_threads(),
         "load_avg_at_start": [round(x, 2) for x in load],
         "python": platform.python_version(),

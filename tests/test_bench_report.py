@@ -36,8 +36,22 @@ def test_the_people_section_prints_each_box_count_against_the_classifier() -> No
                    "vs_classifier": {"1": 1.2, "20": 1.5}},
     }
     table = render(results)
-    assert "3d. Person-level actions" in table and "person detector" in table
+    assert "3e. Person-level actions" in table and "person detector" in table
     assert "1.20x" in table and "1.50x" in table
+    assert "CPU flags that decide precision: not recorded" in table  # a run from before flags were kept
+
+
+def test_a_run_names_the_cpu_flags_that_decide_precision() -> None:
+    from bench.report import markdown, render
+    from bench.util import flags_text, machine
+
+    assert flags_text(["avx2", "fma"]) == "has avx2 fma; lacks avx512f avx512_bf16 avx512_vnni avx_vnni amx_bf16 amx_int8"
+    assert flags_text([]).startswith("has none of them; lacks avx2")
+    here = machine()
+    assert set(here["precision_flags"]) <= {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8"}
+    results = {"meta": {"machine": {**here, "precision_flags": ["avx2", "avx512_bf16"]}, "mode": "full", "reps": 1}}
+    assert "CPU flags that decide precision: has avx2 avx512_bf16; lacks fma" in render(results)
+    assert "- CPU flags that decide precision: has avx2 avx512_bf16" in markdown(results, "t", "python -m bench")
 def _latency_and_stages(worker_ms: float, inproc_ms: float) -> dict:
     return {
         "stages": {"clips": {"v.mp4": {"stages_ms": {"preprocess": {"median": inproc_ms}}}}},

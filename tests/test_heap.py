@@ -68,3 +68,47 @@ def test_the_handler_releases_after_every_batch_even_a_failed_one(monkeypatch: p
 def test_release_is_a_no_op_without_malloc_trim(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heap, "_libc", lambda: None)
     assert heap.release_free_memory() is False
+
+
+# In a fresh process: 8 threads that each allocate and wait for the others (so none can reuse a
+# finished thread's arena), then glibc's own count of its arenas (malloc_stats prints one
+# "Arena N:" block each, to stderr).
+THREADED = """
+import ctypes, sys, threading
+from handler import heap
+if sys.argv[1] != "none":
+    assert heap.limit_arenas(int(sys.argv[1]))
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+barrier = threading.Barrier(8)
+def work():
+    libc.malloc(4096)
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc.malloc_stats()
+"""
+
+
+def _arenas(limit: str) -> int:
+    done = subprocess.run([sys.executable, "-c", THREADED, limit], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return sum(1 for line in done.stderr.splitlines() if line.startswith("Arena "))
+
+
+@glibc
+def test_threads_share_as_many_arenas_as_the_limit_allows() -> None:
+    assert _arenas("none") > 4  # unlimited: a thread, an arena (up to 8 per core)
+    assert _arenas("2") <= 2
+
+
+@glibc
+def test_the_default_limit_is_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(heap, "_mallopt", lambda parameter, value, what: calls.append((parameter, value)) or True)
+    monkeypatch.setattr(heap.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert heap.limit_arenas() is True
+    assert calls == [(heap.M_ARENA_MAX, 3)]

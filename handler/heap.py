@@ -11,11 +11,6 @@ Smaller blocks (PyAV's packets and frames, FFmpeg's per-thread arenas) still lea
 the middle of the arenas, which ``free`` never returns: a 30-minute soak grew the main worker's RSS
 floor by ~26 MB per 1,000 requests while the same requests in-process, with ``malloc_trim(0)``
 after each run of them, held flat. ``release_free_memory`` is that call, after every batch.
-
-Each new thread (FFmpeg's decode threads are new for every video; OpenVINO's pool) gets an arena of
-its own, up to 8 per core, and what a thread's arena keeps is stranded there for the next thread
-that lands on it. ``limit_arenas`` holds a worker to as many arenas as it has cores (glibc's
-``M_ARENA_MAX``, the ``MALLOC_ARENA_MAX`` that JVM and Ruby servers set for the same reason).
 """
 
 from __future__ import annotations
@@ -24,13 +19,10 @@ import ctypes
 import ctypes.util
 import functools
 import logging
-import os
-from typing import Optional
 
 log = logging.getLogger(__name__)
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter numbers (malloc.h)
-M_ARENA_MAX = -8
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 MMAP_THRESHOLD_BYTES = 1 << 20
 
 
@@ -53,23 +45,14 @@ def release_free_memory() -> bool:
     return True
 
 
-def _mallopt(parameter: int, value: int, what: str) -> bool:
-    mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is None:
-        log.info("not glibc: the allocator's %s is left as it is", what)
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(parameter, value) == 1
-
-
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Set glibc's mmap threshold to ``threshold`` bytes (fixed: no dynamic raise). False where the
     C library is not glibc (musl, macOS): nothing to fix there, or nothing we can set."""
-    return _mallopt(M_MMAP_THRESHOLD, threshold, "mmap threshold")
-
-
-def limit_arenas(count: Optional[int] = None) -> bool:
-    """Let glibc create at most ``count`` malloc arenas (default: the CPUs this process may use);
-    threads beyond share them. Arenas that exist stay. False where the C library is not glibc."""
-    count = count or len(os.sched_getaffinity(0)) or 1
-    return _mallopt(M_ARENA_MAX, count, "arena count")
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        log.info("not glibc: the allocator's mmap threshold is left as it is")
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(M_MMAP_THRESHOLD, threshold) == 1

@@ -29,7 +29,7 @@ from handler.contract import DETECTION, contract_of
 from handler.decoding import DecodeBudget, DecodeLimits, VideoDecoder
 from handler.errors import RequestError
 from handler.failures import failure_answer
-from handler.heap import fix_mmap_threshold, limit_arenas, release_free_memory
+from handler.heap import fix_mmap_threshold, release_free_memory
 from handler.metrics import HandlerMetrics
 from handler.people.service import KeyframeStream, PeopleService
 from handler.request_options import RequestOptions, resolve_request_options
@@ -75,7 +75,6 @@ class SlowFastHandler(BaseHandler):
         require_config_file()
         # Before any video is decoded: per-window buffers must not fragment the heap (handler/heap.py).
         fix_mmap_threshold()
-        limit_arenas()
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
         self.manifest = context.manifest

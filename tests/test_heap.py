@@ -68,4 +68,3 @@ def test_the_handler_releases_after_every_batch_even_a_failed_one(monkeypatch: p
 def test_release_is_a_no_op_without_malloc_trim(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heap, "_libc", lambda: None)
     assert heap.release_free_memory() is False
-

@@ -39,6 +39,10 @@ RSS_SLOPE_LIMIT_MB = 1.0  # per 1,000 requests, after the warm-up
 FD_GROWTH_LIMIT = 2  # open descriptors the worker may hold beyond the warm-up's most
 WARMUP_SHARE = 0.2
 FLOOR_REQUESTS = 100  # requests per stretch whose lowest RSS sample is one point of the floor
+MAPS_EVERY = 10  # samples between reads of where the RSS lies (/proc/PID/smaps: milliseconds, not free)
+# Where a worker's RSS lies: glibc's main arena (brk), anonymous mappings (other threads' arenas,
+# blocks over the mmap threshold, OpenVINO's and torch's buffers), mapped files (libraries, weights).
+MAP_KINDS = ("heap", "anon", "files")
 BUCKETS = 6  # rows of the over-time table
 TIMELINE_VIDEO = "ii__realshort.mp4"  # short: a timeline of a few windows
 
@@ -68,6 +72,19 @@ class Sample:
     answered: int
     rss_mb: Dict[int, float] = field(default_factory=dict)
     fds: Dict[int, int] = field(default_factory=dict)
+    maps_mb: Dict[int, Dict[str, float]] = field(default_factory=dict)  # pid -> MAP_KINDS -> MB, some samples
+
+
+def map_kind(path: str) -> str:
+    """Which of ``MAP_KINDS`` (or "other": stacks, vdso) a mapping's path (psutil's grouped
+    ``memory_maps``) counts in."""
+    if path == "[heap]":
+        return "heap"
+    if path.startswith("/"):
+        return "files"
+    if path in ("", "[anon]") or path.startswith("[anon:"):
+        return "anon"
+    return "other"
 
 
 def request_mix(videos: Path, timeline_model: Optional[str]) -> List[RequestKind]:
@@ -128,13 +145,18 @@ def worker_pids_of(server: Any, models: Tuple[str, ...]) -> Callable[[], List[in
     return pids
 
 
-def _sample(pids: Callable[[], List[int]], t: float, answered: int) -> Sample:
+def _sample(pids: Callable[[], List[int]], t: float, answered: int, maps: bool = False) -> Sample:
     sample = Sample(t, answered)
     for pid in pids():
         try:
             process = psutil.Process(pid)
             sample.rss_mb[pid] = process.memory_info().rss / 2**20
             sample.fds[pid] = process.num_fds()
+            if maps:
+                kinds = dict.fromkeys(MAP_KINDS + ("other",), 0.0)
+                for region in process.memory_maps(grouped=True):
+                    kinds[map_kind(region.path)] += region.rss / 2**20
+                sample.maps_mb[pid] = kinds
         except psutil.Error:
             continue
     return sample
@@ -174,7 +196,7 @@ def run(send: Callable[[RequestKind], int], pids: Callable[[], List[int]], video
     while time.monotonic() - started < seconds:
         with lock:
             answered = len(records)
-        samples.append(_sample(pids, time.monotonic() - started, answered))
+        samples.append(_sample(pids, time.monotonic() - started, answered, maps=len(samples) % MAPS_EVERY == 0))
         if time.monotonic() >= next_report:
             next_report += 60
             on_progress(f"soak: {time.monotonic() - started:.0f}/{seconds:.0f} s, {answered} requests")
@@ -183,7 +205,7 @@ def run(send: Callable[[RequestKind], int], pids: Callable[[], List[int]], video
     for thread in threads:
         thread.join(timeout=600)
     with lock:
-        samples.append(_sample(pids, time.monotonic() - started, len(records)))
+        samples.append(_sample(pids, time.monotonic() - started, len(records), maps=True))
         return report(list(records), samples, seconds, clients)
 
 
@@ -242,6 +264,13 @@ def report(records: List[Record], samples: List[Sample], seconds: float, clients
         warm_fds = [s.fds[pid] for s in samples if s.t < warm_t and pid in s.fds] or [0]
         late_fds = [s.fds[pid] for s in samples if s.t >= warm_t and pid in s.fds] or [0]
         floor = rss_floor(after)
+        by_map = {}
+        for kind in MAP_KINDS:
+            points = rss_floor([(s.answered, s.maps_mb[pid][kind]) for s in samples
+                                if s.t >= warm_t and pid in s.maps_mb], per=FLOOR_REQUESTS * 2)
+            if points:
+                by_map[kind] = {"first_mb": round(points[0][1], 1), "last_mb": round(points[-1][1], 1),
+                                "slope_mb_per_1000": round(_slope_per_1000(points), 3)}
         growth[str(pid)] = {
             "rss_floor_slope_mb_per_1000": round(_slope_per_1000(floor), 3),
             "rss_floor_points": len(floor),
@@ -251,6 +280,7 @@ def report(records: List[Record], samples: List[Sample], seconds: float, clients
             "rss_first_mb": round(after[0][1], 1) if after else None,
             "rss_last_mb": round(after[-1][1], 1) if after else None,
             "fds_warmup_max": max(warm_fds), "fds_after_max": max(late_fds),
+            "rss_floor_by_map": by_map,
         }
     unexpected = [r for r in records if not r.expected]
     server_errors = [r for r in records if r.status >= 500]
@@ -262,7 +292,9 @@ def report(records: List[Record], samples: List[Sample], seconds: float, clients
         "by_kind": by_kind, "buckets": buckets, "workers": growth,
         "unexpected": [{"t": round(r.t, 1), "kind": r.kind, "status": r.status} for r in unexpected[:20]],
         "samples": [{"t": round(s.t, 1), "answered": s.answered, "rss_mb": {str(p): round(v, 1) for p, v in s.rss_mb.items()},
-                     "fds": {str(p): v for p, v in s.fds.items()}} for s in samples],
+                     "fds": {str(p): v for p, v in s.fds.items()},
+                     **({"maps_mb": {str(p): {k: round(v, 1) for k, v in m.items()} for p, m in s.maps_mb.items()}}
+                        if s.maps_mb else {})} for s in samples],
         "targets": {
             "no_5xx": not server_errors,
             "statuses_as_expected": not unexpected,
@@ -292,6 +324,10 @@ def render(result: Dict[str, Any]) -> str:
                      f"{g['rss_floor_slope_mb_per_1000']} MB / 1,000 requests (limit {RSS_SLOPE_LIMIT_MB}; raw samples "
                      f"{g['rss_first_mb']} -> {g['rss_last_mb']} MB, slope {g['rss_slope_mb_per_1000']}); open fds "
                      f"{g['fds_warmup_max']} in warm-up, {g['fds_after_max']} after (limit +{FD_GROWTH_LIMIT})")
+        where = g.get("rss_floor_by_map") or {}
+        if where:
+            lines.append("  where the floor lies (every " f"{MAPS_EVERY}th sample, floor of {FLOOR_REQUESTS * 2} requests): " + "; ".join(
+                f"{kind} {m['first_mb']} -> {m['last_mb']} MB ({m['slope_mb_per_1000']:+} / 1,000)" for kind, m in where.items()))
     for name, ok in result["targets"].items():
         lines.append(f"{'PASS' if ok else 'FAIL'}  {name}")
     for miss in result["unexpected"]:

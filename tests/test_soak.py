@@ -39,6 +39,13 @@ def test_a_short_soak_answers_every_kind_as_expected(server, shared_videos: Path
     assert worker["rss_first_mb"] > 100 and worker["fds_after_max"] > 0  # the worker was sampled
     text = soak.render(result)
     assert "p95 ms" in text and "PASS  no_5xx" in text
+    # Where the RSS lies was read at the first and the last sample at least, and adds up to about the RSS.
+    mapped = [s for s in result["samples"] if "maps_mb" in s]
+    assert len(mapped) >= 2
+    last = mapped[-1]
+    for pid, kinds in last["maps_mb"].items():
+        assert kinds["anon"] > 10 and kinds["files"] > 10
+        assert sum(kinds.values()) == pytest.approx(last["rss_mb"][pid], rel=0.1)
 
 
 def test_the_slope_is_per_thousand_requests() -> None:
@@ -62,6 +69,28 @@ def test_the_floor_resolves_a_slope_that_the_swing_hides() -> None:
     assert soak._slope_per_1000(soak.rss_floor(leaking)) == pytest.approx(1.0, abs=0.1)
     # The raw samples' slope of the same flat run: the swing alone moves it by more than the floor's.
     assert abs(soak._slope_per_1000(flat[:300])) > abs(soak._slope_per_1000(soak.rss_floor(flat)))
+
+
+def test_mappings_are_sorted_into_heap_anonymous_and_files() -> None:
+    assert [soak.map_kind(p) for p in ("[heap]", "[anon]", "", "[anon:glibc]", "/usr/lib/libav.so", "[stack]")] == [
+        "heap", "anon", "anon", "anon", "files", "other"]
+
+
+def test_the_report_says_which_mappings_the_floor_grew_in() -> None:
+    """A worker whose anonymous mappings grow 5 MB / 1,000 requests while its heap stays put: the
+    report puts the growth there."""
+    samples = []
+    for n in range(0, 3000, 10):
+        anon = 900.0 + 5.0 * n / 1000
+        sample = soak.Sample(t=n / 10, answered=n, rss_mb={1: 300.0 + anon + 100.0}, fds={1: 5})
+        if (n // 10) % soak.MAPS_EVERY == 0:
+            sample.maps_mb[1] = {"heap": 300.0, "anon": anon, "files": 100.0, "other": 0.0}
+        samples.append(sample)
+    result = soak.report([], samples, seconds=300, clients=1)
+    where = result["workers"]["1"]["rss_floor_by_map"]
+    assert where["anon"]["slope_mb_per_1000"] == pytest.approx(5.0, abs=0.3)
+    assert where["heap"]["slope_mb_per_1000"] == pytest.approx(0.0, abs=1e-6)
+    assert "anon 9" in soak.render(result)
 
 
 def test_the_floor_is_the_lowest_sample_of_each_full_stretch() -> None:

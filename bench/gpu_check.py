@@ -10,7 +10,16 @@ From a fresh checkout with the venv installed, in one command and well under 8 m
    (config.properties: every visible GPU), ``--requests`` requests of one real video, one client;
 4. the largest |difference| between the probabilities the served GPU worker answers for that video
    (every class: ``topk`` = all) and the CPU answer (the handler in this process on the CPU,
-   ``--cpu-runtime``: TorchScript fp32 by default, the exported model's own arithmetic).
+   ``--cpu-runtime``: TorchScript fp32 by default, the exported model's own arithmetic);
+5. people, where the action detector is built (``--people``, default
+   build/slowfast_r50_detection.pt: ``make mar`` builds only the classifier, ``make mar
+   MODEL=slowfast_r50_detection`` this one; skipped, said so, without it): both detection networks
+   loaded as a GPU worker loads them (the handler in this process, given the GPU), the action
+   detector's forward ms for 1, 5 and 20 boxes on a Kinetics-sized working clip and the largest
+   |probability difference| of 5 boxes from the same file on the CPU (TorchScript fp32), at
+   ``precision`` fp32 and fp16 (autocast), and the person detector's ms a 1280x720 frame (float32;
+   its copy to the GPU included, as served). Seconds on a GPU; a failure here is reported in place
+   of its figures and fails no other stage.
 
 Exit status: 0 measured; 3 no usable GPU (a message says why; nothing exported or started);
 1 a stage failed (its error is printed). Figures go to stdout; progress to stderr.
@@ -30,10 +39,16 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from bench.util import percentile, progress
+from client.people import DETECTION_MODEL
 from harness.paths import MAR, PT, REPO, SHARED_VIDEOS
 
 NO_GPU = 3
 DEFAULT_VIDEO = SHARED_VIDEOS / "tv__WUzgd7C1pWA.mp4"  # the README's curl video (Makefile VIDEO)
+DEFAULT_PEOPLE_PT = REPO / "build" / f"{DETECTION_MODEL}.pt"  # `make mar MODEL=slowfast_r50_detection`
+PEOPLE_FRAME = (1280, 720)  # the person detector's frame (width, height): a 720p keyframe's, as served
+PEOPLE_COMPARED_BOXES = 5  # boxes of the GPU-vs-CPU comparison
+PEOPLE_PRECISIONS = ("fp32", "fp16")  # the action detector's, each loaded as a worker with that precision
+PEOPLE_WARMUP = 3  # calls before timing: cuDNN's algorithms and the profiling executor's two optimizing runs
 
 
 def batch_sizes(text: str) -> List[int]:
@@ -57,6 +72,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--cpu-runtime", choices=("torchscript", "openvino"), default="torchscript",
                         help="the CPU answer compared against (openvino: what CPU workers serve by default)")
     parser.add_argument("--no-export", action="store_true", help="use build/ and model_store/ as they are")
+    parser.add_argument("--people", type=Path, default=DEFAULT_PEOPLE_PT,
+                        help="the action detector's .pt for the people stage, skipped where it is missing "
+                             "(default: %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.requests < 1:
@@ -122,6 +140,101 @@ def largest_difference(a: Dict[int, float], b: Dict[int, float]) -> float:
     return max(abs(a[k] - b[k]) for k in a)
 
 
+def people_clip(contract: Any) -> List[torch.Tensor]:
+    """A seeded ``[slow (1,3,T/a,H,W), fast (1,3,T,H,W)]`` float32 working clip on the CPU, Kinetics-sized
+    (bench/people.py's: the cost depends on the size, not the pixels)."""
+    from bench.people import HEIGHT, WIDTH
+
+    fast = torch.randn(1, 3, contract.num_frames, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(0))
+    return [fast[:, :, :: contract.alpha].contiguous(), fast]
+
+
+def people_forward_ms(model: Any, repeats: int) -> Dict[str, Any]:
+    """A loaded action detector's forward ms for 1, 5 and 20 boxes on ``people_clip`` (moved to its
+    device first, as the served path normalizes it there)."""
+    from bench.people import BOX_COUNTS, HEIGHT, WIDTH, median_ms, random_boxes
+    from handler.runtime_base import to_device
+
+    pathways = [to_device(p, model.device) for p in people_clip(model.contract)]
+    keyframe = {}
+    for count in BOX_COUNTS:
+        boxes = to_device(random_boxes(count), model.device)
+        # The answers come back to the CPU: each call has waited for its GPU work.
+        keyframe[str(count)] = round(median_ms(lambda: model.infer(pathways, boxes), repeats, PEOPLE_WARMUP)["median"], 2)
+        progress(f"  action detector ({model.name}), {count} box(es): {keyframe[str(count)]} ms")
+    return {"runtime": model.name, "device": str(model.device), "clip": f"{WIDTH}x{HEIGHT}, {model.contract.num_frames} frames",
+            "keyframe_ms": keyframe}
+
+
+def person_detector_ms(finder: Any, repeats: int) -> Dict[str, Any]:
+    """The person detector's ms a seeded ``PEOPLE_FRAME`` uint8 frame given on the CPU (as served)."""
+    from bench.people import median_ms
+
+    width, height = PEOPLE_FRAME
+    frame = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    figures = {"runtime": finder.name, "device": str(finder.device), "frame": f"{width}x{height}",
+               "ms": round(median_ms(lambda: finder.find(frame), repeats, PEOPLE_WARMUP)["median"], 2)}
+    progress(f"  person detector ({finder.name}), a {width}x{height} frame: {figures['ms']} ms")
+    return figures
+
+
+def people_stage(pt: Path, gpu: int, repeats: int, precisions: Sequence[str] = PEOPLE_PRECISIONS) -> Dict[str, Any]:
+    """Stage 5's figures: per GPU ``precision`` (the handler's setting) the action detector's forward ms
+    and its largest |probability difference| from the CPU's TorchScript fp32 (``PEOPLE_COMPARED_BOXES``
+    boxes); the person detector's ms (float32 always). ``{"skipped": why}`` without an action detector
+    at ``pt``; ``{"failed": why}`` if anything fails (the other stages' figures stand)."""
+    from bench.people import random_boxes
+    from handler.people.model import ActionDetector
+    from handler.serve_settings import ServeOptions
+    from harness.inproc import InProcessHandler
+
+    if not pt.is_file():
+        return {"skipped": f"{pt} not found: build it with `make mar MODEL={DETECTION_MODEL}` (offline: add "
+                           "PERSON_DETECTOR=random for a person detector) or give --people"}
+    try:
+        cpu = ActionDetector.load(pt, ServeOptions(cpu_runtime="torchscript", warmup=False))
+        clip, boxes = people_clip(cpu.contract), random_boxes(PEOPLE_COMPARED_BOXES)
+        on_cpu = cpu.infer(clip, boxes)[1]
+        figures: Dict[str, Any] = {"file": pt.name, "cpu_runtime": cpu.name, "compared_boxes": PEOPLE_COMPARED_BOXES,
+                                   "runs": [], "person_detector": None}
+        del cpu
+        for precision in precisions:
+            progress(f"people: {pt.name} on cuda:{gpu} at precision {precision}, as a GPU worker loads it")
+            worker = InProcessHandler(pt, gpu_id=gpu, handler={"precision": precision})
+            if worker.people is None:
+                return {"skipped": f"{pt.name} is not an action detector (its contract's task is {worker.contract.task})"}
+            measured = {"precision": precision, "load_s": round(worker.load_s, 1),
+                        **people_forward_ms(worker.people.model, repeats)}
+            on_gpu = worker.people.model.infer(clip, boxes)[1]
+            measured["max_abs_probability_difference_vs_cpu"] = float((on_gpu - on_cpu).abs().max())
+            figures["runs"].append(measured)
+            if worker.people.finder is not None and figures["person_detector"] is None:
+                figures["person_detector"] = person_detector_ms(worker.people.finder, repeats)
+            del worker
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return figures
+    except Exception as exc:  # noqa: BLE001 (reported in place of the figures; the classifier's stand)
+        return {"failed": f"{type(exc).__name__}: {exc}"}
+
+
+def people_report(people: Dict[str, Any]) -> List[str]:
+    """Stage 5's lines."""
+    for word in ("skipped", "failed"):
+        if word in people:
+            return [f"people: {word}: {people[word]}"]
+    lines = [f"people ({people['file']}), a keyframe's forward by box count; max |probability difference| vs CPU "
+             f"({people['cpu_runtime']}, {people['compared_boxes']} boxes):"]
+    for measured in people["runs"]:
+        boxes = ", ".join(f"{count}: {ms:.1f} ms" for count, ms in measured["keyframe_ms"].items())
+        lines.append(f"  {measured['runtime']} on {measured['device']} ({measured['clip']}; loaded in "
+                     f"{measured['load_s']} s): {boxes}; difference {measured['max_abs_probability_difference_vs_cpu']:.2e}")
+    finder = people["person_detector"]
+    lines.append("  person detector: none packed" if finder is None else
+                 f"  person detector {finder['runtime']} on {finder['device']}: {finder['ms']:.1f} ms a {finder['frame']} frame")
+    return lines
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     from bench.served import Served
     from harness.inproc import InProcessHandler
@@ -174,6 +287,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "in_process_gpu_vs_cpu": largest_difference(in_process_gpu, cpu_answer),
     }
     progress(f"  max |probability difference| vs CPU: {figures['max_abs_probability_difference']}")
+    figures["people"] = people_stage(args.people, args.gpu, args.repeats)
     figures["total_s"] = round(time.monotonic() - started, 1)
     return figures
 
@@ -191,6 +305,8 @@ def report(figures: Dict[str, Any]) -> str:
     diff = figures["max_abs_probability_difference"]
     lines.append(f"max |probability difference| vs CPU ({figures['cpu_runtime']}): served GPU {diff['served_gpu_vs_cpu']:.2e}, "
                  f"in-process GPU {diff['in_process_gpu_vs_cpu']:.2e}")
+    if "people" in figures:
+        lines.extend(people_report(figures["people"]))
     lines.append(f"total {figures['total_s']} s")
     return "\n".join(lines)
 

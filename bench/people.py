@@ -39,7 +39,8 @@ DETECTOR_FRAMES = (
 DECODE_VIDEO = "mp__big_buck_bunny_432_433.webm"  # 1280x720, 1 s
 
 
-def _median_ms(call: Callable[[], Any], reps: int, warmup: int) -> Dict[str, float]:
+def median_ms(call: Callable[[], Any], reps: int, warmup: int) -> Dict[str, float]:
+    """``{median, min}`` ms of ``reps`` calls after ``warmup`` untimed ones."""
     times: List[float] = []
     for rep in range(warmup + reps):
         started = time.perf_counter()
@@ -49,7 +50,8 @@ def _median_ms(call: Callable[[], Any], reps: int, warmup: int) -> Dict[str, flo
     return {"median": statistics.median(times), "min": min(times)}
 
 
-def _boxes(count: int) -> torch.Tensor:
+def random_boxes(count: int) -> torch.Tensor:
+    """``count`` seeded (N, 5) boxes ``(0, x1, y1, x2, y2)`` inside the WIDTH x HEIGHT working clip."""
     generator = torch.Generator().manual_seed(count)
     corners = torch.rand(count, 2, 2, generator=generator) * torch.tensor([WIDTH - 1.0, HEIGHT - 1.0])
     low, high = corners.amin(1), corners.amax(1) + 1
@@ -77,11 +79,11 @@ def compare(classifier: InProcessHandler, reps: int, warmup: int, box_counts: Se
     pathways = [fast[:, :, :: contract.alpha].contiguous(), fast]
     keyframe: Dict[str, Dict[str, float]] = {}
     for count in box_counts:
-        boxes = _boxes(count)
-        keyframe[str(count)] = _median_ms(lambda: model.infer(pathways, boxes), reps, warmup)
+        boxes = random_boxes(count)
+        keyframe[str(count)] = median_ms(lambda: model.infer(pathways, boxes), reps, warmup)
         progress(f"  a keyframe with {count} box(es): {keyframe[str(count)]['median']:,.0f} ms")
     classifier_pathways = classifier.dummy_pathways(1)
-    forward = _median_ms(lambda: classifier.forward_ms(classifier_pathways), reps, warmup)
+    forward = median_ms(lambda: classifier.forward_ms(classifier_pathways), reps, warmup)
     progress(f"  classifier forward {forward['median']:,.0f} ms ({classifier.runtime.name})")
     detector = torch.jit.script(build_person_detector())
     by_frame: Dict[str, Dict[str, float]] = {}
@@ -89,7 +91,7 @@ def compare(classifier: InProcessHandler, reps: int, warmup: int, box_counts: Se
         for label, width, height in DETECTOR_FRAMES:
             frame = torch.rand(3, height, width)
             # max(warmup, 2): the profiling executor's two optimizing runs
-            by_frame[label] = _median_ms(lambda: detector([frame]), reps, max(warmup, 2))
+            by_frame[label] = median_ms(lambda: detector([frame]), reps, max(warmup, 2))
             progress(f"  person detector on {label}: {by_frame[label]['median']:,.0f} ms")
     return {
         "keyframe_ms": keyframe, "runtime": model.name, "frame": f"{WIDTH}x{HEIGHT}, {contract.num_frames} frames",
@@ -124,8 +126,8 @@ def persons_frame_decode(reps: int, warmup: int) -> Dict[str, Any]:
                                   max_aspect_ratio=limits.max_aspect_ratio, persons=persons))
 
     figures = {"video": f"{DECODE_VIDEO} (1280x720, 1 s window)",
-               "window_only": _median_ms(lambda: decode(False), reps, warmup),
-               "with_persons_frame": _median_ms(lambda: decode(True), reps, warmup)}
+               "window_only": median_ms(lambda: decode(False), reps, warmup),
+               "with_persons_frame": median_ms(lambda: decode(True), reps, warmup)}
     progress(f"  decode of a keyframe's window: {figures['window_only']['median']:,.0f} ms; with the detector's "
              f"1280x720 frame: {figures['with_persons_frame']['median']:,.0f} ms")
     return figures

@@ -104,6 +104,17 @@ def read_model(path: Path, device: torch.device) -> Tuple[torch.jit.ScriptModule
     return module.eval(), contract
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``: the same tensor, untouched, where it is there already (the CPU's on
+    a CPU worker); from the CPU to a GPU through pinned memory without blocking (the copy overlaps
+    the host's work until a kernel needs it)."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def dummy_pathways(contract: PreprocessContract, device: torch.device = torch.device("cpu"), batch: int = 1) -> List[torch.Tensor]:
     """Zero ``[slow (B,3,T/a,c,c), fast (B,3,T,c,c)]`` float32 input for warm-up and conversion."""
     crop = contract.crop_size

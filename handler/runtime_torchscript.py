@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, ContextManager, List, Optional
 
 import torch
 
@@ -18,6 +18,30 @@ from handler.runtime_base import EMBEDDING_METHOD, Outputs, dummy_pathways, mode
 log = logging.getLogger(__name__)
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def autocast_dtype_for(device: torch.device, precision: str) -> Optional[torch.dtype]:
+    """The autocast dtype of ``precision`` (fp16/bf16) on a GPU; None for fp32 and on the CPU, where
+    a reduced ``precision`` is refused with a warning. Shared by every TorchScript network a worker
+    runs (the classifier, the action detector)."""
+    if precision == "fp32":
+        return None
+    if device.type != "cuda":
+        # torch's bf16/fp16 on this class of CPU runs ~100x slower than fp32: never on CPU.
+        log.warning("precision=%s applies to GPU workers only; this CPU worker runs fp32", precision)
+        return None
+    return _AUTOCAST_DTYPES[precision]
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager[Any]:
+    """``torch.autocast`` on ``device`` at ``dtype`` (from ``autocast_dtype_for``), or nothing for None."""
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def torchscript_name(device: torch.device, precision: str) -> str:
+    """What answers call a TorchScript network on ``device``: ``torchscript-cuda-{precision}`` on a
+    GPU, ``torchscript-fp32`` on the CPU (which never runs a reduced precision in torch)."""
+    return f"torchscript-cuda-{precision}" if device.type == "cuda" else "torchscript-fp32"
 
 
 @dataclass
@@ -37,13 +61,6 @@ class TorchScriptRuntime:
         """Load the scripted model for ``device``, optimized, warmed up (``options.warmup``)."""
         module, contract = read_model(path, device)
         is_cuda = device.type == "cuda"
-        autocast_dtype = None
-        if options.precision != "fp32":
-            if is_cuda:
-                autocast_dtype = _AUTOCAST_DTYPES[options.precision]
-            else:
-                # torch's bf16/fp16 on this class of CPU runs ~100x slower than fp32: never on CPU.
-                log.warning("precision=%s applies to GPU workers only; this CPU worker runs fp32", options.precision)
         if is_cuda:
             torch.backends.cudnn.benchmark = True
             module = module.to(memory_format=torch.channels_last_3d)
@@ -58,9 +75,9 @@ class TorchScriptRuntime:
             contract=contract,
             device=device,
             micro_batch=options.micro_batch_cuda if is_cuda else options.micro_batch_cpu,
-            autocast_dtype=autocast_dtype,
+            autocast_dtype=autocast_dtype_for(device, options.precision),
             channels_last=is_cuda,
-            name=f"torchscript-cuda-{options.precision}" if is_cuda else "torchscript-fp32",
+            name=torchscript_name(device, options.precision),
         )
         if options.warmup:
             started = time.monotonic()
@@ -73,11 +90,6 @@ class TorchScriptRuntime:
         from one forward."""
         if self.channels_last:
             pathways = [p.contiguous(memory_format=torch.channels_last_3d) for p in pathways]
-        autocast = (
-            torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
             logits, embeddings = self.module.forward_with_embedding(pathways)
         return model_outputs(logits, embeddings, self.contract.activation)

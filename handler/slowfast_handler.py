@@ -40,7 +40,7 @@ from handler.protocol import PLAIN, ParsedRequest, parse_row
 from handler.render import ModelInfo, reply, stream_line, video_answer, window_entry, window_line
 from handler.run import WindowFailure, WindowJob, WindowScores, run_windows
 from handler.runtime import choose_device, load_runtime
-from handler.runtime_base import cpu_thread_count
+from handler.runtime_base import cpu_thread_count, to_device
 from handler.runtime_openvino import INT8_RUNTIME
 from handler.priority import lower_cpu_priority
 from handler.server_config import require_config_file
@@ -103,7 +103,7 @@ class SlowFastHandler(BaseHandler):
         self.people: Optional[PeopleService] = None
         found = contract_of(model_dir / serialized)
         if found is not None and found.task == DETECTION:
-            self.people = PeopleService(model_dir / serialized, self.options, self.limits)
+            self.people = PeopleService(model_dir / serialized, self.options, self.limits, self.device)
             self.contract = self.people.contract
             self.metrics.set_model_name(self.contract.model_name)
             self.initialized = True
@@ -281,9 +281,7 @@ class SlowFastHandler(BaseHandler):
         self.metrics.decoded(video.decode_ms, video.frames_decoded, video.decoder.info.duration)
 
     def _to_device(self, frames: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            return frames.pin_memory().to(self.device, non_blocking=True)
-        return frames
+        return to_device(frames, self.device)
 
     # -- render ------------------------------------------------------------------------------
 

@@ -20,7 +20,9 @@ from harness.paths import MODEL_CONFIG, PT
 
 class InProcessHandler:
     """``gpu_id``: the GPU TorchServe would give the worker (None: a CPU worker); ``handler``:
-    settings laid over model-config.yaml's ``handler:`` section (e.g. ``{"cpu_runtime": "torchscript"}``)."""
+    settings laid over model-config.yaml's ``handler:`` section (e.g. ``{"cpu_runtime": "torchscript"}``).
+    An action detector's file loads its ``people`` service (``handle`` answers its requests); the
+    classifier's ``runtime`` and inputs are a classifier's only."""
 
     def __init__(self, pt: Path = PT, config_path: Path = MODEL_CONFIG, gpu_id: Optional[int] = None,
                  handler: Optional[Mapping[str, Any]] = None) -> None:
@@ -33,10 +35,14 @@ class InProcessHandler:
         started = time.perf_counter()
         self.handler.initialize(self.context)
         self.load_s = time.perf_counter() - started
-        self.runtime = self.handler.runtime
         self.contract = self.handler.contract
         self.last_inputs: List[List[torch.Tensor]] = []
         self._capture = False
+        # An action detector has its own request path and models (handler/people), no classifier runtime.
+        self.people = self.handler.people
+        if self.people is not None:
+            return
+        self.runtime = self.handler.runtime
         forward = self.runtime.infer
 
         def recording(pathways: list) -> Any:  # the runtime's Outputs

@@ -6,6 +6,7 @@ import bisect
 import contextlib
 import io
 from fractions import Fraction
+from typing import Optional
 
 import av
 import numpy as np
@@ -242,6 +243,23 @@ def test_a_streamed_timeline_budget_starts_again_at_each_window():
                     got += 1
                     budget.spent += 4.0  # each window took 4 s of decoding
         assert got == expected, per_window
+
+
+@pytest.mark.parametrize("per_window, unit, words", [
+    (False, None, "decoding this request took longer than the limit of 5 s"),
+    (True, None, "decoding one window of this streamed timeline took longer than the limit of 5 s"),
+    (True, "one keyframe of this streamed answer",
+     "decoding one keyframe of this streamed answer took longer than the limit of 5 s"),
+    (False, "one keyframe of this streamed answer", "decoding this request took longer"),  # a whole-request budget
+])
+def test_the_decode_timeout_names_what_its_budget_covers(per_window: bool, unit: Optional[str], words: str) -> None:
+    """The 422 names the unit the caller gave its budget (a classifier's streamed window by default)."""
+    budget = DecodeBudget(5.0, per_window=per_window, clock=lambda: 0.0, **({"unit": unit} if unit else {}))
+    budget.spent = 5.5
+    with pytest.raises(RequestError) as caught:
+        budget.check()
+    assert (caught.value.status, caught.value.reason) == (422, "decode_timeout")
+    assert caught.value.message.startswith(words), caught.value.message
 
 
 def _mp3_with_cover() -> bytes:

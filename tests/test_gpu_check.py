@@ -100,6 +100,7 @@ def test_rehearsal_of_every_stage_on_the_cpu(
     monkeypatch.setattr(gpu_check, "on_gpu", lambda worker: True)
     figures_file = tmp_path / "gpu.json"
     status = gpu_check.main(["--batch-sizes", "1,2", "--repeats", "1", "--requests", "1", "--no-export",
+                             "--people", str(tmp_path / "no_detector.pt"),  # stage 5 on a CPU: minutes
                              "--video", str(shared_videos / "tv__WUzgd7C1pWA.mp4"), "--json", str(figures_file)])
     out = capsys.readouterr().out
     assert status == 0, out
@@ -113,3 +114,90 @@ def test_rehearsal_of_every_stage_on_the_cpu(
     # the CPU default (bf16 where the CPU has it, else fp32), against TorchScript fp32: close, not equal.
     assert 0 <= difference["in_process_gpu_vs_cpu"] < 0.05 and 0 <= difference["served_gpu_vs_cpu"] < 0.05
     assert "served tv__WUzgd7C1pWA.mp4: p50" in out
+    assert f"people: skipped: {tmp_path / 'no_detector.pt'} not found" in out and figures["people"].keys() == {"skipped"}
+
+
+# -- stage 5, people ------------------------------------------------------------------------------
+
+
+def test_the_people_stage_is_skipped_saying_how_without_the_action_detector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make mar` builds only the classifier: without the detector's file nothing is loaded, and the
+    report says how to build it."""
+    import harness.inproc
+    from handler.people.model import ActionDetector
+
+    assert gpu_check.parse_args([]).people == REPO / "build" / "slowfast_r50_detection.pt"
+    monkeypatch.setattr(harness.inproc, "InProcessHandler", _no_run)
+    monkeypatch.setattr(ActionDetector, "load", _no_run)
+    people = gpu_check.people_stage(tmp_path / "slowfast_r50_detection.pt", 0, 1)
+    assert set(people) == {"skipped"} and "make mar MODEL=slowfast_r50_detection" in people["skipped"]
+    assert gpu_check.people_report(people) == [f"people: skipped: {people['skipped']}"]
+
+
+def test_a_failing_people_stage_is_reported_in_place_of_its_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from handler.people.model import ActionDetector
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no kernel image is available (test)")
+
+    pt = tmp_path / "slowfast_r50_detection.pt"
+    pt.write_bytes(b"not read")
+    monkeypatch.setattr(ActionDetector, "load", broken)
+    people = gpu_check.people_stage(pt, 0, 1)
+    assert people == {"failed": "RuntimeError: no kernel image is available (test)"}
+    assert gpu_check.people_report(people) == ["people: failed: RuntimeError: no kernel image is available (test)"]
+
+
+class _FakeDetector:
+    """A loaded action detector's interface: records the box counts and input devices of each forward."""
+
+    name, device = "torchscript-cuda-fp16", torch.device("cpu")
+    contract = type("Contract", (), {"num_frames": 32, "alpha": 4})()
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def infer(self, pathways: list, boxes: torch.Tensor) -> tuple:
+        self.calls.append(([tuple(p.shape) for p in pathways], boxes.shape[0]))
+        return torch.zeros(boxes.shape[0], 80), torch.zeros(boxes.shape[0], 80)
+
+
+class _FakeFinder:
+    name, device = "torchscript-cuda-fp32", torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.frames: list = []
+
+    def find(self, frame: torch.Tensor) -> tuple:
+        self.frames.append((tuple(frame.shape), frame.dtype))
+        return torch.zeros(0, 4), torch.zeros(0)
+
+
+def test_the_people_figures_are_forwards_by_box_count_and_a_frame_of_the_person_detector() -> None:
+    detector, finder = _FakeDetector(), _FakeFinder()
+    figures = gpu_check.people_forward_ms(detector, repeats=2)
+    assert list(figures["keyframe_ms"]) == ["1", "5", "20"] and all(ms >= 0 for ms in figures["keyframe_ms"].values())
+    # 3 warm-up calls and 2 timed per box count, on the Kinetics-sized working clip.
+    assert [boxes for _, boxes in detector.calls] == [1] * 5 + [5] * 5 + [20] * 5
+    assert detector.calls[0][0] == [(1, 3, 8, 256, 340), (1, 3, 32, 256, 340)]
+    assert (figures["runtime"], figures["clip"]) == ("torchscript-cuda-fp16", "340x256, 32 frames")
+    person = gpu_check.person_detector_ms(finder, repeats=2)
+    assert finder.frames == [((720, 1280, 3), torch.uint8)] * 5 and person["frame"] == "1280x720"
+
+
+def test_the_people_report() -> None:
+    run = {"precision": "fp16", "runtime": "torchscript-cuda-fp16", "device": "cuda:0", "clip": "340x256, 32 frames",
+           "load_s": 4.2, "keyframe_ms": {"1": 12.0, "5": 12.5, "20": 14.25}, "max_abs_probability_difference_vs_cpu": 3e-3}
+    people = {"file": "slowfast_r50_detection.pt", "cpu_runtime": "torchscript-fp32", "compared_boxes": 5, "runs": [run],
+              "person_detector": {"runtime": "torchscript-cuda-fp32", "device": "cuda:0", "frame": "1280x720", "ms": 31.0}}
+    lines = gpu_check.people_report(people)
+    assert lines == [
+        "people (slowfast_r50_detection.pt), a keyframe's forward by box count; max |probability difference| vs CPU "
+        "(torchscript-fp32, 5 boxes):",
+        "  torchscript-cuda-fp16 on cuda:0 (340x256, 32 frames; loaded in 4.2 s): 1: 12.0 ms, 5: 12.5 ms, 20: 14.2 ms; "
+        "difference 3.00e-03",
+        "  person detector torchscript-cuda-fp32 on cuda:0: 31.0 ms a 1280x720 frame",
+    ]
+    assert gpu_check.people_report({**people, "person_detector": None})[-1] == "  person detector: none packed"

@@ -155,6 +155,8 @@ def test_preprocessing_follows_the_model_device(monkeypatch: pytest.MonkeyPatch)
             return "moved"
 
     class _Frames:
+        device = torch.device("cpu")
+
         def pin_memory(self) -> _Pinned:
             return _Pinned()
 

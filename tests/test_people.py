@@ -283,6 +283,23 @@ def test_the_detector_falls_back_to_torchscript_saying_why(detector_dir, tmp_pat
     assert detector.name == "torchscript-fp32" and "carries no int8 model" in caplog.text
 
 
+@pytest.mark.heavy  # the served detector's file (~1 min to build, shared) and a dozen CPU forwards
+def test_the_gpu_checks_people_stage_rehearsed_on_the_cpu(detector_dir):
+    """bench/gpu_check.py's people stage on a real detector file, the CPU standing in for the GPU (a
+    worker given gpu_id 0 without CUDA runs on the CPU): the code a GPU machine runs first, rehearsed
+    here. What it cannot rehearse: CUDA itself (tests/test_people_gpu.py fakes the device)."""
+    from bench import gpu_check
+
+    people = gpu_check.people_stage(detector_dir[0] / f"{NAME}.pt", 0, 1, precisions=("fp32",))
+    assert "failed" not in people and "skipped" not in people, people
+    (measured,) = people["runs"]
+    assert measured["device"] == "cpu" and list(measured["keyframe_ms"]) == ["1", "5", "20"]
+    # The CPU default runtime (OpenVINO, bf16 where the CPU has it) against TorchScript fp32: close, not equal.
+    assert 0 <= measured["max_abs_probability_difference_vs_cpu"] < 0.05
+    assert (people["person_detector"]["device"], people["person_detector"]["frame"]) == ("cpu", "1280x720")
+    assert len(gpu_check.people_report(people)) == 3
+
+
 @pytest.mark.heavy  # the served detector: ~1 min to build, seconds a forward
 def test_found_persons_are_the_detectors_confident_people_in_video_pixels(served, shared_videos):
     video = (shared_videos / KINETICS).read_bytes()
@@ -417,6 +434,23 @@ def test_streamed_keyframes_are_bounded_per_registration_and_the_413_says_where_
         resolve_people_options({"boxes": many, "stream": "1"}, main, 80)
     with pytest.raises(RequestError, match="stream must be true or false"):
         resolve_people_options({"stream": "maybe"}, main, 80)
+
+
+def test_a_streamed_answers_budget_is_per_keyframe_on_the_timeline_registration_and_its_422_says_so():
+    """Per keyframe only where a stream may run longer than an answer; its 422 names a keyframe, not
+    a classifier's timeline window (handler/decoding/budget.py's default)."""
+    from handler.people.service import decode_budget
+
+    main, timeline = registered(NAME), registered(f"{NAME}_timeline")
+    assert [decode_budget(main, True).per_window, decode_budget(timeline, False).per_window] == [False, False]
+    budget = decode_budget(timeline, True)
+    assert budget.per_window and budget.seconds == timeline.max_decode_seconds
+    budget.spent = budget.seconds + 1
+    with pytest.raises(RequestError) as caught:
+        budget.check()
+    assert (caught.value.status, caught.value.reason) == (422, "decode_timeout")
+    assert caught.value.message == (f"decoding one keyframe of this streamed answer took longer than the limit of "
+                                    f"{timeline.max_decode_seconds:g} s")
 
 
 def test_stream_is_for_plain_requests():

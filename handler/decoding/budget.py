@@ -11,6 +11,9 @@ from handler.errors import RequestError
 
 T = TypeVar("T")
 
+# What a per-window budget is spent on, in its 422's words (a caller with another unit names its own).
+STREAMED_WINDOW = "one window of this streamed timeline"
+
 
 @dataclass(frozen=True)
 class DecodeLimits:
@@ -31,12 +34,16 @@ class DecodeBudget:
     decoded when the model needs it), so a plain deadline would also count the forwards of the
     batch in between and refuse requests for the model's slowness. ``per_window``: the budget
     starts again after each window handed out (a streamed timeline, whose every line the client
-    receives as it is computed). ``clock``: seconds from any origin (tests pass their own).
+    receives as it is computed); ``unit`` names what one such budget covers in the 422 (a window of
+    a streamed timeline; an action detector's stream says a keyframe). ``clock``: seconds from any
+    origin (tests pass their own).
     """
 
-    def __init__(self, seconds: float, per_window: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, seconds: float, per_window: bool = False, clock: Callable[[], float] = time.monotonic,
+                 unit: str = STREAMED_WINDOW) -> None:
         self.seconds = float(seconds)
         self.per_window = per_window
+        self.unit = unit
         self.clock = clock
         self.spent = 0.0
         self._since: Optional[float] = None
@@ -71,7 +78,7 @@ class DecodeBudget:
         """422 ``decode_timeout`` once the time counted exceeds the budget."""
         running = self.clock() - self._since if self._since is not None else 0.0
         if self.spent + running > self.seconds:
-            what = "one window of this streamed timeline" if self.per_window else "this request"
+            what = self.unit if self.per_window else "this request"
             raise RequestError(
                 422, "decode_timeout", f"decoding {what} took longer than the limit of {self.seconds:g} s",
             )

@@ -1,5 +1,11 @@
 """The action detector on the worker: the exported TorchScript file and its contract, run by OpenVINO
-or TorchScript on CPU.
+or TorchScript on CPU, or TorchScript on the GPU of a GPU worker.
+
+A GPU worker (``device`` ``cuda:{gpu_id}``, the handler's ``choose_device``) runs it as it runs the
+classifier: TorchScript on that GPU, frozen, under the ``precision`` setting's autocast
+(``runtime_torchscript``'s, shared; named ``torchscript-cuda-{precision}``). One forward at load
+checks that it runs there (torchvision's CUDA kernels included); if loading or that forward fails,
+the worker logs why and runs the detector on the CPU by the rules below.
 
 The runtime is chosen by the classifier's rules (``handler.runtime``): ``cpu_runtime: openvino``
 (the default) converts the scripted network at load (its RoIAlign is OpenVINO's ROIAlign),
@@ -9,7 +15,7 @@ it natively) and caches the IR beside the .pt; if anything there fails the worke
 which runs (``openvino-fp32``, ``openvino-bf16``, ``torchscript-fp32``); answers carry it.
 
 ``infer([slow, fast], boxes)`` -> (logits (N, classes), probabilities (N, classes)), float32 on
-CPU; the contract's activation (sigmoid) applied in float32, as for the classifier.
+CPU whatever the device; the contract's activation (sigmoid) applied in float32, as for the classifier.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import torch
 import torchvision  # noqa: F401  (registers torchvision::roi_align, which the scripted RoI head calls)
 
 from handler.contract import DETECTION, ContractError, PreprocessContract, activate
-from handler.runtime_base import EMBEDDING_METHOD, cpu_thread_count, read_model
+from handler.runtime_base import EMBEDDING_METHOD, cpu_thread_count, read_model, to_device
+from handler.runtime_torchscript import autocast, autocast_dtype_for, torchscript_name
 from handler.runtime_openvino import CACHE_DIR_NAME, cached_model, choose_precision, compile_for_cpu, cpu_flags
 from handler.serve_settings import ServeOptions
 
@@ -77,24 +84,41 @@ def convert_detector(module: torch.jit.ScriptModule, contract: PreprocessContrac
     return model
 
 
+CPU = torch.device("cpu")
+
+
 @dataclass
 class ActionDetector:
-    """A loaded action detector: ``forward`` gives the logits; ``name`` the runtime that runs it."""
+    """A loaded action detector: ``forward`` gives the logits; ``name`` the runtime that runs it;
+    ``device`` where ``forward`` takes its inputs (``infer`` moves them there)."""
 
     forward: Forward
     contract: PreprocessContract
     name: str = "torchscript-fp32"
+    device: torch.device = CPU
 
     @classmethod
     def load(cls, path: Path, options: ServeOptions, workers: Optional[int] = None,
-             flags: Optional[FrozenSet[str]] = None, cache_root: Optional[Path] = None) -> "ActionDetector":
-        """The detector at ``path`` on OpenVINO (``cpu_runtime: openvino``) or TorchScript, warmed up
-        (``options.warmup``).
+             flags: Optional[FrozenSet[str]] = None, cache_root: Optional[Path] = None,
+             device: torch.device = CPU) -> "ActionDetector":
+        """The detector at ``path`` on ``device``'s GPU (TorchScript), or on the CPU on OpenVINO
+        (``cpu_runtime: openvino``) or TorchScript, warmed up (``options.warmup``; on a GPU always:
+        that forward is the check that it runs there).
 
-        ``workers``: workers sharing the host's cores (None: as many threads as torch's pool, which
-        the handler sized for its workers); ``flags``: the CPU's flags (default /proc/cpuinfo);
-        ``cache_root``: where the converted IR is kept (default ``.openvino`` beside the .pt).
+        ``device``: the worker's (``handler.runtime.choose_device``); a GPU that cannot run the
+        detector leaves it on the CPU, said in the log. ``workers``: workers sharing the host's cores
+        (None: as many threads as torch's pool, which the handler sized for its workers); ``flags``:
+        the CPU's flags (default /proc/cpuinfo); ``cache_root``: where the converted IR is kept
+        (default ``.openvino`` beside the .pt).
         """
+        if device.type == "cuda":
+            try:
+                return cls._cuda(path, options, device)
+            except ContractError:
+                raise  # the .pt itself is wrong: the CPU would refuse it too
+            except Exception as exc:  # never a dead worker: the CPU serves the same .pt
+                log.warning("the action detector cannot run on %s (%s: %s); it runs on the CPU",
+                            device, type(exc).__name__, exc, exc_info=True)
         detector: Optional[ActionDetector] = None
         if options.cpu_runtime == "openvino":
             try:
@@ -110,6 +134,34 @@ class ActionDetector:
             started = time.monotonic()
             detector.infer(*example_inputs(detector.contract))
             log.info("warm-up forward (%s) took %.2f s", detector.name, time.monotonic() - started)
+        return detector
+
+    @classmethod
+    def _cuda(cls, path: Path, options: ServeOptions, device: torch.device) -> "ActionDetector":
+        """TorchScript on ``device``, frozen, under the classifier's autocast (``precision``).
+
+        The RoI head takes fp16/bf16 autocast as the backbone does: torchvision registers autocast
+        kernels for ``roi_align`` that run it in float32 (features and boxes) and give back the
+        features' dtype, so float32 boxes meet fp16 features without a dtype error; its linear
+        projection runs in the autocast dtype, the sigmoid in float32 (``infer``). Unlike the
+        classifier, neither cuDNN's autotuner nor channels-last: the working frame's size follows
+        each video's aspect ratio and the box count each keyframe's persons, so the autotuner would
+        tune again for every new shape (whether either would pay here is not measured)."""
+        module, contract = read_model(path, device)
+        _check_task(path, contract)
+        if options.optimize:
+            module = torch.jit.freeze(module, preserved_attrs=[EMBEDDING_METHOD])
+        dtype = autocast_dtype_for(device, options.precision)
+
+        def forward(pathways: List[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+            with autocast(device, dtype):
+                return module.forward_with_embedding(pathways, boxes)[0]
+
+        detector = cls(forward, contract, torchscript_name(device, options.precision), device)
+        started = time.monotonic()
+        detector.infer(*example_inputs(contract))  # raises here, at load, where this GPU cannot run it
+        log.info("action detector runtime %s on %s; first forward (warm-up, check) %.2f s",
+                 detector.name, device, time.monotonic() - started)
         return detector
 
     @classmethod
@@ -150,10 +202,12 @@ class ActionDetector:
         return cls(forward, contract, name)
 
     def infer(self, pathways: List[torch.Tensor], boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``[slow (B,3,T/a,H,W), fast (B,3,T,H,W)]`` float32 and (N, 5) boxes ``(view index, x1, y1, x2, y2)``
-        -> (logits (N, classes), probabilities (N, classes)) float32."""
+        """``[slow (B,3,T/a,H,W), fast (B,3,T,H,W)]`` float32 and (N, 5) boxes ``(view index, x1, y1, x2, y2)``,
+        on any device (moved to ``device``; on the CPU nothing is copied) -> (logits (N, classes),
+        probabilities (N, classes)) float32 on the CPU."""
+        pathways = [to_device(p, self.device) for p in pathways]
         with torch.inference_mode():
-            logits = self.forward(pathways, boxes).float()
+            logits = self.forward(pathways, to_device(boxes, self.device)).float().cpu()
         return logits, activate(logits, self.contract.activation)
 
 

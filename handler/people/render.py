@@ -7,9 +7,11 @@ Plain JSON (and KServe v1, which wraps it in ``predictions``)::
      "boxes_from": "request" | "detector", "model", "weights", "runtime", "person_detector", "video", "timings_ms"}
 
 Boxes are in the video's upright pixels; ``score`` is the person detector's (absent for boxes the
-request gave). KServe v2 answers with tensors over the P persons of all keyframes, in order:
-``boxes`` FP32 [P, 4], ``scores`` FP32 [P] (-1 for given boxes), ``keyframe_times`` FP32 [P],
-``probabilities`` FP32 [P, classes] (every action, in label order).
+request gave); ``person_detector`` describes the packed person detector (architecture, weights,
+threshold, the ``runtime`` that ran it), null where the worker has none. KServe v2 answers with
+tensors over the P persons of all keyframes, in order: ``boxes`` FP32 [P, 4], ``scores`` FP32 [P]
+(-1 for given boxes), ``keyframe_times`` FP32 [P], ``probabilities`` FP32 [P, classes] (every
+action, in label order).
 
 Streamed (``stream``: plain requests only), a JSON line per keyframe as it is answered,
 ``{"keyframe": {"index", "of", "time", "window", "persons"}}`` (``keyframe_line``), then the full
@@ -71,7 +73,10 @@ def keyframe_line(answer: KeyframeAnswer, contract: PreprocessContract, options:
 
 def people_answer(*, contract: PreprocessContract, runtime: str, options: PeopleOptions,
                   keyframes: List[KeyframeAnswer], video: VideoFacts, frames_decoded: int, decode_errors: int,
-                  timings: Dict[str, float], warnings: Sequence[str]) -> Dict[str, Any]:
+                  timings: Dict[str, float], warnings: Sequence[str],
+                  person_runtime: Optional[str] = None) -> Dict[str, Any]:
+    """``runtime``: what ran the action detector; ``person_runtime``: what ran the person detector
+    (None: the worker has none loaded)."""
     detector = contract.detection.person_detector if contract.detection else None
     answer: Dict[str, Any] = {
         "keyframes": [keyframe_json(k, contract, options) for k in keyframes],
@@ -81,7 +86,8 @@ def people_answer(*, contract: PreprocessContract, runtime: str, options: People
         "weights": contract.weights,
         "runtime": runtime,
         "person_detector": None if detector is None else {
-            "architecture": detector.architecture, "weights": detector.weights, "threshold": detector.score_threshold},
+            "architecture": detector.architecture, "weights": detector.weights, "threshold": detector.score_threshold,
+            **({"runtime": person_runtime} if person_runtime is not None else {})},
         "video": {
             "duration_s": round(video.duration, SECONDS_PLACES), "width": video.width, "height": video.height,
             "rotation": video.rotation, "codec": video.codec, "container": video.container,

@@ -15,6 +15,7 @@ import torch
 
 from handler.contract import PreprocessContract
 from handler.people.model import ActionDetector
+from handler.runtime_base import to_device
 from handler.transforms import normalize_views, pack_pathways
 
 
@@ -35,13 +36,16 @@ def window_pathways(frames: torch.Tensor, contract: PreprocessContract) -> List[
 
 
 def score_keyframe(model: ActionDetector, frames: torch.Tensor, boxes: torch.Tensor) -> KeyframeScores:
-    """The N boxes (N, 4) float32 working pixels of one window (T, H, W, 3) uint8 -> their scores."""
+    """The N boxes (N, 4) float32 working pixels of one window (T, H, W, 3) uint8, both on the CPU ->
+    their scores (float32, on the CPU), computed on the model's device."""
     classes = model.contract.num_classes
     if boxes.shape[0] == 0:
         empty = torch.zeros(0, classes)
         return KeyframeScores(empty, empty.clone(), 0.0, 0.0)
     started = time.perf_counter()
-    pathways = window_pathways(frames, model.contract)
+    # On a GPU worker the uint8 frames go to the detector's GPU and are normalized there, as the
+    # classifier's are (4x fewer bytes to copy than the float pathways); on the CPU nothing moves.
+    pathways = window_pathways(to_device(frames, model.device), model.contract)
     rois = torch.cat([torch.zeros(boxes.shape[0], 1), boxes.float()], 1)
     prepared = time.perf_counter()
     logits, probabilities = model.infer(pathways, rois)

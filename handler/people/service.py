@@ -53,17 +53,33 @@ class KeyframeStream:
         self.sent += 1
 
 
-class PeopleService:
-    """Loaded action detector + person detector; ``answer(row, headers)`` per request."""
+# What a per-keyframe decoding budget is spent on, in its 422's words.
+STREAMED_KEYFRAME = "one keyframe of this streamed answer"
 
-    def __init__(self, model_file: Path, options: ServeOptions, limits: DecodeLimits) -> None:
+
+def decode_budget(options: ServeOptions, streaming: bool) -> DecodeBudget:
+    """A request's decoding budget: ``max_decode_seconds`` for the whole request, or per keyframe for
+    a stream where streaming allows more keyframes than an answer (the ``_timeline`` registration)."""
+    return DecodeBudget(options.max_decode_seconds, per_window=streaming and streams_longer(options),
+                        unit=STREAMED_KEYFRAME)
+
+
+class PeopleService:
+    """Loaded action detector + person detector; ``answer(row, headers)`` per request.
+
+    ``device``: the worker's (``handler.runtime.choose_device``): both networks run there, each
+    falling back to the CPU on its own where that GPU cannot run it (their ``name`` says where)."""
+
+    def __init__(self, model_file: Path, options: ServeOptions, limits: DecodeLimits,
+                 device: torch.device = torch.device("cpu")) -> None:
         self.options = options
         self.limits = limits
-        self.model = ActionDetector.load(model_file, options)
+        self.model = ActionDetector.load(model_file, options, device=device)
         self.contract = self.model.contract
         assert self.contract.detection is not None
         detector = self.contract.detection.person_detector
-        self.finder: Optional[PersonFinder] = PersonFinder.load(model_file.parent, detector) if detector else None
+        self.finder: Optional[PersonFinder] = (PersonFinder.load(model_file.parent, detector, device)
+                                               if detector else None)
         if self.finder is None:
             log.warning("PERSON DETECTION IS OFF: %s has no person detector; requests without boxes get a 400",
                         model_file.name)
@@ -76,7 +92,7 @@ class PeopleService:
         if request.options.boxes is None and self.finder is None:
             raise RequestError(400, "boxes_required", NO_DETECTOR)
         streaming = request.options.stream and stream is not None
-        budget = DecodeBudget(self.options.max_decode_seconds, per_window=streaming and streams_longer(self.options))
+        budget = decode_budget(self.options, streaming)
         with VideoDecoder(request.parsed.videos[0], self.limits, self.contract.short_side, budget=budget) as decoder:
             keyframes = plan_keyframes(request.options, decoder.info.duration, self.contract, self.options)
             timings = {"decode": 0.0, "persons": 0.0, "preprocess": 0.0, "inference": 0.0}
@@ -100,7 +116,9 @@ class PeopleService:
             warnings = decoder.warnings
             info = decoder.info
         timings["handler_total"] = (time.perf_counter() - started) * 1000
-        answer = people_answer(contract=self.contract, runtime=self.model.name, options=request.options,
+        answer = people_answer(contract=self.contract, runtime=self.model.name,
+                               person_runtime=self.finder.name if self.finder is not None else None,
+                               options=request.options,
                                keyframes=answers, video=info, frames_decoded=frames_decoded,
                                decode_errors=decode_errors, timings=timings,
                                warnings=[*warnings, *(w for a in answers for w in a.warnings)])

@@ -300,7 +300,7 @@ def render(results: Dict[str, Any]) -> str:
                 for name, (worker, inproc) in side.items()))
     from bench import int8
 
-    lines += int8.render(results)
+    lines += int8.render(results) + int8.render_variants(results)
     tp = http.get("throughput")
     if tp:
         lines.append("")

@@ -262,15 +262,19 @@ SIGMOID_ROWS = [7, 140, 273]
 
 @pytest.mark.heavy
 def test_a_fine_tuned_sigmoid_head_of_three_classes_exports_as_int8_and_answers_sigmoid_probabilities(
-    calibration_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    calibration_folder: Path, tmp_path: Path,
 ) -> None:
-    """``python -m export --checkpoint ckpt --labels 3 names --activation sigmoid --precision int8``
-    (what ``make mar ... ACTIVATION=sigmoid PRECISION=int8`` runs): top-5 of a 3-class head does not
-    crash, the answer's probabilities are the per-class sigmoid of the int8 logits (not a softmax)."""
-    import functools
-
-    import export.__main__ as exporter
-    from export.save import load_with_contract
+    """A fine-tuned multi-label checkpoint through the steps of ``python -m export --checkpoint ckpt
+    --labels classes.txt --activation sigmoid --precision int8`` (weights read and their variant
+    recognised, the contract with its labels and activation, scripted, quantized; the exporter's
+    eager-vs-scripted checks, tests/test_finetuned.py's, would double this test's time): top-5 of
+    a 3-class head does not crash, the answer's probabilities are the per-class sigmoid of the int8
+    logits (not a softmax), the stored figures are true."""
+    from export.__main__ import load_weights
+    from export.build import build_variant
+    from export.save import load_with_contract, save_with_contract
+    from export.scriptable import script_slowfast
+    from export.variants import contract_for, resolve_labels
     from handler.runtime_openvino import int8_model as stored_int8
     from harness.inproc import InProcessHandler
     from tests.checkpoints import perturbed_slowfast
@@ -284,13 +288,15 @@ def test_a_fine_tuned_sigmoid_head_of_three_classes_exports_as_int8_and_answers_
     torch.save({"model_state": state}, checkpoint)
     labels = tmp_path / "classes.txt"
     labels.write_text("\n".join(SIGMOID_LABELS) + "\n")
-    pt = tmp_path / "my_multilabel.pt"
+    variant, weights, origin = load_weights(str(checkpoint), None, "my_multilabel", seed=0)
+    contract = contract_for(variant, resolve_labels(variant, len(SIGMOID_LABELS), labels), model_name="my_multilabel",
+                            weights=origin, activation="sigmoid")
+    module = script_slowfast(build_variant(variant, weights, source=str(checkpoint)))
     # One rung (target 0): a 3-class head agrees on its one held-out window or not; the ladder is not
     # what this test is about.
-    monkeypatch.setattr(exporter, "int8_for_export", functools.partial(exporter.int8_for_export, target=0.0))
-    assert exporter.main(["--output", str(pt), "--checkpoint", str(checkpoint), "--labels", str(labels),
-                          "--activation", "sigmoid", "--precision", "int8", "--calibration", str(calibration_folder),
-                          "--int8-min-agreement", "0"]) == 0
+    contract, extra = int8_for_export(module, contract, calibration_folder, floor=0.0, target=0.0)
+    pt = tmp_path / "my_multilabel.pt"
+    save_with_contract(module, contract, pt, extra)
     _, contract = load_with_contract(pt)
     assert (contract.activation, contract.labels, contract.variant) == ("sigmoid", SIGMOID_LABELS, "slowfast_r50")
     assert stored_int8(pt) is not None

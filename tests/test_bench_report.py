@@ -102,3 +102,18 @@ def test_the_int8_per_variant_table_prints_each_variant_its_ratios_and_what_rand
     skipped = {"int8_variants": {"skipped": "quick runs do not quantize"}}
     assert int8.targets(skipped) == [] and "skipped: quick runs do not quantize" in "\n".join(int8.render_variants(skipped))
     assert int8.render_variants({}) == []
+
+
+def test_the_int8_per_variant_section_runs_only_when_named() -> None:
+    import pytest
+
+    from bench.__main__ import parse_args
+
+    assert "int8_variants" not in parse_args([]).sections and "int8" in parse_args([]).sections
+    assert "int8_variants" not in parse_args(["--quick"]).sections
+    named = parse_args(["--sections", "int8_variants", "--int8-variants", "slowfast_r101"])
+    assert (named.sections, named.int8_variants) == (["int8_variants"], ["slowfast_r101"])
+    with pytest.raises(SystemExit):
+        parse_args(["--int8-variants", "slowfast_r101"])  # names for a section not asked for
+    with pytest.raises(SystemExit):
+        parse_args(["--sections", "int8_variants", "--int8-variants", "slowfast_r999"])

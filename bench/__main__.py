@@ -10,7 +10,9 @@ stderr. Sections:
 3. the model-only forward of the default runtime (the floor) and HTTP end-to-end latency through a real,
    isolated TorchServe; beside it, every CPU runtime and precision side by side (frozen
    TorchScript fp32, OpenVINO fp32 and bf16, two views at once) and OpenVINO's conversion time;
-   int8 beside bf16 and fp32 with the int8 model's agreement figures (bench/int8.py); the worker's
+   int8 beside bf16 and fp32 with the int8 model's agreement figures (bench/int8.py), and per SlowFast
+   variant (section ``int8_variants``, run only when named: ``--sections int8_variants
+   [--int8-variants slowfast_r50,slowfast_r101]``, minutes a variant; --quick skips it); the worker's
    preprocess (``timings_ms.preprocess`` of a real TorchServe answer) beside in-process's;
 4. throughput of N concurrent clients against model-only throughput at the best micro-batch;
 5. cost growth: one default request on 10 s, 60 s and 600 s videos, time and worker peak RSS;
@@ -47,8 +49,10 @@ from harness.paths import MAR, PT, REPO
 
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 THROUGHPUT_VIDEO = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 video
-SECTIONS = ("stages", "model", "runtimes", "variants", "int8", "latency", "throughput", "growth", "send_window",
-            "timeline", "embedding", "live", "held", "kserve", "people")
+SECTIONS = ("stages", "model", "runtimes", "variants", "int8", "int8_variants", "latency", "throughput", "growth",
+            "send_window", "timeline", "embedding", "live", "held", "kserve", "people")
+# Left out of a default run, run when named: quantizing every variant costs minutes each.
+OPT_IN = ("int8_variants",)
 SERVED = ("latency", "throughput", "growth", "send_window", "timeline", "embedding", "live", "held")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
@@ -78,8 +82,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     # --clips: its old name, still accepted ("clips" is the request option counting windows).
     parser.add_argument("--videos", "--clips", dest="videos", default=None,
                         help="comma-separated real video names (default: every decodable one; quick: one Kinetics video)")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--sections", default=",".join(x for x in SECTIONS if x not in OPT_IN),
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but {','.join(OPT_IN)}, "
+                             "which run when named)")
+    parser.add_argument("--int8-variants", default=None,
+                        help="section int8_variants: comma-separated classifier variants (default: every one of "
+                             "export/variants.py)")
     parser.add_argument("--skip-served", action="store_true", help="skip the TorchServe sections (latency, throughput, growth)")
     parser.add_argument("--record", action="store_true",
                         help="append this run's table (machine, date) to bench/RESULTS.md (full runs only)")
@@ -96,13 +104,22 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    default_sections = args.sections == ",".join(SECTIONS)
+    default_sections = args.sections == parser.get_default("sections")
     args.sections = [x.strip() for x in args.sections.split(",") if x.strip()]
     if args.quick and default_sections:  # the smoke run leaves out the people section (minutes) unless named
         args.sections.remove("people")
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    if args.int8_variants is not None:
+        from export.variants import CLASSIFIERS
+
+        args.int8_variants = [x.strip() for x in args.int8_variants.split(",") if x.strip()]
+        unknown = sorted(set(args.int8_variants) - set(CLASSIFIERS))
+        if unknown:
+            parser.error(f"unknown --int8-variants {unknown}; choose from {', '.join(CLASSIFIERS)}")
+        if "int8_variants" not in args.sections:
+            parser.error("--int8-variants names the variants of section int8_variants: add it to --sections")
     if args.skip_served:
         args.sections = [x for x in args.sections if x not in SERVED and x != "kserve"]
     if args.record and args.quick:
@@ -233,6 +250,16 @@ def main(argv: List[str]) -> int:
 
         progress("int8 beside bf16 and fp32 (the int8 model the .pt carries, else quantized here)")
         results["int8"] = int8.compare(handler, args.pt, args.reps, args.warmup, quantize=not args.quick)
+    if "int8_variants" in args.sections:
+        from bench import int8
+        from export.variants import CLASSIFIERS
+
+        if args.quick:
+            results["int8_variants"] = {"skipped": "quick runs do not quantize (minutes a variant)"}
+        else:
+            names = args.int8_variants or list(CLASSIFIERS)
+            progress(f"int8 beside bf16 and fp32 for each variant ({', '.join(names)}; random weights, quantized here)")
+            results["int8_variants"] = int8.compare_variants(handler, names, args.reps, args.warmup)
 
     # -- through TorchServe ------------------------------------------------------------------
     if serving:

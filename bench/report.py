@@ -269,7 +269,7 @@ def render(results: Dict[str, Any]) -> str:
     people = results.get("people")
     if people:
         lines.append("")
-        lines.append(f"3e. Person-level actions ({people['runtime']}, {people['frame']}): a keyframe's forward by boxes, "
+        lines.append(f"3f. Person-level actions ({people['runtime']}, {people['frame']}): a keyframe's forward by boxes, "
                      f"vs the classifier's forward ({people['classifier_runtime']}, "
                      f"{fmt_ms(people['classifier_forward_ms']['median'])} ms)")
         rows = [[boxes, fmt_ms(v["median"]), _f(people["vs_classifier"][boxes], ".2f", "x")]
@@ -301,7 +301,7 @@ def render(results: Dict[str, Any]) -> str:
                 for name, (worker, inproc) in side.items()))
     from bench import int8
 
-    lines += int8.render(results)
+    lines += int8.render(results) + int8.render_variants(results)
     tp = http.get("throughput")
     if tp:
         lines.append("")

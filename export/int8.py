@@ -77,7 +77,8 @@ def agreement(reference: torch.Tensor, candidate: torch.Tensor, activation: str)
     """How well ``candidate`` logits (N, classes) reproduce ``reference`` logits (N, classes).
 
     ``top1_agreement``: fraction of rows with the same argmax; ``top5_overlap``: mean fraction of
-    the reference's top 5 classes among the candidate's; ``max_abs_probability_delta``: the
+    the reference's top 5 classes among the candidate's (a head of 5 classes or fewer: all of them,
+    so 1.0 by construction); ``max_abs_probability_delta``: the
     largest |p - p_ref| after the contract's activation (softmax or sigmoid); ``logit_correlation``:
     the lowest per-row Pearson correlation of the logits."""
     k = min(5, reference.shape[1])
@@ -161,10 +162,14 @@ def with_figures(contract: PreprocessContract, figures: Int8Figures) -> Preproce
 def int8_for_export(
     module: torch.jit.ScriptModule, contract: PreprocessContract, folder: Optional[Path],
     floor: float = DEFAULT_MIN_AGREEMENT, target: float = TARGET_TOP1_AGREEMENT,
+    ladder: Sequence[str] = KEEP_FP32_LADDER,
 ) -> Tuple[PreprocessContract, Dict[str, bytes]]:
     """(the contract with its ``int8`` figures, the IR files to store beside it) for the scripted
-    ``module``: calibrated on the videos in ``folder`` (None: export.calibration's default),
-    measured on held-out ones. CalibrationError without videos; Int8Error below ``floor``."""
+    ``module`` (any classifier variant, any head: the windows follow ``contract``'s frames and
+    sizes, the figures its activation): calibrated on the videos in ``folder`` (None:
+    export.calibration's default), measured on held-out ones; ``ladder``: the rungs tried (the
+    bench's random weights try only the first). CalibrationError without videos; Int8Error below
+    ``floor``."""
     from export.calibration import calibration_set, choose_folder
     from handler.contract import INT8_BIN, INT8_XML
     from handler.runtime_openvino import convert
@@ -173,7 +178,7 @@ def int8_for_export(
     windows = calibration_set(choose_folder(folder), contract)
     log.info("int8: %d calibration windows from %d videos, %d held-out windows from %d videos in %s",
              len(windows.calibration), windows.videos[0], len(windows.held_out), windows.videos[1], windows.folder)
-    model, figures = quantize_model(convert(module, contract), contract, windows, target=target)
+    model, figures = quantize_model(convert(module, contract), contract, windows, target=target, ladder=ladder)
     print(f"int8 against fp32 ({figures.kept_fp32} kept in fp32): {figures.summary()}", flush=True)
     check_floor(figures, floor)
     xml, weights = ir_files(model)

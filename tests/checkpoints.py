@@ -20,7 +20,7 @@ trained network: bf16 moves its probabilities by up to 0.02 where the perturbed 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -105,11 +105,13 @@ def export_non_flat(directory: Path, videos: Path) -> Path:
     return output
 
 
-def perturbed_slowfast(seed: int = 0) -> torch.nn.Module:
-    """The eager network (eval mode) with perturbed BN running stats and a scaled projection."""
-    from export.build import build_default
+def perturbed_slowfast(seed: int = 0, variant: Optional[str] = None) -> torch.nn.Module:
+    """The eager network of ``variant`` (a classifier of export/variants.py; None: the default;
+    eval mode) with perturbed BN running stats and a scaled projection."""
+    from export.build import build_variant
+    from export.variants import DEFAULT_VARIANT, get_variant
 
-    model = build_default(seed=seed)
+    model = build_variant(get_variant(variant or DEFAULT_VARIANT), seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for module in model.modules():
@@ -123,16 +125,16 @@ def perturbed_slowfast(seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def export_perturbed(output: Path, seed: int = 0) -> Path:
-    """Script the perturbed network and save it with its contract (export's own steps)."""
-    import dataclasses
-
-    from export.reference import default_contract
+def export_perturbed(output: Path, seed: int = 0, variant: Optional[str] = None) -> Path:
+    """Script the perturbed network of ``variant`` (None: the default) and save it with its
+    contract (export's own steps)."""
     from export.save import save_with_contract
     from export.scriptable import script_slowfast
+    from export.variants import DEFAULT_VARIANT, contract_for, get_variant, read_label_file
 
-    contract = dataclasses.replace(default_contract(), weights=f"perturbed test checkpoint (seed {seed})")
-    save_with_contract(script_slowfast(perturbed_slowfast(seed)), contract, output)
+    chosen = get_variant(variant or DEFAULT_VARIANT)
+    contract = contract_for(chosen, read_label_file(chosen.labels_file), weights=f"perturbed test checkpoint (seed {seed})")
+    save_with_contract(script_slowfast(perturbed_slowfast(seed, variant)), contract, output)
     return output
 
 

@@ -36,7 +36,7 @@ def test_the_people_section_prints_each_box_count_against_the_classifier() -> No
                    "vs_classifier": {"1": 1.2, "20": 1.5}},
     }
     table = render(results)
-    assert "3e. Person-level actions" in table and "person detector" in table
+    assert "3f. Person-level actions" in table and "person detector" in table
     assert "1.20x" in table and "1.50x" in table
     assert "CPU flags that decide precision: not recorded" in table  # a run from before flags were kept
 
@@ -89,3 +89,45 @@ def test_the_int8_section_prints_its_agreement_beside_the_three_precisions() -> 
     assert (speed["value"], speed["pass"]) == (0.5, True)
     assert int8.targets({"int8": {"skipped": "no int8 model"}}) == []
     assert "skipped: no int8 model" in "\n".join(int8.render({"int8": {"skipped": "no int8 model"}}))
+
+
+def test_the_int8_per_variant_table_prints_each_variant_its_ratios_and_what_random_agreement_means() -> None:
+    from bench import int8
+
+    def rows(fp32: float, int8_ms: float) -> dict:  # bf16 runs as fp32 (a CPU without native bf16)
+        return {label: {"runtime": runtime, "forward_ms": {"median": ms}, "vs_fp32": ms / fp32, "vs_bf16": ms / fp32}
+                for label, runtime, ms in (("fp32", "openvino-fp32", fp32), ("bf16", "openvino-fp32", fp32),
+                                           ("int8", "openvino-int8", int8_ms))}
+
+    agreement = {"top1_agreement": 1.0, "held_out_windows": 19}
+    results = {"int8_variants": {
+        "slowfast_r50": {"rows": rows(4000.0, 2000.0), "agreement": agreement, "quantize_s": 97.0, "frames": "32 x 2, alpha 4"},
+        "slowfast_r101": {"rows": rows(8000.0, 7000.0), "agreement": agreement, "quantize_s": 190.4, "frames": "32 x 2, alpha 4"},
+    }}
+    lines = int8.render_variants(results)
+    table = {line.split()[0]: line.split() for line in lines if line.strip().startswith("slowfast_")}
+    # variant, frames x rate (5 words), fp32, bf16 (runs as), int8, int8/fp32, int8/bf16, agreement (3 words), quantize s
+    assert table["slowfast_r50"][6:14] == ["4,000.0", "4,000.0", "(openvino-fp32)", "2,000.0", "0.50x", "0.50x", "1.000", "(19"]
+    assert table["slowfast_r101"][10:12] == ["0.88x", "0.88x"] and table["slowfast_r101"][-1] == "190"
+    assert "says nothing about trained weights" in "\n".join(lines)
+    r50, r101 = int8.targets(results)
+    assert (r50["name"], r50["value"], r50["pass"]) == ("int8 forward / fp32 forward [slowfast_r50, random weights]", 0.5, True)
+    assert (r101["value"], r101["pass"]) == (0.875, False)
+    skipped = {"int8_variants": {"skipped": "quick runs do not quantize"}}
+    assert int8.targets(skipped) == [] and "skipped: quick runs do not quantize" in "\n".join(int8.render_variants(skipped))
+    assert int8.render_variants({}) == []
+
+
+def test_the_int8_per_variant_section_runs_only_when_named() -> None:
+    import pytest
+
+    from bench.__main__ import parse_args
+
+    assert "int8_variants" not in parse_args([]).sections and "int8" in parse_args([]).sections
+    assert "int8_variants" not in parse_args(["--quick"]).sections
+    named = parse_args(["--sections", "int8_variants", "--int8-variants", "slowfast_r101"])
+    assert (named.sections, named.int8_variants) == (["int8_variants"], ["slowfast_r101"])
+    with pytest.raises(SystemExit):
+        parse_args(["--int8-variants", "slowfast_r101"])  # names for a section not asked for
+    with pytest.raises(SystemExit):
+        parse_args(["--sections", "int8_variants", "--int8-variants", "slowfast_r999"])

@@ -152,7 +152,7 @@ def test_the_layers_kept_in_fp32_are_found_in_the_default_variants_graph() -> No
     layers_kept_in("slowfast_r50")
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # minutes on 2 cores: make test-all
 @pytest.mark.parametrize("variant", ["slowfast_r101", "slowfast_16x8_r101_50_50"])
 def test_the_layers_kept_in_fp32_are_found_in_every_variants_graph(variant: str) -> None:
     layers_kept_in(variant)
@@ -235,7 +235,7 @@ def test_served_int8_answers_name_it_and_its_stored_figures_are_true(int8_model:
     assert answer["int8_agreement"]["held_out_windows"] == 1
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # r101 quantized: minutes on 2 cores (make test-all)
 def test_a_non_default_variant_quantizes_and_serves_as_int8(calibration_folder: Path, tmp_path: Path) -> None:
     """slowfast_r101 (the cheapest variant beside the default: the same 32-frame windows, twice the
     layers): its own graph quantized, measured and served. One rung (target 0): the ladder is the
@@ -260,7 +260,7 @@ SIGMOID_LABELS = ("pour coffee", "open door", "feed cat")
 SIGMOID_ROWS = [7, 140, 273]
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # about a minute on 2 cores (make test-all)
 def test_a_fine_tuned_sigmoid_head_of_three_classes_exports_as_int8_and_answers_sigmoid_probabilities(
     calibration_folder: Path, tmp_path: Path,
 ) -> None:

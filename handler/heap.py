@@ -9,8 +9,9 @@ threshold keeps blocks of 1 MiB and more in their own mappings, returned to the 
 
 Smaller blocks (PyAV's packets and frames, FFmpeg's per-thread arenas) still leave free pages in
 the middle of the arenas, which ``free`` never returns: a 30-minute soak grew the main worker's RSS
-floor by ~26 MB per 1,000 requests while the same requests in-process, with ``malloc_trim(0)``
-after each run of them, held flat. ``release_free_memory`` is that call, after every batch.
+floor by ~26 MB per 1,000 requests; ``malloc_trim(0)`` gives those pages back, and
+``release_free_memory`` is that call, after every batch. With it the floor still grows ~11-14 MB per
+1,000 requests, in the main arena (bench/RESULTS.md): not yet explained.
 """
 
 from __future__ import annotations
@@ -48,10 +49,8 @@ def release_free_memory() -> bool:
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Set glibc's mmap threshold to ``threshold`` bytes (fixed: no dynamic raise). False where the
     C library is not glibc (musl, macOS): nothing to fix there, or nothing we can set."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         log.info("not glibc: the allocator's mmap threshold is left as it is")
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

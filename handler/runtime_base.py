@@ -104,6 +104,10 @@ def read_model(path: Path, device: torch.device) -> Tuple[torch.jit.ScriptModule
     return module.eval(), contract
 
 
+# The device of CPU workers, and where every network falls back to.
+CPU = torch.device("cpu")
+
+
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` on ``device``: the same tensor, untouched, where it is there already (the CPU's on
     a CPU worker); from the CPU to a GPU through pinned memory without blocking (the copy overlaps

@@ -30,7 +30,7 @@ import torch
 import torchvision  # noqa: F401  (registers torchvision::roi_align, which the scripted RoI head calls)
 
 from handler.contract import DETECTION, ContractError, PreprocessContract, activate
-from handler.runtime_base import EMBEDDING_METHOD, cpu_thread_count, read_model, to_device
+from handler.runtime_base import CPU, EMBEDDING_METHOD, cpu_thread_count, read_model, to_device
 from handler.runtime_torchscript import autocast, autocast_dtype_for, torchscript_name
 from handler.runtime_openvino import CACHE_DIR_NAME, cached_model, choose_precision, compile_for_cpu, cpu_flags
 from handler.serve_settings import ServeOptions
@@ -84,7 +84,6 @@ def convert_detector(module: torch.jit.ScriptModule, contract: PreprocessContrac
     return model
 
 
-CPU = torch.device("cpu")
 
 
 @dataclass
@@ -166,7 +165,7 @@ class ActionDetector:
 
     @classmethod
     def _torchscript(cls, path: Path, options: ServeOptions) -> "ActionDetector":
-        module, contract = read_model(path, torch.device("cpu"))
+        module, contract = read_model(path, CPU)
         _check_task(path, contract)
         if options.optimize:
             module = torch.jit.freeze(module, preserved_attrs=[EMBEDDING_METHOD])

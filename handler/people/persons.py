@@ -26,13 +26,12 @@ import torch
 import torchvision  # noqa: F401  (registers torchvision::nms and roi_align, which the scripted detector calls)
 
 from handler.contract import PersonDetector
-from handler.runtime_base import to_device
+from handler.runtime_base import CPU, to_device
 from handler.runtime_torchscript import torchscript_name
 
 log = logging.getLogger(__name__)
 
 
-CPU = torch.device("cpu")
 # The size of the blank frame of the check at load on a GPU (the transform resizes it anyway).
 CHECK_FRAME_SIDE = 64
 

@@ -29,6 +29,7 @@ from handler.people.render import KeyframeAnswer, keyframe_line, people_answer, 
 from handler.people.request import PeopleRequest, read_people_request, streams_longer
 from handler.people.run import score_keyframe
 from handler.render import stream_line
+from handler.runtime_base import CPU
 from handler.serve_settings import ServeOptions
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class PeopleService:
     falling back to the CPU on its own where that GPU cannot run it (their ``name`` says where)."""
 
     def __init__(self, model_file: Path, options: ServeOptions, limits: DecodeLimits,
-                 device: torch.device = torch.device("cpu")) -> None:
+                 device: torch.device = CPU) -> None:
         self.options = options
         self.limits = limits
         self.model = ActionDetector.load(model_file, options, device=device)

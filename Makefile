@@ -169,10 +169,11 @@ status:
 # Two processes: the suites that start no TorchServe, then those that do (marker integration).
 # One process of ~680 tests once died of a segmentation fault late in the run, in a test that
 # passes alone (native state accumulated over hundreds of decoders, runtimes and servers);
-# two shorter processes hold less of it.
+# two shorter processes hold less of it. --durations: each log names its slowest tests, so that
+# the default run stays under ~20 minutes by moving the heaviest behind `slow` (make test-all).
 test: $(BIN)/.installed $(KSERVE_VENV)/.installed
-	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
-	$(PY) -m pytest -m "not slow and integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not integration" --durations=30 $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and integration" --durations=30 $(PYTEST_ARGS)
 
 # No TorchServe, no export, nothing heavy: parsing, options, planning, running, rendering, decoding,
 # client (under a minute). `make test` runs these and the rest CI needs (pytest.ini: markers).

@@ -209,8 +209,18 @@ def run(send: Callable[[RequestKind], int], pids: Callable[[], List[int]], video
         return report(list(records), samples, seconds, clients)
 
 
+def _fitted(points: List[Tuple[float, float]]) -> Optional[float]:
+    """``_slope_per_1000`` rounded for the report; None (JSON null, "not fitted") under 3 points."""
+    slope = _slope_per_1000(points)
+    return None if slope != slope else round(slope, 3)
+
+
+def _slope_text(slope: Optional[float]) -> str:
+    return "not fitted (under 3 stretches: a longer run)" if slope is None else f"{slope:+}"
+
+
 def _slope_per_1000(points: List[Tuple[float, float]]) -> float:
-    """Least-squares slope of y against x, times 1000 (MB per 1,000 requests)."""
+    """Least-squares slope of y against x, times 1000 (MB per 1,000 requests); NaN under 3 points."""
     if len(points) < 3:
         return float("nan")
     n = len(points)
@@ -270,13 +280,13 @@ def report(records: List[Record], samples: List[Sample], seconds: float, clients
                                 if s.t >= warm_t and pid in s.maps_mb], per=FLOOR_REQUESTS * 2)
             if points:
                 by_map[kind] = {"first_mb": round(points[0][1], 1), "last_mb": round(points[-1][1], 1),
-                                "slope_mb_per_1000": round(_slope_per_1000(points), 3)}
+                                "slope_mb_per_1000": _fitted(points)}
         growth[str(pid)] = {
-            "rss_floor_slope_mb_per_1000": round(_slope_per_1000(floor), 3),
+            "rss_floor_slope_mb_per_1000": _fitted(floor),
             "rss_floor_points": len(floor),
             "rss_floor_first_mb": round(floor[0][1], 1) if floor else None,
             "rss_floor_last_mb": round(floor[-1][1], 1) if floor else None,
-            "rss_slope_mb_per_1000": round(_slope_per_1000(after), 3),
+            "rss_slope_mb_per_1000": _fitted(after),
             "rss_first_mb": round(after[0][1], 1) if after else None,
             "rss_last_mb": round(after[-1][1], 1) if after else None,
             "fds_warmup_max": max(warm_fds), "fds_after_max": max(late_fds),
@@ -298,7 +308,7 @@ def report(records: List[Record], samples: List[Sample], seconds: float, clients
         "targets": {
             "no_5xx": not server_errors,
             "statuses_as_expected": not unexpected,
-            "rss_slope_under_limit": bool(slopes) and all(s == s and s < RSS_SLOPE_LIMIT_MB for s in slopes),
+            "rss_slope_under_limit": bool(slopes) and all(s is not None and s < RSS_SLOPE_LIMIT_MB for s in slopes),
             "fds_flat": all(g["fds_after_max"] - g["fds_warmup_max"] <= FD_GROWTH_LIMIT for g in growth.values()),
         },
     }
@@ -321,13 +331,13 @@ def render(result: Dict[str, Any]) -> str:
     for pid, g in result["workers"].items():
         lines.append(f"worker {pid}: RSS floor {g['rss_floor_first_mb']} -> {g['rss_floor_last_mb']} MB after warm-up "
                      f"({g['rss_floor_points']} stretches of {FLOOR_REQUESTS} requests), slope "
-                     f"{g['rss_floor_slope_mb_per_1000']} MB / 1,000 requests (limit {RSS_SLOPE_LIMIT_MB}; raw samples "
-                     f"{g['rss_first_mb']} -> {g['rss_last_mb']} MB, slope {g['rss_slope_mb_per_1000']}); open fds "
+                     f"{_slope_text(g['rss_floor_slope_mb_per_1000'])} MB / 1,000 requests (limit {RSS_SLOPE_LIMIT_MB}; raw samples "
+                     f"{g['rss_first_mb']} -> {g['rss_last_mb']} MB, slope {_slope_text(g['rss_slope_mb_per_1000'])}); open fds "
                      f"{g['fds_warmup_max']} in warm-up, {g['fds_after_max']} after (limit +{FD_GROWTH_LIMIT})")
         where = g.get("rss_floor_by_map") or {}
         if where:
             lines.append("  where the floor lies (every " f"{MAPS_EVERY}th sample, floor of {FLOOR_REQUESTS * 2} requests): " + "; ".join(
-                f"{kind} {m['first_mb']} -> {m['last_mb']} MB ({m['slope_mb_per_1000']:+} / 1,000)" for kind, m in where.items()))
+                f"{kind} {m['first_mb']} -> {m['last_mb']} MB ({_slope_text(m['slope_mb_per_1000'])} / 1,000)" for kind, m in where.items()))
     for name, ok in result["targets"].items():
         lines.append(f"{'PASS' if ok else 'FAIL'}  {name}")
     for miss in result["unexpected"]:

@@ -10,8 +10,16 @@ threshold keeps blocks of 1 MiB and more in their own mappings, returned to the 
 Smaller blocks (PyAV's packets and frames, FFmpeg's per-thread arenas) still leave free pages in
 the middle of the arenas, which ``free`` never returns: a 30-minute soak grew the main worker's RSS
 floor by ~26 MB per 1,000 requests; ``malloc_trim(0)`` gives those pages back, and
-``release_free_memory`` is that call, after every batch. With it the floor still grows ~11-14 MB per
-1,000 requests, in the main arena (bench/RESULTS.md): not yet explained.
+``release_free_memory`` is that call, after every batch.
+
+With the trim alone the floor still grew ~11-14 MB per 1,000 requests, in the main arena, and only
+in the worker: a request that raises (every bad upload, and PyAV's end-of-stream inside decoding)
+leaves its traceback in reference cycles that hold the frames' locals (the upload, the container,
+decoded frames) until a full collection, and with ~440,000 objects loaded (the model, torch,
+OpenVINO) a full collection comes only after ~110,000 more survive, minutes apart, and stops a
+request for ~220 ms when it comes. So the loaded objects are frozen once (``freeze_loaded_objects``:
+collections no longer walk them) and every batch ends with a collection of what it left, then the
+trim (bench/RESULTS.md: the soak before and after).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 
 log = logging.getLogger(__name__)
@@ -35,9 +44,19 @@ def _libc() -> "ctypes.CDLL | None":
         return None
 
 
+def freeze_loaded_objects() -> None:
+    """Move every object alive now (after loading: the model, the libraries) into gc's permanent
+    generation, so that the collection after each batch walks only what requests created: ~220 ms
+    for a classifier's worker before, microseconds after (measured in-process, bench/RESULTS.md)."""
+    gc.collect()
+    gc.freeze()
+
+
 def release_free_memory() -> bool:
-    """Return the arenas' free pages to the system (glibc ``malloc_trim(0)``; milliseconds). False
-    where the C library has no such call."""
+    """Collect the reference cycles this batch left (exception tracebacks holding decoded frames),
+    then return the arenas' free pages to the system (glibc ``malloc_trim(0)``; milliseconds). False
+    where the C library has no such call (the collection still runs)."""
+    gc.collect()
     trim = getattr(_libc(), "malloc_trim", None)
     if trim is None:
         return False

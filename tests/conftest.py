@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,14 @@ def non_flat_model_dir(shared_videos: Path, tmp_path_factory: pytest.TempPathFac
 EXPORTING_FIXTURES = {"built", "server", "non_flat_model_dir", "nonflat_pt"}
 # Modules whose every test exports (the exporter's own tests).
 EXPORTING_MODULES = {"test_export.py"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _unfreeze_after_each_module() -> Iterator[None]:
+    """A handler loaded in this process freezes every object alive (handler/heap.py), as a worker
+    does once; here the next module's fixtures must stay collectable, so each module ends thawed."""
+    yield
+    gc.unfreeze()
 
 
 def pytest_collection_modifyitems(items: list) -> None:

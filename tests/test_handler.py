@@ -8,6 +8,7 @@ through the model.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import logging
 import os
@@ -63,6 +64,23 @@ def test_bad_requests_get_their_own_status_and_the_rest_are_answered(handler, mo
         assert len(predictions) == 5 and responses[index]["model"] == contract.model_name
     # The same video in one batch gives the same answer.
     assert responses[0]["predictions"] == responses[3]["predictions"]
+
+
+def test_a_batch_with_bad_requests_leaves_no_reference_cycles(handler, model_dir, shared_videos):
+    """Each bad upload's error keeps its traceback, whose frames hold the upload and the container,
+    in reference cycles: the batch's end collects them (handler/heap.py), not a full collection
+    minutes later. Automatic collection is off so that only the handler's can pass this."""
+    good = (shared_videos / "ii__realshort.mp4").read_bytes()
+    rows = [{"body": good}, {"body": b"garbage" * 100}, {"body": b"ffconcat version 1.0\nfile 'x.mp4'\n"},
+            {"body": good[:2048]}]
+    gc.disable()
+    try:
+        (responses, context) = handle(handler, model_dir, rows)
+        assert sorted(context.statuses) == [1, 2, 3]
+        del responses, context
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_batched_answers_equal_single_answers(handler, model_dir, shared_videos):

@@ -10,6 +10,7 @@ RSS within 64 MB of its post-warm-up start); ``make soak`` runs 30 minutes and j
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -91,6 +92,20 @@ def test_the_report_says_which_mappings_the_floor_grew_in() -> None:
     assert where["anon"]["slope_mb_per_1000"] == pytest.approx(5.0, abs=0.3)
     assert where["heap"]["slope_mb_per_1000"] == pytest.approx(0.0, abs=1e-6)
     assert "anon 9" in soak.render(result)
+
+
+def test_a_run_too_short_to_fit_says_so_and_fails_the_target() -> None:
+    """Under 3 stretches no slope is fitted: the report says so (not "+nan"), the JSON holds null,
+    and the target cannot pass on it."""
+    samples = [soak.Sample(t=n / 10, answered=n, rss_mb={1: 1000.0}, fds={1: 5}, maps_mb={1: {
+        "heap": 200.0, "anon": 700.0, "files": 100.0, "other": 0.0}}) for n in range(0, 300, 10)]
+    result = soak.report([], samples, seconds=30, clients=1)
+    worker = result["workers"]["1"]
+    assert worker["rss_floor_slope_mb_per_1000"] is None and worker["rss_floor_by_map"]["heap"]["slope_mb_per_1000"] is None
+    text = soak.render(result)
+    assert "nan" not in text and "not fitted" in text
+    assert result["targets"]["rss_slope_under_limit"] is False
+    json.dumps(result, allow_nan=False)
 
 
 def test_the_floor_is_the_lowest_sample_of_each_full_stretch() -> None:

@@ -17,7 +17,9 @@ import pytest
 
 from harness.paths import REPO, TIMELINE_MODEL
 
-pytestmark = pytest.mark.integration  # starts its own TorchServe on free loopback ports
+# Integration: starts its own TorchServe on free loopback ports. Slow (make test-all): the quick
+# bench takes ~2.5 minutes, an eighth of the default run's ~20 minutes; `make bench` runs the same code.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _positive(value: Any) -> bool:

@@ -56,7 +56,8 @@ def test_built_file_matches_eager_and_leaves_inputs_untouched(built, eager):
     assert given[0] is inputs[0] and given[0].shape == (2, 3, 8, 224, 224)  # caller's list intact
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+# Batch 3 (~27 s) in make test-all: batch 1 keeps the contract in the default run.
+@pytest.mark.parametrize("batch", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_built_file_embedding_is_the_eager_heads_pooled_input(built, eager, batch):
     """forward_with_embedding == the eager head's input (a hook on pytorchvideo's own pool-concat
     stage) averaged over T,H,W, and its logits are the head's projection of that vector."""
@@ -103,6 +104,7 @@ def test_scripting_keeps_every_state_dict_key_and_value(eager):
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
+@pytest.mark.slow  # a full export (~90 s); the default run exports from a checkpoint in tests/test_finetuned.py
 def test_model_zoo_checkpoint_round_trip(tmp_path, eager):
     # A model-zoo style file with weights that differ from the seeded default.
     trained = build_default(seed=123)

@@ -101,6 +101,7 @@ def test_served_beside_the_default_model_each_with_its_own_name_and_labels(
     assert [LABELS[i] for i in expected.argsort(descending=True)[:3]] == [p["label"] for p in mine["predictions"][:3]]
 
 
+@pytest.mark.slow  # ~30 s of TorchScript forwards; tests/test_variants.py keeps the sigmoid contract in the default run
 def test_a_sigmoid_model_answers_per_class_probabilities_above_a_threshold(fine_tuned, shared_videos, tmp_path):
     module, contract = load_with_contract(fine_tuned["pt"])
     multilabel = dataclasses.replace(contract, model_name="my_multilabel", activation="sigmoid")

@@ -190,6 +190,7 @@ def scale_retrying(server: LocalTorchServe, min_worker: int, max_worker: int, at
     return reply
 
 
+@pytest.mark.slow  # ~35 s; the default run scales idle workers (test_integration.py: to two and back)
 def test_scale_up_and_down_while_clients_run(server: LocalTorchServe, clip_bytes, reference) -> None:
     """``PUT /models/<model>?min_worker=2`` then ``?min_worker=1&max_worker=1`` under load.
 
@@ -314,6 +315,7 @@ def _memory_run(server: LocalTorchServe, clip_bytes, reference, total: int, warm
     assert growth <= margin_mb
 
 
+@pytest.mark.slow  # ~1 minute; the default run's 25 s soak (tests/test_soak.py) samples the same RSS
 def test_worker_rss_flat(server: LocalTorchServe, clip_bytes, reference) -> None:
     _memory_run(server, clip_bytes, reference, total=60, warmup=12, margin_mb=RSS_MARGIN_MB["default"])
 

@@ -283,7 +283,9 @@ def test_the_detector_falls_back_to_torchscript_saying_why(detector_dir, tmp_pat
     assert detector.name == "torchscript-fp32" and "carries no int8 model" in caplog.text
 
 
-@pytest.mark.heavy  # the served detector's file (~1 min to build, shared) and a dozen CPU forwards
+# ~40 s of CPU forwards (the detector's file is built for the other tests anyway): make test-all;
+# tests/test_gpu_check.py keeps the stage's wiring in the default run.
+@pytest.mark.slow
 def test_the_gpu_checks_people_stage_rehearsed_on_the_cpu(detector_dir):
     """bench/gpu_check.py's people stage on a real detector file, the CPU standing in for the GPU (a
     worker given gpu_id 0 without CUDA runs on the CPU): the code a GPU machine runs first, rehearsed

@@ -61,6 +61,7 @@ def peaks(model_pt: Path, video: Path) -> Dict[str, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # ~40 s (a long clip streamed in a subprocess); make test-all
 def test_a_timeline_peaks_like_a_single_clip(built, long_video: Path, tmp_path: Path) -> None:
     pt = tmp_path / built["pt"].name
     os.link(built["pt"], pt)

@@ -105,24 +105,30 @@ def _handler_medians(bodies: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def latency(served: Served, handler: InProcessHandler, videos: List[Dict[str, Any]], reps: int,
             warmup: int) -> Dict[str, Any]:
-    """One client, sequential requests, each followed by one in-process model-only forward."""
+    """One client, sequential requests, each followed by one in-process model-only forward and the
+    same request in-process: the worker's preprocess is judged beside the in-process one taken
+    in the same minutes, after the same videos (section 1's, minutes earlier and after other work,
+    read 2x the worker's on 2026-12-06 where this interleaving reads 1.0x)."""
     floor_input = handler.dummy_pathways(1)
     out: Dict[str, Any] = {}
     for video in videos:
         progress(f"http latency: {video['name']} ({warmup} warm-up + {reps} requests, one client)")
         data = video["path"].read_bytes()
-        bodies, floors = [], []
+        bodies, floors, in_process = [], [], []
         for rep in range(warmup + reps):
             body = served.predict(data)
             floor = handler.forward_ms(floor_input)
+            alone = float(handler.handle(data)["timings_ms"]["preprocess"])
             if rep >= warmup:
                 bodies.append(body)
                 floors.append(floor)
+                in_process.append(alone)
         e2e = [b["e2e_ms"] for b in bodies]
         result = {
             "e2e_ms": {**summary(e2e), "p50": round(percentile(e2e, 50), 3), "p95": round(percentile(e2e, 95), 3)},
             "model_forward_ms": summary(floors),
             "handler_ms": _handler_medians(bodies),
+            "in_process_preprocess_ms": summary(in_process),
             "kinetics_size": video.get("kinetics_size", False),
             "kind": video.get("kind"),
         }

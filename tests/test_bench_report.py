@@ -72,6 +72,17 @@ def test_the_workers_preprocess_is_judged_beside_the_in_process_one() -> None:
     assert fast["pass"] is True
 
 
+def test_the_in_process_preprocess_taken_beside_the_worker_is_the_one_judged() -> None:
+    """The latency section's own in-process figure (interleaved with the served requests) wins over
+    section 1's, which older results fall back to."""
+    from bench.report import preprocess_side_by_side
+
+    results = _latency_and_stages(14.0, 7.0)
+    results["http"]["latency"]["v.mp4"]["in_process_preprocess_ms"] = {"median": 13.5}
+    results["http"]["latency"]["other.mp4"]["in_process_preprocess_ms"] = {"median": 98.0}
+    assert preprocess_side_by_side(results) == {"v.mp4": (14.0, 13.5), "other.mp4": (99.0, 98.0)}
+
+
 def test_the_int8_section_prints_its_agreement_beside_the_three_precisions() -> None:
     from bench import int8
 

@@ -28,6 +28,8 @@ stderr. Sections:
    p50 of KServe v1 / v2 against raw bytes straight to that TorchServe, same video (bench/kserve.py).
 11. person-level actions: a keyframe's forward with 1, 5, 20 boxes against the classifier's, and the
    person detector's forward (bench/people.py; left out of --quick unless named in --sections).
+12. soak (run only when named, ``--sections soak [--soak-minutes 30]``): ``make soak``'s mix against
+   the benchmark's TorchServe, with its RSS slope, 5xx and descriptor targets (bench/soak.py).
 
 Run it alone on the machine: anything else on the cores is measured too.
 """
@@ -50,10 +52,11 @@ from harness.paths import MAR, PT, REPO
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 THROUGHPUT_VIDEO = "tv__WUzgd7C1pWA.mp4"  # the Makefile's default VIDEO, a Kinetics-400 video
 SECTIONS = ("stages", "model", "runtimes", "variants", "int8", "int8_variants", "latency", "throughput", "growth",
-            "send_window", "timeline", "embedding", "live", "held", "kserve", "people")
-# Left out of a default run, run when named: quantizing every variant costs minutes each.
-OPT_IN = ("int8_variants",)
-SERVED = ("latency", "throughput", "growth", "send_window", "timeline", "embedding", "live", "held")
+            "send_window", "timeline", "embedding", "live", "held", "kserve", "people", "soak")
+# Left out of a default run, run when named: quantizing every variant costs minutes each; the soak
+# runs 30 minutes (`--soak-minutes`).
+OPT_IN = ("int8_variants", "soak")
+SERVED = ("latency", "throughput", "growth", "send_window", "timeline", "embedding", "live", "held", "soak")
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 
 
@@ -88,6 +91,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--int8-variants", default=None,
                         help="section int8_variants: comma-separated classifier variants (default: every one of "
                              "export/variants.py)")
+    parser.add_argument("--soak-minutes", type=float, default=None,
+                        help="section soak: minutes of the mix (default 30; quick 1)")
     parser.add_argument("--skip-served", action="store_true", help="skip the TorchServe sections (latency, throughput, growth)")
     parser.add_argument("--record", action="store_true",
                         help="append this run's table (machine, date) to bench/RESULTS.md (full runs only)")
@@ -99,7 +104,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         "reps": 1 if quick else 5, "warmup": 0 if quick else 1, "http_reps": 1 if quick else 20,
         "clients": 2 if quick else 4, "per_client": 1 if quick else 6, "batches": [1] if quick else [1, 2, 4],
         "growth_seconds": [2.0, 4.0] if quick else [10.0, 60.0, 600.0], "growth_reps": 1 if quick else 3,
-        "live_seconds": 12.0 if quick else 60.0,
+        "live_seconds": 12.0 if quick else 60.0, "soak_minutes": 1.0 if quick else 30.0,
     }
     for key, value in defaults.items():
         if getattr(args, key) is None:
@@ -124,6 +129,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         args.sections = [x for x in args.sections if x not in SERVED and x != "kserve"]
     if args.record and args.quick:
         parser.error("--record is for full runs; quick figures are not measurements")
+    if args.soak_minutes <= 0:
+        parser.error("--soak-minutes must be > 0")
     if min(args.reps, args.http_reps, args.clients, args.per_client, args.growth_reps) < 1 or args.warmup < 0:
         parser.error("repetition and client counts must be >= 1 (warm-up >= 0)")
     return args
@@ -293,6 +300,11 @@ def main(argv: List[str]) -> int:
                 from bench import live as livemod
 
                 http["live"] = livemod.run(served, tp_video["path"], args.live_seconds)
+            if "soak" in args.sections:  # before held, whose abandoned timelines run on after it
+                from bench import soak
+                from harness.paths import SHARED_VIDEOS
+
+                http["soak"] = soak.section(served, SHARED_VIDEOS, args.soak_minutes, clients=2)
             if held_video:  # last: the timelines it abandons run on until the server stops
                 from bench import held
 

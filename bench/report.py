@@ -127,8 +127,10 @@ def evaluate(results: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, 
             ))
     from bench import features, held, int8, send_window  # their targets live beside their measurements
 
+    from bench import soak
+
     return (targets + int8.targets(results) + features.targets(results) + held.targets(results)
-            + send_window.targets(results))
+            + send_window.targets(results) + soak.targets(results))
 
 
 # The worker preprocesses the same window as the in-process handler, with the same code and threads:
@@ -329,7 +331,10 @@ def render(results: Dict[str, Any]) -> str:
         lines += _table(["video", "MB", "e2e ms", "decode", "frames", "RSS before MB", "peak RSS MB"], rows)
     from bench import features, held, send_window
 
-    lines += features.render(results) + held.render(results) + send_window.render(results)
+    from bench import soak
+
+    lines += (features.render(results) + held.render(results) + send_window.render(results)
+              + soak.render_section(results))
     targets = results.get("targets", [])
     if targets:
         lines.append("")

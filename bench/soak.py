@@ -215,8 +215,8 @@ def _fitted(points: List[Tuple[float, float]]) -> Optional[float]:
     return None if slope != slope else round(slope, 3)
 
 
-def _slope_text(slope: Optional[float]) -> str:
-    return "not fitted (under 3 stretches: a longer run)" if slope is None else f"{slope:+}"
+def _slope_text(slope: Optional[float], unit: str = "") -> str:
+    return "not fitted (under 3 stretches: a longer run)" if slope is None else f"{slope:+}{unit}"
 
 
 def _slope_per_1000(points: List[Tuple[float, float]]) -> float:
@@ -331,7 +331,7 @@ def render(result: Dict[str, Any]) -> str:
     for pid, g in result["workers"].items():
         lines.append(f"worker {pid}: RSS floor {g['rss_floor_first_mb']} -> {g['rss_floor_last_mb']} MB after warm-up "
                      f"({g['rss_floor_points']} stretches of {FLOOR_REQUESTS} requests), slope "
-                     f"{_slope_text(g['rss_floor_slope_mb_per_1000'])} MB / 1,000 requests (limit {RSS_SLOPE_LIMIT_MB}; raw samples "
+                     f"{_slope_text(g['rss_floor_slope_mb_per_1000'], ' MB / 1,000 requests')} (limit {RSS_SLOPE_LIMIT_MB}; raw samples "
                      f"{g['rss_first_mb']} -> {g['rss_last_mb']} MB, slope {_slope_text(g['rss_slope_mb_per_1000'])}); open fds "
                      f"{g['fds_warmup_max']} in warm-up, {g['fds_after_max']} after (limit +{FD_GROWTH_LIMIT})")
         where = g.get("rss_floor_by_map") or {}
@@ -343,6 +343,51 @@ def render(result: Dict[str, Any]) -> str:
     for miss in result["unexpected"]:
         lines.append(f"  unexpected: {miss}")
     return "\n".join(lines)
+
+
+def section(served: Any, videos: Path, minutes: float, clients: int) -> Dict[str, Any]:
+    """``python -m bench --sections soak``: the same soak against the benchmark's own TorchServe
+    (both registrations), after whatever sections ran before it (the warm-up share absorbs them)."""
+    from harness.paths import MODEL, TIMELINE_MODEL
+
+    pids = worker_pids_of(served.server, (MODEL, TIMELINE_MODEL))
+    progress(f"soak: {clients} clients for {minutes:g} min; worker pids {pids()}")
+    result = run(send_with(served), pids, videos, minutes * 60, clients, timeline_model=TIMELINE_MODEL)
+    result["minutes"] = minutes
+    return result
+
+
+def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The soak's targets as rows of the benchmark's: each worker's RSS floor slope, 5xx, descriptors."""
+    from bench.util import target
+
+    result = results.get("http", {}).get("soak")
+    if not result or "workers" not in result:
+        return []
+    span = f"{result['minutes']:g} min, {result['requests']} requests"
+    rows = [target(
+        f"soak: RSS floor slope, worker {pid} [{span}]", g["rss_floor_slope_mb_per_1000"], "<=", RSS_SLOPE_LIMIT_MB,
+        f"MB per 1,000 requests after warm-up: floor {g['rss_floor_first_mb']} -> {g['rss_floor_last_mb']} MB "
+        f"({g['rss_floor_points']} stretches of {FLOOR_REQUESTS})"
+        + ("; not fitted under 3 stretches: a longer --soak-minutes" if g["rss_floor_slope_mb_per_1000"] is None else ""),
+        "where the floor lies: " + ", ".join(f"{kind} {_slope_text(m['slope_mb_per_1000'])}"
+                                             for kind, m in (g.get("rss_floor_by_map") or {}).items()),
+    ) for pid, g in result["workers"].items()]
+    server_errors = sum(n for statuses in result["by_kind"].values() for s, n in statuses.items() if int(s) >= 500)
+    rows.append(target(f"soak: 5xx answers [{span}]", server_errors, "<=", 0,
+                       f"{len(result['unexpected'])} unexpected statuses in all", ""))
+    growth = max((g["fds_after_max"] - g["fds_warmup_max"] for g in result["workers"].values()), default=0)
+    rows.append(target(f"soak: open descriptors grown [{span}]", growth, "<=", FD_GROWTH_LIMIT,
+                       "most after warm-up minus most during it, any worker", ""))
+    return rows
+
+
+def render_section(results: Dict[str, Any]) -> List[str]:
+    result = results.get("http", {}).get("soak")
+    if not result or "workers" not in result:
+        return []
+    return ["", f"12. Soak: {result['minutes']:g} minutes of real videos, bad inputs and streamed timelines "
+                "(bench/soak.py; `make soak` runs the same alone)", render(result)]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -108,6 +108,32 @@ def test_a_run_too_short_to_fit_says_so_and_fails_the_target() -> None:
     json.dumps(result, allow_nan=False)
 
 
+def test_the_bench_section_holds_the_soaks_targets() -> None:
+    """``python -m bench --sections soak``: a worker whose floor grows 5 MB / 1,000 requests fails the
+    slope row, which says where the floor grew; no 5xx and flat descriptors pass; the section is
+    opt-in (30 minutes) and runs against the bench's TorchServe."""
+    from bench import __main__ as bench_main
+
+    samples = []
+    for n in range(0, 3000, 10):
+        anon = 900.0 + 5.0 * n / 1000
+        sample = soak.Sample(t=n / 10, answered=n, rss_mb={1: 300.0 + anon + 100.0}, fds={1: 5})
+        if (n // 10) % soak.MAPS_EVERY == 0:
+            sample.maps_mb[1] = {"heap": 300.0, "anon": anon, "files": 100.0, "other": 0.0}
+        samples.append(sample)
+    records = [soak.Record(t=1.0, kind="video a.mp4", status=200, ms=900.0, expected=True)]
+    result = {**soak.report(records, samples, seconds=300, clients=2), "minutes": 5.0}
+    slope, server_errors, descriptors = soak.targets({"http": {"soak": result}})
+    assert slope["name"].startswith("soak: RSS floor slope, worker 1 [5 min, 1 requests]")
+    assert slope["value"] == pytest.approx(5.0, abs=0.3) and slope["pass"] is False
+    assert "anon +" in slope["bound"] and "heap +0.0" in slope["bound"]
+    assert (server_errors["value"], server_errors["pass"]) == (0, True)
+    assert (descriptors["value"], descriptors["pass"]) == (0, True)
+    assert "12. Soak: 5 minutes" in "\n".join(soak.render_section({"http": {"soak": result}}))
+    assert soak.targets({}) == [] and soak.render_section({}) == []
+    assert "soak" in bench_main.OPT_IN and "soak" in bench_main.SERVED
+
+
 def test_the_floor_is_the_lowest_sample_of_each_full_stretch() -> None:
     points = [(0, 10.0), (50, 5.0), (99, 8.0), (100, 7.0), (150, 9.0), (210, 1.0)]
     assert soak.rss_floor(points, per=100) == [(50.0, 5.0), (150.0, 7.0)]  # 200-: not full, dropped

@@ -77,9 +77,8 @@ def test_mappings_are_sorted_into_heap_anonymous_and_files() -> None:
         "heap", "anon", "anon", "anon", "files", "other"]
 
 
-def test_the_report_says_which_mappings_the_floor_grew_in() -> None:
-    """A worker whose anonymous mappings grow 5 MB / 1,000 requests while its heap stays put: the
-    report puts the growth there."""
+def anonymous_growth_samples() -> list:
+    """300 s of 1 s samples of worker 1: anonymous mappings +5 MB / 1,000 requests, heap and files flat."""
     samples = []
     for n in range(0, 3000, 10):
         anon = 900.0 + 5.0 * n / 1000
@@ -87,6 +86,13 @@ def test_the_report_says_which_mappings_the_floor_grew_in() -> None:
         if (n // 10) % soak.MAPS_EVERY == 0:
             sample.maps_mb[1] = {"heap": 300.0, "anon": anon, "files": 100.0, "other": 0.0}
         samples.append(sample)
+    return samples
+
+
+def test_the_report_says_which_mappings_the_floor_grew_in() -> None:
+    """A worker whose anonymous mappings grow 5 MB / 1,000 requests while its heap stays put: the
+    report puts the growth there."""
+    samples = anonymous_growth_samples()
     result = soak.report([], samples, seconds=300, clients=1)
     where = result["workers"]["1"]["rss_floor_by_map"]
     assert where["anon"]["slope_mb_per_1000"] == pytest.approx(5.0, abs=0.3)
@@ -114,13 +120,7 @@ def test_the_bench_section_holds_the_soaks_targets() -> None:
     opt-in (30 minutes) and runs against the bench's TorchServe."""
     from bench import __main__ as bench_main
 
-    samples = []
-    for n in range(0, 3000, 10):
-        anon = 900.0 + 5.0 * n / 1000
-        sample = soak.Sample(t=n / 10, answered=n, rss_mb={1: 300.0 + anon + 100.0}, fds={1: 5})
-        if (n // 10) % soak.MAPS_EVERY == 0:
-            sample.maps_mb[1] = {"heap": 300.0, "anon": anon, "files": 100.0, "other": 0.0}
-        samples.append(sample)
+    samples = anonymous_growth_samples()
     records = [soak.Record(t=1.0, kind="video a.mp4", status=200, ms=900.0, expected=True)]
     result = {**soak.report(records, samples, seconds=300, clients=2), "minutes": 5.0}
     slope, server_errors, descriptors = soak.targets({"http": {"soak": result}})

@@ -84,8 +84,6 @@ def convert_detector(module: torch.jit.ScriptModule, contract: PreprocessContrac
     return model
 
 
-
-
 @dataclass
 class ActionDetector:
     """A loaded action detector: ``forward`` gives the logits; ``name`` the runtime that runs it;
@@ -137,7 +135,18 @@ class ActionDetector:
 
     @classmethod
     def _cuda(cls, path: Path, options: ServeOptions, device: torch.device) -> "ActionDetector":
-        """TorchScript on ``device``, frozen, under the classifier's autocast (``precision``).
+        """TorchScript on ``device`` (``_torchscript``), with one forward that checks it runs there."""
+        detector = cls._torchscript(path, options, device)
+        started = time.monotonic()
+        detector.infer(*example_inputs(detector.contract))  # raises here, at load, where this GPU cannot run it
+        log.info("action detector runtime %s on %s; first forward (warm-up, check) %.2f s",
+                 detector.name, device, time.monotonic() - started)
+        return detector
+
+    @classmethod
+    def _torchscript(cls, path: Path, options: ServeOptions, device: torch.device = CPU) -> "ActionDetector":
+        """TorchScript on ``device``, frozen (``optimize``); on a GPU under the classifier's autocast
+        (``precision``), on the CPU in float32.
 
         The RoI head takes fp16/bf16 autocast as the backbone does: torchvision registers autocast
         kernels for ``roi_align`` that run it in float32 (features and boxes) and give back the
@@ -150,31 +159,15 @@ class ActionDetector:
         _check_task(path, contract)
         if options.optimize:
             module = torch.jit.freeze(module, preserved_attrs=[EMBEDDING_METHOD])
-        dtype = autocast_dtype_for(device, options.precision)
+        dtype = autocast_dtype_for(device, options.precision) if device.type == "cuda" else None
 
         def forward(pathways: List[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
             with autocast(device, dtype):
                 return module.forward_with_embedding(pathways, boxes)[0]
 
-        detector = cls(forward, contract, torchscript_name(device, options.precision), device)
-        started = time.monotonic()
-        detector.infer(*example_inputs(contract))  # raises here, at load, where this GPU cannot run it
-        log.info("action detector runtime %s on %s; first forward (warm-up, check) %.2f s",
-                 detector.name, device, time.monotonic() - started)
-        return detector
-
-    @classmethod
-    def _torchscript(cls, path: Path, options: ServeOptions) -> "ActionDetector":
-        module, contract = read_model(path, CPU)
-        _check_task(path, contract)
-        if options.optimize:
-            module = torch.jit.freeze(module, preserved_attrs=[EMBEDDING_METHOD])
-
-        def forward(pathways: List[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
-            return module.forward_with_embedding(pathways, boxes)[0]
-
-        log.info("action detector runtime torchscript-fp32 (cpu_runtime %s)", options.cpu_runtime)
-        return cls(forward, contract, "torchscript-fp32")
+        if device.type != "cuda":
+            log.info("action detector runtime torchscript-fp32 (cpu_runtime %s)", options.cpu_runtime)
+        return cls(forward, contract, torchscript_name(device, options.precision), device)
 
     @classmethod
     def _openvino(cls, path: Path, options: ServeOptions, workers: Optional[int],
